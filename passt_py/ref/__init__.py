@@ -1,0 +1,1 @@
+"""Pure-Python references of the C core's functions: slow, obvious, and the tests' oracle."""
