@@ -1,0 +1,152 @@
+"""Host discovery over rtnetlink (pyroute2): which interface, address, gateway and MTU to copy.
+
+passt gives the guest the host's own addressing, so the guest's defaults come from the host: per
+address family, the interface holding the default route (or the one named with -i), its first
+global address with prefix length, the default gateway through it, its link-local address (IPv6)
+and its MTU. A family without a usable interface is reported as None and the caller disables it.
+Runs once at start-up; nothing here is on the packet path.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+log = logging.getLogger(__name__)
+
+RT_TABLE_MAIN = 254
+RTN_UNICAST = 1
+RT_SCOPE_UNIVERSE = 0
+RT_SCOPE_LINK = 253
+IFA_F_TEMPORARY = 0x01
+IFA_F_DADFAILED = 0x08
+IFA_F_DEPRECATED = 0x20
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class DiscoveryError(Exception):
+    """The host's network configuration could not be read or names a missing interface."""
+
+
+@dataclass(frozen=True)
+class HostIface:
+    """What the host has for one address family on its outbound interface."""
+
+    family: int
+    ifindex: int
+    ifname: str
+    mtu: int
+    addr: IpAddress | None
+    prefix_len: int
+    gateway: IpAddress | None
+    addr_ll: ipaddress.IPv6Address | None = None
+
+
+def _attr(msg: Any, name: str) -> Any:
+    """An rtnetlink attribute, or None."""
+    return msg.get_attr(name)
+
+
+def _flags(msg: Any) -> int:
+    """Address flags: IFA_FLAGS (32 bit) when present, else the header's 8-bit field."""
+    value = msg.get_attr("IFA_FLAGS")
+    return int(value) if value is not None else int(msg["flags"])
+
+
+def _route_gateway(route: Any) -> tuple[IpAddress | None, int | None]:
+    """(gateway, oif) of a route, taking the first hop of a multipath route."""
+    gw = _attr(route, "RTA_GATEWAY")
+    oif = _attr(route, "RTA_OIF")
+    if gw is None and oif is None:
+        hops = _attr(route, "RTA_MULTIPATH") or []
+        for hop in hops:
+            gw = hop.get_attr("RTA_GATEWAY")
+            oif = hop["oif"]
+            break
+    return (ipaddress.ip_address(gw) if gw else None), oif
+
+
+def _default_routes(ipr: IPRoute, family: int) -> list[tuple[int, IpAddress | None, int]]:
+    """Default routes of the main table as (oif, gateway, metric), best metric first."""
+    found = []
+    for route in ipr.get_routes(family=family, table=RT_TABLE_MAIN):
+        if route["dst_len"] != 0 or route["type"] != RTN_UNICAST:
+            continue
+        gw, oif = _route_gateway(route)
+        if oif is None:
+            continue
+        found.append((oif, gw, int(_attr(route, "RTA_PRIORITY") or 0)))
+    found.sort(key=lambda r: r[2])
+    return found
+
+
+def _addresses(ipr: IPRoute, family: int, ifindex: int) -> tuple[list[Any], list[Any]]:
+    """(global, link-local) usable addresses on ``ifindex``, in kernel order."""
+    glob, link = [], []
+    for msg in ipr.get_addr(family=family, index=ifindex):
+        if _flags(msg) & (IFA_F_DADFAILED | IFA_F_DEPRECATED):
+            continue
+        if msg["scope"] == RT_SCOPE_UNIVERSE:
+            glob.append(msg)
+        elif msg["scope"] == RT_SCOPE_LINK:
+            link.append(msg)
+    # Prefer stable addresses over privacy (temporary) ones.
+    glob.sort(key=lambda m: bool(_flags(m) & IFA_F_TEMPORARY))
+    return glob, link
+
+
+def _link(ipr: IPRoute, ifindex: int) -> tuple[str, int]:
+    """(name, MTU) of a link."""
+    msg = ipr.get_links(ifindex)[0]
+    return str(msg.get_attr("IFLA_IFNAME")), int(msg.get_attr("IFLA_MTU"))
+
+
+def lookup_ifindex(ipr: IPRoute, ifname: str) -> int:
+    """Index of interface ``ifname``; DiscoveryError if it does not exist."""
+    found = ipr.link_lookup(ifname=ifname)
+    if not found:
+        raise DiscoveryError(f"no such interface '{ifname}'")
+    return int(found[0])
+
+
+def _discover(ipr: IPRoute, family: int, ifname: str | None) -> HostIface | None:
+    """One family's HostIface, or None when the host has nothing usable for it."""
+    routes = _default_routes(ipr, family)
+    if ifname is not None:
+        ifindex = lookup_ifindex(ipr, ifname)
+        gateway = next((gw for oif, gw, _ in routes if oif == ifindex), None)
+    elif routes:
+        ifindex, gateway, _ = routes[0]
+    else:
+        return None
+    name, mtu = _link(ipr, ifindex)
+    glob, link = _addresses(ipr, family, ifindex)
+    addr: IpAddress | None = None
+    prefix_len = 0
+    if glob:
+        addr = ipaddress.ip_address(_attr(glob[0], "IFA_LOCAL") or _attr(glob[0], "IFA_ADDRESS"))
+        prefix_len = int(glob[0]["prefixlen"])
+    addr_ll = None
+    if family == socket.AF_INET6 and link:
+        addr_ll = ipaddress.IPv6Address(_attr(link[0], "IFA_ADDRESS"))
+    return HostIface(family, ifindex, name, mtu, addr, prefix_len, gateway, addr_ll)
+
+
+def discover(family: int, ifname: str | None = None) -> HostIface | None:
+    """Host interface data for ``family`` (AF_INET or AF_INET6), from ``ifname`` or the default route."""
+    try:
+        with IPRoute() as ipr:
+            found = _discover(ipr, family, ifname)
+    except NetlinkError as e:
+        raise DiscoveryError(f"netlink query failed: {e}") from e
+    except OSError as e:
+        raise DiscoveryError(f"cannot talk to netlink: {e}") from e
+    log.debug("host %s: %s", socket.AddressFamily(family).name, found)
+    return found
