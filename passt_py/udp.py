@@ -1,0 +1,429 @@
+"""UDP translation: guest datagrams through per-flow host sockets, and -u port forwarding.
+
+Theory of operation — guest-initiated flows: the first datagram of a new (guest address,
+source port, destination, destination port) tuple creates a UDP flow. Its host socket is bound,
+like passt, to the same port number the guest used (SO_REUSEADDR, so several flows from one
+guest port can share it; each is connected to its own peer and the kernel prefers connected
+sockets), falling back to an ephemeral port when the port is taken. It is connected to the
+destination after address translation (passt_py.fwd), so the kernel filters what comes back.
+Replies are sent to the guest as UDP frames from the address and port the guest talked to.
+
+Host errors: flow sockets enable IP_RECVERR / IPV6_RECVERR; an ICMP error (port unreachable,
+fragmentation needed, time exceeded...) lands on the socket's error queue, which is read with
+MSG_ERRQUEUE and relayed to the guest as the matching ICMP/ICMPv6 error quoting the datagram the
+guest sent (rebuilt from the returned payload and the flow's guest-side tuple).
+
+Port forwarding (-u): for every forwarded host port one listening socket per enabled family
+(or for the bind address's family). A datagram from a new host peer creates a flow whose
+initiating side is that peer and whose target is the guest's address at the mapped port, with
+the peer's address translated (127.0.0.1 -> map_host_loopback, ...). The guest's replies match
+the flow's guest-side tuple and leave through the listening socket to the peer.
+
+Timeouts are passt's: UDP_TIMEOUT (30 s) while traffic went one way only, UDP_TIMEOUT_BIDIR
+(120 s) once the target side has answered.
+
+Sizes: datagrams up to 65507 (IPv4) / 65527 (IPv6) bytes of payload pass both ways. A datagram
+from the host is delivered to the guest whole even when the frame exceeds view.mtu (the RX path
+uses mergeable buffers, and a receiving stack accepts packets above its own MTU); only a
+datagram that could not be one IP packet is impossible, and the kernel never returns one.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from passt_py import fwd, icmp
+from passt_py.flow import Flow, FlowRefused, FlowSide, FlowTable, FlowTableFull, FlowType, Pif
+from passt_py.ip import IPPROTO_UDP, IpPacket, UdpDatagram, udp_frame, udp_segment
+from passt_py.log import trace
+from passt_py.loop import ERR, HUP, IN, EventLoop
+from passt_py.netview import GuestState, NetView
+from passt_py.portspec import Forward, PortForwards
+
+log = logging.getLogger(__name__)
+
+IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+UDP_TIMEOUT = 30.0
+UDP_TIMEOUT_BIDIR = 120.0
+RECV_BATCH = 64          # datagrams read per readiness event (bounded work per event)
+ERRQUEUE_BATCH = 16      # error-queue entries drained per event
+RECV_SIZE = 65536
+MAX_PAYLOAD4 = 65507
+MAX_PAYLOAD6 = 65527
+
+# <linux/in.h>, <linux/in6.h>, <linux/errqueue.h>: not all exported by Python 3.11.
+SOL_IP = 0
+SOL_IPV6 = 41
+IP_RECVERR = 11
+IPV6_RECVERR = 25
+SO_EE_ORIGIN_ICMP = 2
+SO_EE_ORIGIN_ICMP6 = 3
+_EXTENDED_ERR = struct.Struct("=IBBBBII")   # ee_errno, origin, type, code, pad, info, data
+
+_RELAY_TYPES4 = {icmp.ICMP_DEST_UNREACH, icmp.ICMP_TIME_EXCEEDED, icmp.ICMP_PARAMETERPROB}
+_RELAY_TYPES6 = {icmp.ICMPV6_DEST_UNREACH, icmp.ICMPV6_PKT_TOOBIG, icmp.ICMPV6_TIME_EXCEED,
+                 icmp.ICMPV6_PARAMPROB}
+
+
+class _UdpState:
+    """A UDP flow's socket; ``peer`` is set (and the socket shared) for forwarded flows."""
+
+    __slots__ = ("sock", "peer")
+
+    def __init__(self, sock: socket.socket, peer: tuple[object, ...] | None) -> None:
+        self.sock = sock
+        self.peer = peer
+
+
+@dataclass
+class _Listener:
+    """One -u listening socket: host ``port`` forwarded to guest ``target_port``."""
+
+    sock: socket.socket
+    version: int
+    oaddr: IPAddr          # the bound address (unspecified for a wildcard bind)
+    port: int
+    target_port: int
+
+
+def _sockaddr(addr: IPAddr, port: int) -> tuple[object, ...]:
+    return (str(addr), port) if addr.version == 4 else (str(addr), port, 0, 0)
+
+
+def _parse_offender(raw: bytes) -> IPAddr | None:
+    """The offending node's address from the sockaddr after sock_extended_err, if any."""
+    if len(raw) < 2:
+        return None
+    family = struct.unpack_from("=H", raw)[0]
+    try:
+        if family == socket.AF_INET and len(raw) >= 8:
+            return ipaddress.IPv4Address(raw[4:8])
+        if family == socket.AF_INET6 and len(raw) >= 24:
+            return ipaddress.IPv6Address(raw[8:24])
+    except ValueError:
+        return None
+    return None
+
+
+class UdpHandler:
+    """UDP flows between the guest and host sockets, plus -u forwarding listeners."""
+
+    def __init__(self, loop: EventLoop, view: NetView, guest: GuestState, flows: FlowTable,
+                 to_guest: Callable[[list[bytes]], None], timeout: float = UDP_TIMEOUT,
+                 timeout_bidir: float = UDP_TIMEOUT_BIDIR) -> None:
+        self._loop = loop
+        self._view = view
+        self._guest = guest
+        self._flows = flows
+        self._to_guest = to_guest
+        self._timeout = timeout
+        self._timeout_bidir = timeout_bidir
+        self._buf = bytearray(RECV_SIZE)
+        self._listeners: list[_Listener] = []
+        self.dropped = 0
+
+    # ---- from the guest ----
+    def from_guest(self, pkt: IpPacket, dgram: UdpDatagram) -> None:
+        """Send one guest datagram on its flow, creating the flow if it is new."""
+        try:
+            self._from_guest(pkt, dgram)
+        except Exception:  # noqa: BLE001 - malformed input must never escape
+            log.exception("error handling a UDP datagram from the guest")
+
+    def _from_guest(self, pkt: IpPacket, dgram: UdpDatagram) -> None:
+        if not self._view.udp or pkt.src.is_multicast or pkt.src.is_unspecified:
+            return
+        if dgram.sport == 0 or dgram.dport == 0:
+            return
+        tap = FlowSide(Pif.TAP, pkt.src, dgram.sport, pkt.dst, dgram.dport)
+        flow = self._flows.lookup(FlowType.UDP, tap)
+        if flow is None:
+            flow = self._new_outbound(tap, pkt)
+            if flow is None:
+                self.dropped += 1
+                return
+        state: _UdpState = flow.data  # type: ignore[assignment]
+        for attempt in range(2):
+            try:
+                if state.peer is None:
+                    state.sock.send(dgram.payload)
+                else:
+                    state.sock.sendto(dgram.payload, state.peer)
+                break
+            except ConnectionRefusedError:
+                # A pending error from an earlier ICMP message; it is cleared now: retry once.
+                if attempt:
+                    self.dropped += 1
+                    return
+            except OSError as e:
+                self.dropped += 1
+                trace(log, "UDP flow %d: send failed: %s", flow.id, e)
+                return
+        self._activity(flow, Pif.TAP)
+
+    def _activity(self, flow: Flow, pif: Pif) -> None:
+        """Traffic from side ``pif``: from the target side it makes the flow bidirectional."""
+        if flow.sides[1].pif == pif:
+            self._flows.touch(flow, self._timeout_bidir)
+        else:
+            self._flows.touch(flow)
+
+    def _new_outbound(self, tap: FlowSide, pkt: IpPacket) -> Flow | None:
+        target = fwd.nat_from_guest(self._view, tap.oaddr, tap.oport)
+        if target is None:
+            return None
+        if self._flows.full:
+            self._flows.refuse()
+            self._to_guest([icmp.refused_frame(self._view, self._guest, pkt)])
+            return None
+        for port in (tap.eport, 0):
+            try:
+                sock = self._flow_socket(target.version, port)
+            except OSError as e:
+                if port == 0:
+                    log.debug("UDP: cannot open a socket for %s: %s", target, e)
+                    return None
+                continue
+            try:
+                sock.connect(_sockaddr(target, tap.oport))
+                local = sock.getsockname()
+                host = FlowSide(Pif.HOST, target, tap.oport,
+                                ipaddress.ip_address(local[0]), local[1])
+                flow = self._flows.new(FlowType.UDP, tap, host, self._timeout,
+                                       self._on_close, _UdpState(sock, None))
+            except FlowTableFull:
+                sock.close()
+                self._to_guest([icmp.refused_frame(self._view, self._guest, pkt)])
+                return None
+            except (OSError, FlowRefused, ValueError) as e:
+                sock.close()
+                trace(log, "UDP: flow to %s:%d on port %d not created: %s",
+                      target, tap.oport, port, e)
+                continue
+            self._loop.add(sock.fileno(), IN, lambda mask, f=flow: self._on_flow_ready(f, mask))
+            trace(log, "new UDP flow %r", flow)
+            return flow
+        return None
+
+    def _flow_socket(self, version: int, port: int) -> socket.socket:
+        """A non-blocking socket reporting ICMP errors, bound to ``port`` (0: ephemeral)."""
+        family = socket.AF_INET if version == 4 else socket.AF_INET6
+        sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
+                             | socket.SOCK_CLOEXEC)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if version == 4:
+                sock.setsockopt(SOL_IP, IP_RECVERR, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.setsockopt(SOL_IPV6, IPV6_RECVERR, 1)
+            sock.bind(_sockaddr(fwd.unspecified(version), port))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    # ---- from the host ----
+    def _on_flow_ready(self, flow: Flow, mask: int) -> None:
+        """Relay datagrams and errors arriving on a flow's own socket."""
+        if flow.closed:
+            return
+        state: _UdpState = flow.data  # type: ignore[assignment]
+        if mask & (ERR | HUP):
+            self._drain_errors(flow, state.sock)
+        if mask & IN and not flow.closed:
+            frames = []
+            tap = flow.side(Pif.TAP)
+            for _ in range(RECV_BATCH):
+                try:
+                    n = state.sock.recv_into(self._buf)
+                except BlockingIOError:
+                    break
+                except OSError as e:
+                    # An ICMP error reported through recv (also queued): relay it.
+                    trace(log, "UDP flow %d: receive error %s", flow.id, e)
+                    self._drain_errors(flow, state.sock)
+                    continue
+                frames.append(udp_frame(self._guest.mac, self._view.our_mac, tap.oaddr,
+                                        tap.eaddr, tap.oport, tap.eport, bytes(self._buf[:n])))
+            if frames:
+                self._activity(flow, Pif.HOST)
+                self._to_guest(frames)
+
+    def _drain_errors(self, flow: Flow, sock: socket.socket) -> None:
+        """Read the socket's error queue and relay ICMP errors to the guest."""
+        frames = []
+        for _ in range(ERRQUEUE_BATCH):
+            try:
+                data, ancdata, _flags, _addr = sock.recvmsg(RECV_SIZE, 512, socket.MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+            for level, kind, raw in ancdata:
+                if (level, kind) not in ((SOL_IP, IP_RECVERR), (SOL_IPV6, IPV6_RECVERR)):
+                    continue
+                frame = self._error_frame(flow, data, raw)
+                if frame is not None:
+                    frames.append(frame)
+        try:
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)   # clear what is left
+        except OSError:
+            pass
+        if frames:
+            self._to_guest(frames)
+
+    def _error_frame(self, flow: Flow, payload: bytes, raw: bytes) -> bytes | None:
+        """The guest's ICMP error for one sock_extended_err, or None if not relayed."""
+        if len(raw) < _EXTENDED_ERR.size:
+            return None
+        _eno, origin, etype, code, _pad, info, _data = _EXTENDED_ERR.unpack_from(raw)
+        tap = flow.side(Pif.TAP)
+        host = flow.side(Pif.HOST)
+        if tap.eaddr.version == 4:
+            if origin != SO_EE_ORIGIN_ICMP or etype not in _RELAY_TYPES4:
+                return None
+        elif origin != SO_EE_ORIGIN_ICMP6 or etype not in _RELAY_TYPES6:
+            return None
+        offender = _parse_offender(raw[_EXTENDED_ERR.size:])
+        src: IPAddr | None = tap.oaddr
+        if offender is not None and offender != host.eaddr:
+            src = fwd.nat_from_host(self._view, offender, 0)
+            if src is None or src.version != tap.oaddr.version:
+                src = tap.oaddr
+        seg = udp_segment(tap.eaddr, tap.oaddr, tap.eport, tap.oport, payload)
+        quoted = icmp.quote_packet(tap.eaddr, tap.oaddr, IPPROTO_UDP, seg)
+        trace(log, "UDP flow %d: relaying ICMP type %d code %d from %s", flow.id, etype, code,
+              src)
+        return icmp.error_frame(self._view, self._guest, src, tap.eaddr, etype, code, info,
+                                quoted)
+
+    def _on_close(self, flow: Flow) -> None:
+        state: _UdpState = flow.data  # type: ignore[assignment]
+        if state.peer is None:          # forwarded flows share their listener's socket
+            self._loop.remove(state.sock.fileno())
+            state.sock.close()
+
+    # ---- port forwarding ----
+    def start_forwards(self, rules: PortForwards | Iterable[Forward]) -> int:
+        """Open the -u listening sockets; returns how many were bound (failures are logged)."""
+        forwards = rules.forwards if isinstance(rules, PortForwards) else tuple(rules)
+        bound = failed = 0
+        for rule in forwards:
+            for port in range(rule.first, rule.last + 1):
+                for version in self._rule_versions(rule):
+                    try:
+                        self._listen(rule, version, port)
+                        bound += 1
+                    except OSError as e:
+                        failed += 1
+                        log.debug("UDP forward: cannot bind port %d (IPv%d): %s",
+                                  port, version, e)
+        if failed:
+            log.warning("UDP forwarding: %d of %d listening sockets could not be bound",
+                        failed, bound + failed)
+        return bound
+
+    def _rule_versions(self, rule: Forward) -> list[int]:
+        if rule.bind_addr is not None:
+            fam = fwd.family_view(self._view, rule.bind_addr.version)
+            return [rule.bind_addr.version] if fam is not None else []
+        return [v for v, fam in ((4, self._view.ip4), (6, self._view.ip6)) if fam is not None]
+
+    def _listen(self, rule: Forward, version: int, port: int) -> None:
+        family = socket.AF_INET if version == 4 else socket.AF_INET6
+        addr = rule.bind_addr if rule.bind_addr is not None else fwd.unspecified(version)
+        sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
+                             | socket.SOCK_CLOEXEC)
+        try:
+            if version == 6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if rule.ifname is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, rule.ifname.encode())
+            sock.bind(_sockaddr(addr, port))
+        except OSError:
+            sock.close()
+            raise
+        lst = _Listener(sock, version, addr, port, rule.target(port))
+        self._listeners.append(lst)
+        self._loop.add(sock.fileno(), IN, lambda mask, l=lst: self._on_listener(l, mask))
+
+    def stop_forwards(self) -> None:
+        """Close every listening socket and the flows forwarded through them."""
+        listeners, self._listeners = self._listeners, []
+        socks = {id(lst.sock) for lst in listeners}
+        for flow in list(self._flows):
+            if flow.type == FlowType.UDP and id(flow.data.sock) in socks:  # type: ignore[union-attr]
+                self._flows.close(flow)
+        for lst in listeners:
+            self._loop.remove(lst.sock.fileno())
+            lst.sock.close()
+
+    def _on_listener(self, lst: _Listener, mask: int) -> None:
+        """Datagrams from host peers to a forwarded port: on to the guest."""
+        if mask & (ERR | HUP):
+            try:
+                lst.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            except OSError:
+                pass
+        frames = []
+        for _ in range(RECV_BATCH):
+            try:
+                n, peer = lst.sock.recvfrom_into(self._buf)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                trace(log, "UDP forward port %d: receive error %s", lst.port, e)
+                continue
+            flow = self._forward_flow(lst, peer)
+            if flow is None:
+                self.dropped += 1
+                continue
+            tap = flow.side(Pif.TAP)
+            frames.append(udp_frame(self._guest.mac, self._view.our_mac, tap.oaddr, tap.eaddr,
+                                    tap.oport, tap.eport, bytes(self._buf[:n])))
+            self._activity(flow, Pif.HOST)
+        if frames:
+            self._to_guest(frames)
+
+    def _forward_flow(self, lst: _Listener, peer: tuple[object, ...]) -> Flow | None:
+        """The flow for datagrams from ``peer`` to ``lst``, created if new (None: drop)."""
+        try:
+            peer_addr = ipaddress.ip_address(str(peer[0]).partition("%")[0])
+            peer_port = int(peer[1])  # type: ignore[call-overload]
+        except (ValueError, IndexError, TypeError):
+            return None
+        host = FlowSide(Pif.HOST, peer_addr, peer_port, lst.oaddr, lst.port)
+        flow = self._flows.lookup(FlowType.UDP, host)
+        if flow is not None:
+            return flow
+        if not self._view.udp:
+            return None
+        src = fwd.nat_from_host(self._view, peer_addr, peer_port)
+        dst = fwd.guest_address(self._view, self._guest, lst.version)
+        if src is None or dst is None:
+            return None
+        tap = FlowSide(Pif.TAP, dst, lst.target_port, src, peer_port)
+        try:
+            flow = self._flows.new(FlowType.UDP, host, tap, self._timeout, self._on_close,
+                                   _UdpState(lst.sock, peer))
+        except FlowRefused as e:
+            trace(log, "UDP forward from %s:%d refused: %s", peer_addr, peer_port, e)
+            return None
+        trace(log, "new forwarded UDP flow %r", flow)
+        return flow
+
+    def close_all(self) -> int:
+        """Close every UDP flow (the guest went away); listeners stay. Returns the count."""
+        return self._flows.close_types((FlowType.UDP,))
+
+    @property
+    def listeners(self) -> int:
+        """How many -u listening sockets are open."""
+        return len(self._listeners)
+
