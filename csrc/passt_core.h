@@ -18,13 +18,92 @@ enum { PC_API_VERSION = 1 };
 int pc_api_version(void);
 
 /* ---- checksum.c: Internet checksum (RFC 1071) ---- */
-/* SECTION checksum: owned by the checksum work; see checksum.c */
+/* Byte order: partial sums are the folded one's complement sum of big-endian 16-bit words
+ * (host integers 0..0xffff); checksums are host integers whose big-endian encoding goes into the
+ * packet. L4/IPv4-header helpers ignore the current content of the checksum field. */
+enum { PC_CSUM_AUTO = 0, PC_CSUM_SCALAR = 1, PC_CSUM_AVX2 = 2 };
+uint32_t pc_csum_partial(const void *buf, size_t len, uint32_t init);
+uint32_t pc_csum_iov(const struct iovec *iov, size_t n, uint32_t init);
+uint16_t pc_csum_fold(uint32_t sum);
+int pc_csum_ipv4_header(const void *hdr, size_t len);
+uint32_t pc_csum_pseudo_ipv4(const void *src, const void *dst, uint8_t proto, uint16_t len);
+uint32_t pc_csum_pseudo_ipv6(const void *src, const void *dst, uint8_t proto, uint32_t len);
+int pc_csum_l4_ipv4(const void *src, const void *dst, uint8_t proto, const void *l4, size_t len);
+int pc_csum_l4_ipv6(const void *src, const void *dst, uint8_t proto, const void *l4, size_t len);
+int pc_csum_icmp4(const void *icmp, size_t len);
+/* For tests and benchmarks: available implementations (bit 1 << PC_CSUM_x), a forced one, and
+ * in-C repeat loops (checksum, and memcpy as its yardstick) free of call overhead. */
+int pc_csum_impls(void);
+int pc_csum_partial_impl(int impl, const void *buf, size_t len, uint32_t init);
+int pc_bench_csum(int impl, const void *buf, size_t len, unsigned int reps);
+int pc_bench_memcpy(void *dst, const void *src, size_t len, unsigned int reps);
 
 /* ---- iov.c: full-transfer readv/writev ---- */
-/* SECTION iov: owned by the iov work; see iov.c */
+/* Transfer a whole iovec array, resuming at byte offset skip; *done gets the offset reached.
+ * Returns 0 when complete, PC_IOV_EOF (readv only) on end of file before completion, -EAGAIN
+ * when a non-blocking fd would block (call again with skip = *done), other negative errno. The
+ * caller's array is not modified. */
+enum { PC_IOV_EOF = 1 };
+int pc_writev_all(int fd, const struct iovec *iov, int iovcnt, size_t skip, size_t *done);
+int pc_readv_all(int fd, const struct iovec *iov, int iovcnt, size_t skip, size_t *done);
 
 /* ---- guest_mem.c / virtq.c: guest memory and split virtqueues ---- */
-/* SECTION virtq: owned by the virtqueue work; see guest_mem.c, virtq.c */
+/* Guest memory (guest_mem.c): up to PC_MEM_MAX_REGIONS regions mmapped from the front-end's
+ * fds; every access is bounds-checked; optional dirty-page log, one bit per 4 KiB page.
+ * struct pc_mem is opaque: allocate pc_mem_size() bytes (zeroed) and call pc_mem_init(). */
+enum { PC_MEM_MAX_REGIONS = 8, PC_LOG_PAGE_SHIFT = 12 };
+struct pc_mem;
+size_t pc_mem_size(void);
+void pc_mem_init(struct pc_mem *m);
+int pc_mem_add_region(struct pc_mem *m, int fd, uint64_t gpa, uint64_t size, uint64_t uva,
+		      uint64_t mmap_offset);
+int pc_mem_remove_region(struct pc_mem *m, uint64_t gpa, uint64_t size, uint64_t uva);
+void pc_mem_clear(struct pc_mem *m);
+int pc_mem_nregions(const struct pc_mem *m);
+int pc_mem_set_log(struct pc_mem *m, int fd, uint64_t size, uint64_t offset);
+void pc_mem_clear_log(struct pc_mem *m);
+void pc_mem_set_logging(struct pc_mem *m, int on);
+int pc_mem_logging(const struct pc_mem *m);
+int pc_mem_read(const struct pc_mem *m, uint64_t gpa, void *buf, size_t len);
+int pc_mem_write(struct pc_mem *m, uint64_t gpa, const void *buf, size_t len);
+int64_t pc_mem_uva_to_gpa(const struct pc_mem *m, uint64_t uva);
+
+/* Split virtqueues (virtq.c). struct pc_vq is opaque: pc_vq_size() bytes, pc_vq_init().
+ * Chain error kinds: a bad chain is returned to the used ring with length 0, never fatal. */
+enum {
+	PC_VQ_MAX_SIZE = 32768, PC_VRING_F_LOG = 1, PC_VQ_MAX_INDIRECT = 65536,
+	PC_VQ_RX_MAX_IOV = 1024, PC_VQ_RX_MAX_CHAINS = 256, PC_VQ_MAX_HDR = 64,
+	PC_VQ_OK = 0, PC_VQ_ERR_HEAD = 1, PC_VQ_ERR_NEXT = 2, PC_VQ_ERR_LOOP = 3,
+	PC_VQ_ERR_ADDR = 4, PC_VQ_ERR_DIR = 5, PC_VQ_ERR_INDIRECT = 6, PC_VQ_ERR_SHORT = 7,
+	PC_VQ_ERR_IOV = 8
+};
+struct pc_vq;
+/* One good TX frame: its chain head and its payload slices iov[first .. first+nslices). */
+struct pc_tx_frame { uint32_t head; uint32_t first; uint32_t nslices; uint32_t len; };
+/* One bad chain: its head and a PC_VQ_ERR_* kind. */
+struct pc_bad_chain { uint32_t head; uint32_t kind; };
+/* What one pc_vq_push_rx() call did. */
+struct pc_rx_result { uint32_t placed; uint32_t dropped; uint32_t bad; uint32_t notified; };
+size_t pc_vq_size(void);
+void pc_vq_init(struct pc_vq *vq, struct pc_mem *mem);
+int pc_vq_set_num(struct pc_vq *vq, unsigned num);
+int pc_vq_set_addr(struct pc_vq *vq, uint64_t desc_uva, uint64_t used_uva, uint64_t avail_uva,
+		   uint64_t log_guest_addr, unsigned flags);
+int pc_vq_set_base(struct pc_vq *vq, unsigned idx);
+void pc_vq_set_call_fd(struct pc_vq *vq, int fd);
+void pc_vq_set_features(struct pc_vq *vq, int event_idx, int indirect);
+int pc_vq_start(struct pc_vq *vq);
+int pc_vq_stop(struct pc_vq *vq);
+int pc_vq_started(const struct pc_vq *vq);
+int pc_vq_avail_pending(struct pc_vq *vq);
+int pc_vq_pop_tx(struct pc_vq *vq, unsigned max_frames, size_t hdr_len,
+		 struct pc_tx_frame *frames, struct iovec *iov, unsigned max_iov,
+		 struct pc_bad_chain *bad, unsigned *nbad);
+int pc_vq_release(struct pc_vq *vq, const struct pc_tx_frame *frames, unsigned nframes,
+		  const struct pc_bad_chain *bad, unsigned nbad);
+int pc_vq_push_rx(struct pc_vq *vq, const uint8_t *data, const uint32_t *lens, unsigned nframes,
+		  size_t hdr_len, int mergeable, const uint8_t *vnet_hdr,
+		  struct pc_rx_result *res);
 
 /* CDEF-END */
 

@@ -36,10 +36,487 @@ def check(ret: int, what: str) -> int:
 
 
 # ---- checksum ----
-# SECTION checksum
+# Byte order as in csrc/checksum.c: a partial sum is the folded one's complement sum of the
+# big-endian 16-bit words (int 0..0xffff); a checksum is the int whose big-endian encoding
+# (struct.pack("!H", c)) goes into the packet. IPv4-header and L4 helpers ignore what the
+# checksum field holds now, so they both compute and verify (compare with the stored field).
+from collections.abc import Sequence  # noqa: E402  (sections keep their own imports)
+
+BytesLike = bytes | bytearray | memoryview
+
+CSUM_AUTO = lib.PC_CSUM_AUTO
+CSUM_SCALAR = lib.PC_CSUM_SCALAR
+CSUM_AVX2 = lib.PC_CSUM_AVX2
+
+
+def _iovec(buffers: Sequence[BytesLike], writable: bool) -> tuple[object, list[object]]:
+    """Build a struct iovec array over buffers; the list keeps their cdata views alive."""
+    iov = ffi.new("struct iovec[]", max(len(buffers), 1))
+    keep = []
+    for i, buf in enumerate(buffers):
+        view = ffi.from_buffer("char[]", buf, require_writable=writable)
+        keep.append(view)
+        iov[i].iov_base = view
+        iov[i].iov_len = len(view)
+    return iov, keep
+
+
+def csum_partial(data: BytesLike, init: int = 0) -> int:
+    """Partial sum of data, continuing from init (exact only after even-length data)."""
+    buf = ffi.from_buffer(data)
+    return lib.pc_csum_partial(buf, len(buf), init)
+
+
+def csum_iov(buffers: Sequence[BytesLike], init: int = 0) -> int:
+    """Partial sum of buffers laid end to end, each of any length."""
+    iov, _keep = _iovec(buffers, writable=False)
+    return lib.pc_csum_iov(iov, len(buffers), init)
+
+
+def csum_fold(total: int) -> int:
+    """Fold and complement a partial sum: the checksum field value (0 verifies good data)."""
+    return lib.pc_csum_fold(total)
+
+
+def csum_ipv4_header(hdr: BytesLike) -> int:
+    """Header checksum for an IPv4 header of exactly len(hdr) bytes (20..60)."""
+    buf = ffi.from_buffer(hdr)
+    return check(lib.pc_csum_ipv4_header(buf, len(buf)), "csum_ipv4_header")
+
+
+def pseudo_ipv4(src: BytesLike, dst: BytesLike, proto: int, length: int) -> int:
+    """Partial sum of an IPv4 pseudo-header, to use as init for the L4 segment."""
+    return lib.pc_csum_pseudo_ipv4(_addr(src, 4), _addr(dst, 4), proto, length)
+
+
+def pseudo_ipv6(src: BytesLike, dst: BytesLike, proto: int, length: int) -> int:
+    """Partial sum of an IPv6 pseudo-header, to use as init for the L4 segment."""
+    return lib.pc_csum_pseudo_ipv6(_addr(src, 16), _addr(dst, 16), proto, length)
+
+
+def csum_l4_ipv4(src: BytesLike, dst: BytesLike, proto: int, seg: BytesLike) -> int:
+    """TCP (6) or UDP (17) checksum over IPv4 for the whole segment seg."""
+    buf = ffi.from_buffer(seg)
+    return check(lib.pc_csum_l4_ipv4(_addr(src, 4), _addr(dst, 4), proto, buf, len(buf)),
+                 "csum_l4_ipv4")
+
+
+def csum_l4_ipv6(src: BytesLike, dst: BytesLike, proto: int, seg: BytesLike) -> int:
+    """TCP (6), UDP (17) or ICMPv6 (58) checksum over IPv6 for the whole segment seg."""
+    buf = ffi.from_buffer(seg)
+    return check(lib.pc_csum_l4_ipv6(_addr(src, 16), _addr(dst, 16), proto, buf, len(buf)),
+                 "csum_l4_ipv6")
+
+
+def csum_icmp4(msg: BytesLike) -> int:
+    """ICMP (IPv4) checksum of the whole message msg."""
+    buf = ffi.from_buffer(msg)
+    return check(lib.pc_csum_icmp4(buf, len(buf)), "csum_icmp4")
+
+
+def csum_impls() -> list[int]:
+    """Implementations this CPU runs (CSUM_SCALAR, and CSUM_AVX2 where available)."""
+    mask = lib.pc_csum_impls()
+    return [impl for impl in (CSUM_SCALAR, CSUM_AVX2) if mask & (1 << impl)]
+
+
+def csum_partial_impl(impl: int, data: BytesLike, init: int = 0) -> int:
+    """csum_partial() forced through one implementation, so tests can cover each."""
+    buf = ffi.from_buffer(data)
+    return check(lib.pc_csum_partial_impl(impl, buf, len(buf), init), "csum_partial_impl")
+
+
+def bench_csum(data: BytesLike, reps: int, impl: int = CSUM_AUTO) -> int:
+    """Checksum data reps times inside C (no per-call overhead), for benchmarks."""
+    buf = ffi.from_buffer(data)
+    return check(lib.pc_bench_csum(impl, buf, len(buf), reps), "bench_csum")
+
+
+def bench_memcpy(dst: bytearray, src: BytesLike, reps: int) -> None:
+    """Copy src into dst reps times inside C: the yardstick for bench_csum()."""
+    d = ffi.from_buffer(dst, require_writable=True)
+    s = ffi.from_buffer(src)
+    if len(d) < len(s):
+        raise ValueError("destination shorter than source")
+    check(lib.pc_bench_memcpy(d, s, len(s), reps), "bench_memcpy")
+
+
+def _addr(addr: BytesLike, size: int) -> object:
+    """Address bytes as a C pointer, after checking their length."""
+    buf = ffi.from_buffer(addr)
+    if len(buf) != size:
+        raise ValueError(f"address must be {size} bytes, got {len(buf)}")
+    return buf
 
 # ---- iov ----
-# SECTION iov
+# A transfer is resumable: on EAGAIN these raise BlockingIOError whose characters_written is
+# the byte offset reached; call again with offset=that value when the fd is ready:
+#     try:
+#         writev_all(fd, bufs, off)
+#     except BlockingIOError as e:
+#         off = e.characters_written   # wait for EPOLLOUT, then retry from off
+
+
+def _xfer(fn: object, what: str, fd: int, buffers: Sequence[BytesLike], offset: int,
+          writable: bool) -> tuple[int, int]:
+    """Run one C transfer loop; return (C return code, byte offset reached)."""
+    iov, _keep = _iovec(buffers, writable=writable)
+    done = ffi.new("size_t *")
+    ret = fn(fd, iov, len(buffers), offset, done)
+    if ret == -errno.EAGAIN:
+        raise BlockingIOError(errno.EAGAIN, f"{what}: would block", done[0])
+    check(ret, what)
+    return ret, done[0]
+
+
+def writev_all(fd: int, buffers: Sequence[BytesLike], offset: int = 0) -> int:
+    """Write the concatenation of buffers from byte offset onwards; return the total length.
+
+    Retries EINTR and partial writes. Raises BlockingIOError (characters_written = offset
+    reached) when a non-blocking fd is full, CoreError on other failures.
+    """
+    return _xfer(lib.pc_writev_all, "writev_all", fd, buffers, offset, False)[1]
+
+
+def readv_all(fd: int, buffers: Sequence[BytesLike], offset: int = 0) -> int:
+    """Fill writable buffers, in order, from byte offset onwards; return the offset reached.
+
+    The result is the total length of buffers unless end of file came first: a shorter result
+    means EOF. Retries EINTR and partial reads. Raises BlockingIOError (characters_written =
+    offset reached) when a non-blocking fd is empty, CoreError on other failures.
+    """
+    return _xfer(lib.pc_readv_all, "readv_all", fd, buffers, offset, True)[1]
 
 # ---- guest memory and virtqueues ----
 # SECTION virtq
+# Guest memory and split virtqueues (csrc/guest_mem.c, csrc/virtq.c). The vhost-user layer
+# calls only these wrappers; every guest access is bounds-checked in C.
+import array  # noqa: E402  (section-local imports keep the sections independent)
+from collections.abc import Sequence  # noqa: E402
+
+#: PC_VQ_ERR_* kind -> name, for TxBatch.bad_chains() and logs.
+VQ_ERRORS: dict[int, str] = {
+    lib.PC_VQ_ERR_HEAD: "head",            # head index from the avail ring >= num
+    lib.PC_VQ_ERR_NEXT: "next",            # `next` >= table size
+    lib.PC_VQ_ERR_LOOP: "loop",            # chain longer than its table (loop or over-long)
+    lib.PC_VQ_ERR_ADDR: "addr",            # buffer outside guest memory, wrapping, chain > 4 GiB
+    lib.PC_VQ_ERR_DIR: "dir",              # write-only buffer on TX / read-only on RX
+    lib.PC_VQ_ERR_INDIRECT: "indirect",    # indirect not negotiated, nested, bad length, outside
+    lib.PC_VQ_ERR_SHORT: "short",          # TX chain shorter than the virtio-net header
+    lib.PC_VQ_ERR_IOV: "iov",              # more slices than a whole batch can hold
+}
+VRING_F_LOG = lib.PC_VRING_F_LOG
+VQ_MAX_SIZE = lib.PC_VQ_MAX_SIZE
+
+
+class GuestMemory:
+    """Guest memory regions mmapped from the front-end's fds; every access bounds-checked in C.
+
+    The table holds at most 8 regions (the vhost-user baseline); fds passed in stay owned by
+    the caller, who may close them once mapped. Rings built on this memory re-translate by
+    themselves after any change of the table.
+    """
+
+    MAX_REGIONS = lib.PC_MEM_MAX_REGIONS
+
+    def __init__(self) -> None:
+        self._raw = ffi.new("char[]", lib.pc_mem_size())
+        self._m = ffi.cast("struct pc_mem *", self._raw)
+        lib.pc_mem_init(self._m)
+
+    def add_region(self, fd: int, guest_phys_addr: int, size: int, user_addr: int,
+                   mmap_offset: int) -> None:
+        """Map one region (MAP_SHARED); overlapping or a ninth region raises CoreError."""
+        check(lib.pc_mem_add_region(self._m, fd, guest_phys_addr, size, user_addr, mmap_offset),
+              "add_region")
+
+    def remove_region(self, guest_phys_addr: int, size: int, user_addr: int) -> None:
+        """Unmap the region matching exactly (REM_MEM_REG); CoreError(ENOENT) if none."""
+        check(lib.pc_mem_remove_region(self._m, guest_phys_addr, size, user_addr),
+              "remove_region")
+
+    def clear(self) -> None:
+        """Unmap every region and the dirty log (new SET_MEM_TABLE, reset, close)."""
+        if self._m is not None:
+            lib.pc_mem_clear(self._m)
+
+    close = clear
+
+    def __del__(self) -> None:
+        self.clear()
+
+    @property
+    def nregions(self) -> int:
+        """Regions currently mapped."""
+        return lib.pc_mem_nregions(self._m)
+
+    def set_log(self, fd: int, size: int, offset: int) -> None:
+        """Map the dirty log (SET_LOG_BASE mmap_size, mmap_offset), replacing any previous."""
+        check(lib.pc_mem_set_log(self._m, fd, size, offset), "set_log")
+
+    def clear_log(self) -> None:
+        """Unmap the dirty log; logging stops until a new log is set."""
+        lib.pc_mem_clear_log(self._m)
+
+    @property
+    def logging(self) -> bool:
+        """True while logging is requested (LOG_ALL) *and* a log is mapped."""
+        return bool(lib.pc_mem_logging(self._m))
+
+    @logging.setter
+    def logging(self, on: bool) -> None:
+        lib.pc_mem_set_logging(self._m, 1 if on else 0)
+
+    def read(self, gpa: int, length: int) -> bytes:
+        """Copy guest memory out (control paths, tests); CoreError(EFAULT) if out of bounds."""
+        if length < 0:
+            raise ValueError("negative length")
+        buf = ffi.new("uint8_t[]", max(length, 1))
+        check(lib.pc_mem_read(self._m, gpa, buf, length), "guest read")
+        return ffi.buffer(buf, length)[:]
+
+    def write(self, gpa: int, data: bytes) -> None:
+        """Copy into guest memory (all or nothing), dirty-logging the pages written."""
+        check(lib.pc_mem_write(self._m, gpa, ffi.from_buffer(data), len(data)), "guest write")
+
+    def uva_to_gpa(self, uva: int) -> int:
+        """Guest-physical address of a front-end virtual address (e.g. the used ring's)."""
+        return check(lib.pc_mem_uva_to_gpa(self._m, uva), "uva_to_gpa")
+
+
+class TxBatch:
+    """Frames drained from a TX ring by one pop_tx() call; reusable after release().
+
+    Good frames are 0..count-1; their payload (virtio-net header skipped) stays in guest
+    memory as iovecs, valid until release or a change of the memory table. ``frames`` and
+    ``iov`` are the raw C arrays, for C consumers: frame i has slices
+    iov[frames[i].first : frames[i].first + frames[i].nslices].
+    """
+
+    def __init__(self, max_frames: int = 64, max_iov: int | None = None) -> None:
+        if max_frames < 1:
+            raise ValueError("max_frames must be positive")
+        self.max_frames = max_frames
+        self.max_iov = max_iov if max_iov is not None else max(1024, 8 * max_frames)
+        self.frames = ffi.new("struct pc_tx_frame[]", max_frames)
+        self.iov = ffi.new("struct iovec[]", self.max_iov)
+        self._bad = ffi.new("struct pc_bad_chain[]", max_frames)
+        self._nbad = ffi.new("unsigned *")
+        self.count = 0
+        self.bad = 0
+
+    def _check(self, i: int) -> None:
+        if not 0 <= i < self.count:
+            raise IndexError(f"frame {i} not in batch of {self.count}")
+
+    def frame(self, i: int) -> bytes:
+        """Copy frame i out of guest memory (control paths only: the data path stays in C)."""
+        self._check(i)
+        f = self.frames[i]
+        return b"".join(ffi.buffer(self.iov[k].iov_base, self.iov[k].iov_len)[:]
+                        for k in range(f.first, f.first + f.nslices))
+
+    def frame_len(self, i: int) -> int:
+        """Payload length of frame i (header excluded)."""
+        self._check(i)
+        return self.frames[i].len
+
+    def head(self, i: int) -> int:
+        """Head descriptor index of frame i."""
+        self._check(i)
+        return self.frames[i].head
+
+    def slices(self, i: int) -> tuple[object, int]:
+        """(pointer to frame i's first struct iovec, slice count), to hand to C."""
+        self._check(i)
+        f = self.frames[i]
+        return self.iov + f.first, f.nslices
+
+    def bad_chains(self) -> list[tuple[int, str]]:
+        """(head, error kind name) of each bad chain in this batch."""
+        return [(self._bad[i].head, VQ_ERRORS.get(self._bad[i].kind, str(self._bad[i].kind)))
+                for i in range(self.bad)]
+
+
+class RxResult:
+    """What the last push_rx() did: frames placed and dropped, bad chains, notification."""
+
+    __slots__ = ("placed", "dropped", "bad", "notified")
+
+    def __init__(self, placed: int = 0, dropped: int = 0, bad: int = 0,
+                 notified: bool = False) -> None:
+        self.placed, self.dropped, self.bad, self.notified = placed, dropped, bad, notified
+
+    def __repr__(self) -> str:
+        return (f"RxResult(placed={self.placed}, dropped={self.dropped}, bad={self.bad}, "
+                f"notified={self.notified})")
+
+
+class Virtqueue:
+    """One split virtqueue in guest memory, device side; batch calls, one C call each.
+
+    The call and kick eventfds given to set_call_fd()/set_kick_fd() become owned by the
+    Virtqueue: replacing one or close() closes the previous fd.
+    """
+
+    def __init__(self, mem: GuestMemory, index: int) -> None:
+        self.mem = mem          # keeps the memory (and its C struct) alive as long as the ring
+        self.index = index
+        self._raw = ffi.new("char[]", lib.pc_vq_size())
+        self._vq = ffi.cast("struct pc_vq *", self._raw)
+        lib.pc_vq_init(self._vq, mem._m)
+        self._call_fd = -1
+        self._kick_fd = -1
+        self._event_idx = False
+        self._indirect = False
+        self._rx_res = ffi.new("struct pc_rx_result *")
+        self.last_rx = RxResult()
+        self.rx_bad_total = 0
+        self.tx_bad_total = 0
+
+    def set_num(self, num: int) -> None:
+        """Ring size: a power of two 1..32768, else CoreError(EINVAL); EBUSY while started."""
+        check(lib.pc_vq_set_num(self._vq, num), "set_num")
+
+    def set_addr(self, desc_uva: int, used_uva: int, avail_uva: int, log_guest_addr: int = 0,
+                 flags: int = 0) -> None:
+        """Ring addresses in front-end virtual space; each area must lie in one region.
+
+        log_guest_addr is the used ring's guest-physical address, used for dirty logging when
+        flags has VRING_F_LOG. Allowed while running (QEMU re-sends it to enable logging).
+        """
+        check(lib.pc_vq_set_addr(self._vq, desc_uva, used_uva, avail_uva, log_guest_addr, flags),
+              "set_addr")
+
+    def set_base(self, idx: int) -> None:
+        """Next avail index to process (SET_VRING_BASE); only while stopped."""
+        check(lib.pc_vq_set_base(self._vq, idx), "set_base")
+
+    def _replace_fd(self, old: int, fd: int) -> int:
+        if old >= 0 and old != fd:
+            os.close(old)
+        return fd if fd >= 0 else -1
+
+    def set_call_fd(self, fd: int) -> None:
+        """Eventfd written to interrupt the guest; -1 for none. Takes ownership of fd."""
+        self._call_fd = self._replace_fd(self._call_fd, fd)
+        lib.pc_vq_set_call_fd(self._vq, self._call_fd)
+
+    def set_kick_fd(self, fd: int) -> None:
+        """Eventfd the guest kicks; -1 for none (polling). Takes ownership, made non-blocking."""
+        self._kick_fd = self._replace_fd(self._kick_fd, fd)
+        if self._kick_fd >= 0:
+            os.set_blocking(self._kick_fd, False)
+
+    @property
+    def call_fd(self) -> int:
+        """Current call eventfd, -1 if none."""
+        return self._call_fd
+
+    @property
+    def kick_fd(self) -> int:
+        """Current kick eventfd (register it with the event loop), -1 if none."""
+        return self._kick_fd
+
+    def kick_pending(self) -> bool:
+        """Consume the kick eventfd's counter; True if kicked (always True when polling)."""
+        if self._kick_fd < 0:
+            return True
+        try:
+            return len(os.read(self._kick_fd, 8)) == 8
+        except BlockingIOError:
+            return False
+
+    def set_features(self, event_idx: bool, indirect: bool) -> None:
+        """Apply VIRTIO_RING_F_EVENT_IDX and VIRTIO_RING_F_INDIRECT_DESC as negotiated."""
+        self._event_idx, self._indirect = bool(event_idx), bool(indirect)
+        lib.pc_vq_set_features(self._vq, int(event_idx), int(indirect))
+
+    def set_event_idx(self, on: bool) -> None:
+        """Apply VIRTIO_RING_F_EVENT_IDX alone."""
+        self.set_features(on, self._indirect)
+
+    def set_indirect(self, on: bool) -> None:
+        """Apply VIRTIO_RING_F_INDIRECT_DESC alone (without it indirect chains are bad)."""
+        self.set_features(self._event_idx, on)
+
+    def start(self) -> None:
+        """Start processing; the used idx is read from the used ring now."""
+        check(lib.pc_vq_start(self._vq), "start")
+
+    def stop(self) -> int:
+        """Stop (GET_VRING_BASE) and return the next avail index; touches no guest memory.
+
+        Release outstanding TX batches first: release() on a stopped ring drops the heads.
+        """
+        return lib.pc_vq_stop(self._vq)
+
+    @property
+    def started(self) -> bool:
+        """True while the ring is running."""
+        return bool(lib.pc_vq_started(self._vq))
+
+    @property
+    def avail_pending(self) -> int:
+        """Chains the driver has made available (0 when stopped); CoreError(EIO) if broken."""
+        return check(lib.pc_vq_avail_pending(self._vq), "avail_pending")
+
+    def pop_tx(self, max_frames: int = 64, hdr_len: int = 12,
+               batch: TxBatch | None = None) -> TxBatch:
+        """Drain up to max_frames chains into a batch (one C call); bad chains counted in it.
+
+        Pass a released batch to reuse its arrays (max_frames is capped to its size). Raises
+        CoreError(EIO) if the avail idx runs more than num ahead (nothing consumed then).
+        """
+        if batch is None:
+            batch = TxBatch(max_frames)
+        elif batch.count or batch.bad:
+            raise ValueError("TxBatch still holds unreleased chains: release() it first")
+        n = check(lib.pc_vq_pop_tx(self._vq, min(max_frames, batch.max_frames), hdr_len,
+                                   batch.frames, batch.iov, batch.max_iov, batch._bad,
+                                   batch._nbad), "pop_tx")
+        batch.count = n
+        batch.bad = batch._nbad[0]
+        self.tx_bad_total += batch.bad
+        return batch
+
+    def release(self, batch: TxBatch) -> bool:
+        """Return all heads of batch to the used ring (len 0), notify once; True if notified."""
+        ret = check(lib.pc_vq_release(self._vq, batch.frames, batch.count, batch._bad,
+                                      batch.bad), "release")
+        batch.count = batch.bad = 0
+        return bool(ret)
+
+    def push_rx(self, frames: Sequence[bytes | bytearray | memoryview], hdr_len: int = 12,
+                mergeable: bool = True, vnet_hdr: bytes | None = None) -> int:
+        """Place whole frames into RX buffers (one C call), notify once.
+
+        Returns frames consumed, placed or dropped (too big for the buffers): the caller keeps
+        frames[ret:] for the next kick. Details of the call are in last_rx.
+        """
+        if vnet_hdr is not None and len(vnet_hdr) != hdr_len:
+            raise ValueError("vnet_hdr must be hdr_len bytes")
+        if not frames:
+            self.last_rx = RxResult()
+            return 0
+        data = b"".join(frames)
+        lens = array.array("I", map(len, frames))
+        res = self._rx_res
+        n = check(lib.pc_vq_push_rx(self._vq, ffi.from_buffer(data),
+                                    ffi.from_buffer("uint32_t[]", lens), len(lens), hdr_len,
+                                    1 if mergeable else 0,
+                                    ffi.from_buffer(vnet_hdr) if vnet_hdr else ffi.NULL, res),
+                  "push_rx")
+        self.last_rx = RxResult(res.placed, res.dropped, res.bad, bool(res.notified))
+        self.rx_bad_total += res.bad
+        return n
+
+    def close(self) -> None:
+        """Stop the ring and close its eventfds."""
+        lib.pc_vq_stop(self._vq)
+        self.set_call_fd(-1)
+        self.set_kick_fd(-1)
+
+    def __del__(self) -> None:
+        if getattr(self, "_vq", None) is not None:
+            self.close()

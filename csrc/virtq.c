@@ -1,0 +1,846 @@
+/* virtq.c - split virtqueues (virtio 1.x, section 2.7) on the device side
+ *
+ * Theory of operation
+ * -------------------
+ * A ring is three areas in guest memory: the descriptor table (16 bytes per entry), the avail
+ * ring (flags, idx, num heads, used_event) written by the driver, and the used ring (flags,
+ * idx, num {id, len} elements, avail_event) written by us. Their front-end virtual addresses
+ * arrive with SET_VRING_ADDR; each area must lie inside one region and is translated to our
+ * pointers once, and again whenever the memory table changes (generation counter).
+ *
+ * Everything the guest wrote is hostile. The avail idx is read once per batch with acquire
+ * semantics; if it claims more than num new entries the ring is broken (-EIO, nothing is
+ * consumed). Each chain is walked with a count bound (num for the table, the entry count for
+ * an indirect table), so loops and over-long chains end as errors; every buffer is translated
+ * with overflow and region checks (a buffer running over adjacent regions becomes several
+ * slices, and a chain may not describe more than 4 GiB, the limit of a used length);
+ * direction, `next` and indirect rules are checked per descriptor. A chain that fails
+ * any check is classified (PC_VQ_ERR_*), consumed and returned with length 0: one bad chain
+ * never stops the ring and never makes us touch memory outside the regions.
+ *
+ * TX: pc_vq_pop_tx() fills caller arrays with frames (head, slice range, length) and iovecs
+ * pointing into guest memory past the virtio-net header; pc_vq_release() returns all heads at
+ * once. RX: pc_vq_push_rx() places whole frames (with mergeable buffers over several chains,
+ * num_buffers in the header) or none of a frame. Used elements are written first, the used idx
+ * is published once with release semantics, the writes are dirty-logged when logging is on,
+ * and after a full barrier the notification rules (VRING_AVAIL_F_NO_INTERRUPT, or used_event
+ * with VIRTIO_RING_F_EVENT_IDX) decide whether to write the call eventfd, once per batch.
+ *
+ * A stopped ring (before start, after stop) touches no guest memory and never notifies.
+ */
+#include <endian.h>
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "guest_mem.h"
+
+enum {
+	DESC_F_NEXT = 1,
+	DESC_F_WRITE = 2,
+	DESC_F_INDIRECT = 4,
+	AVAIL_F_NO_INTERRUPT = 1,
+	DESC_SIZE = 16,
+};
+
+/**
+ * struct rx_chain - one chain collected for the RX frame being placed
+ * @head:	head descriptor index
+ * @first:	index of its first slice in pc_vq.rx_iov
+ * @nslices:	number of slices
+ */
+struct rx_chain {
+	uint32_t head;
+	uint32_t first;
+	uint32_t nslices;
+};
+
+/**
+ * struct pc_vq - one split virtqueue
+ * @mem:	guest memory the ring and its buffers live in
+ * @num:	ring size, 0 until set
+ * @desc_uva:	front-end virtual address of the descriptor table
+ * @used_uva:	... of the used ring
+ * @avail_uva:	... of the avail ring
+ * @log_addr:	guest-physical address of the used ring, for dirty logging
+ * @log_flags:	SET_VRING_ADDR flags (PC_VRING_F_LOG)
+ * @addr_set:	addresses were given
+ * @desc:	our pointer to the descriptor table, NULL if not translated
+ * @avail:	our pointer to the avail ring
+ * @used:	our pointer to the used ring
+ * @gen:	memory generation the pointers belong to
+ * @last_avail:	next avail index to process
+ * @used_idx:	our shadow of the used idx
+ * @started:	the ring is running
+ * @event_idx:	VIRTIO_RING_F_EVENT_IDX negotiated
+ * @indirect:	VIRTIO_RING_F_INDIRECT_DESC negotiated
+ * @call_fd:	eventfd to signal the guest, -1 for none
+ * @rx_iov:	scratch slices of the RX frame being placed
+ * @rx_gpa:	guest-physical address of each of @rx_iov, for logging
+ * @rx_chain:	scratch chains of the RX frame being placed
+ */
+struct pc_vq {
+	struct pc_mem *mem;
+	unsigned num;
+	uint64_t desc_uva;
+	uint64_t used_uva;
+	uint64_t avail_uva;
+	uint64_t log_addr;
+	unsigned log_flags;
+	int addr_set;
+	uint8_t *desc;
+	uint8_t *avail;
+	uint8_t *used;
+	uint64_t gen;
+	uint16_t last_avail;
+	uint16_t used_idx;
+	int started;
+	int event_idx;
+	int indirect;
+	int call_fd;
+	struct iovec rx_iov[PC_VQ_RX_MAX_IOV];
+	uint64_t rx_gpa[PC_VQ_RX_MAX_IOV];
+	struct rx_chain rx_chain[PC_VQ_RX_MAX_CHAINS];
+};
+
+/**
+ * struct walk - output of a chain walk
+ * @iov:	where slices go
+ * @gpa:	where their guest-physical addresses go, or NULL
+ * @max:	room in @iov (and @gpa)
+ * @n:		slices written
+ * @total:	bytes in the slices
+ */
+struct walk {
+	struct iovec *iov;
+	uint64_t *gpa;
+	unsigned max;
+	unsigned n;
+	uint64_t total;
+};
+
+/**
+ * ld16() - load a little-endian 16-bit ring field written by the guest
+ * @p:		aligned pointer into guest memory
+ * Return: the value
+ */
+static inline uint16_t ld16(const uint8_t *p)
+{
+	return le16toh(__atomic_load_n((const uint16_t *)(const void *)p, __ATOMIC_RELAXED));
+}
+
+/**
+ * ld16_acquire() - load a ring index with acquire semantics (later reads see its entries)
+ * @p:		aligned pointer into guest memory
+ * Return: the value
+ */
+static inline uint16_t ld16_acquire(const uint8_t *p)
+{
+	return le16toh(__atomic_load_n((const uint16_t *)(const void *)p, __ATOMIC_ACQUIRE));
+}
+
+/**
+ * st16() - store a little-endian 16-bit ring field
+ * @p:		aligned pointer into guest memory
+ * @v:		value
+ * @order:	memory order of the store
+ */
+static inline void st16(uint8_t *p, uint16_t v, int order)
+{
+	__atomic_store_n((uint16_t *)(void *)p, htole16(v), order);
+}
+
+/**
+ * pc_vq_size() - bytes to allocate for a struct pc_vq
+ * Return: sizeof(struct pc_vq)
+ */
+size_t pc_vq_size(void)
+{
+	return sizeof(struct pc_vq);
+}
+
+/**
+ * pc_vq_init() - initialise a stopped, unconfigured ring
+ * @vq:		ring, pc_vq_size() bytes
+ * @mem:	guest memory, must outlive the ring
+ */
+void pc_vq_init(struct pc_vq *vq, struct pc_mem *mem)
+{
+	memset(vq, 0, sizeof(*vq));
+	vq->mem = mem;
+	vq->call_fd = -1;
+}
+
+/**
+ * vq_translate() - translate the ring areas to our pointers for the current memory table
+ * @vq:		ring with size and addresses set
+ * Return: 0, -EINVAL if size or addresses are missing or misaligned, -EFAULT if an area is not
+ *	   inside one region (the pointers are then cleared)
+ */
+static int vq_translate(struct pc_vq *vq)
+{
+	uint64_t num = vq->num;
+	uint8_t *desc, *avail, *used;
+
+	vq->desc = vq->avail = vq->used = NULL;
+	if (!vq->num || !vq->addr_set)
+		return -EINVAL;
+	desc = pc_mem_uva_range(vq->mem, vq->desc_uva, DESC_SIZE * num);
+	avail = pc_mem_uva_range(vq->mem, vq->avail_uva, 6 + 2 * num);
+	used = pc_mem_uva_range(vq->mem, vq->used_uva, 6 + 8 * num);
+	if (!desc || !avail || !used)
+		return -EFAULT;
+	if ((uintptr_t)desc % 16 || (uintptr_t)avail % 2 || (uintptr_t)used % 4)
+		return -EINVAL;
+	vq->desc = desc;
+	vq->avail = avail;
+	vq->used = used;
+	vq->gen = vq->mem->gen;
+	return 0;
+}
+
+/**
+ * vq_ready() - make sure the ring pointers match the current memory table
+ * @vq:		ring
+ * Return: 0, or the error of vq_translate()
+ */
+static int vq_ready(struct pc_vq *vq)
+{
+	if (vq->desc && vq->gen == vq->mem->gen)
+		return 0;
+	return vq_translate(vq);
+}
+
+/**
+ * pc_vq_set_num() - set the ring size (SET_VRING_NUM)
+ * @vq:		stopped ring
+ * @num:	size, a power of two from 1 to PC_VQ_MAX_SIZE
+ * Return: 0, -EINVAL for a bad size, -EBUSY if the ring is running
+ */
+int pc_vq_set_num(struct pc_vq *vq, unsigned num)
+{
+	if (vq->started)
+		return -EBUSY;
+	if (!num || num > PC_VQ_MAX_SIZE || (num & (num - 1)))
+		return -EINVAL;
+	vq->num = num;
+	vq->desc = NULL;
+	return 0;
+}
+
+/**
+ * pc_vq_set_addr() - set the ring addresses (SET_VRING_ADDR); allowed while running
+ * @vq:		ring with its size set
+ * @desc_uva:	front-end virtual address of the descriptor table
+ * @used_uva:	... of the used ring
+ * @avail_uva:	... of the avail ring
+ * @log_guest_addr: guest-physical address of the used ring (for dirty logging)
+ * @flags:	PC_VRING_F_LOG to log used ring writes
+ * Return: 0; -EINVAL without a size or for misaligned areas, -EFAULT if an area is not inside
+ *	   one region. On failure the previous addresses stay in force.
+ */
+int pc_vq_set_addr(struct pc_vq *vq, uint64_t desc_uva, uint64_t used_uva, uint64_t avail_uva,
+		   uint64_t log_guest_addr, unsigned flags)
+{
+	uint64_t o_desc = vq->desc_uva, o_used = vq->used_uva, o_avail = vq->avail_uva;
+	uint8_t *o_desc_p = vq->desc, *o_avail_p = vq->avail, *o_used_p = vq->used;
+	uint64_t o_gen = vq->gen;
+	int o_set = vq->addr_set, ret;
+
+	if (!vq->num)
+		return -EINVAL;
+	vq->desc_uva = desc_uva;
+	vq->used_uva = used_uva;
+	vq->avail_uva = avail_uva;
+	vq->addr_set = 1;
+	ret = vq_translate(vq);
+	if (ret) {
+		vq->desc_uva = o_desc;
+		vq->used_uva = o_used;
+		vq->avail_uva = o_avail;
+		vq->addr_set = o_set;
+		vq->desc = o_desc_p;
+		vq->avail = o_avail_p;
+		vq->used = o_used_p;
+		vq->gen = o_gen;
+		return ret;
+	}
+	vq->log_addr = log_guest_addr;
+	vq->log_flags = flags;
+	return 0;
+}
+
+/**
+ * pc_vq_set_base() - set the next avail index to process (SET_VRING_BASE)
+ * @vq:		stopped ring
+ * @idx:	index, 0 to 65535
+ * Return: 0, -EINVAL if out of range, -EBUSY if running
+ */
+int pc_vq_set_base(struct pc_vq *vq, unsigned idx)
+{
+	if (vq->started)
+		return -EBUSY;
+	if (idx > UINT16_MAX)
+		return -EINVAL;
+	vq->last_avail = (uint16_t)idx;
+	return 0;
+}
+
+/**
+ * pc_vq_set_call_fd() - set the eventfd written to notify the guest
+ * @vq:		ring
+ * @fd:		eventfd, or -1 for none (the caller keeps ownership)
+ */
+void pc_vq_set_call_fd(struct pc_vq *vq, int fd)
+{
+	vq->call_fd = fd < 0 ? -1 : fd;
+}
+
+/**
+ * pc_vq_set_features() - apply negotiated ring features
+ * @vq:		ring
+ * @event_idx:	VIRTIO_RING_F_EVENT_IDX negotiated
+ * @indirect:	VIRTIO_RING_F_INDIRECT_DESC negotiated
+ */
+void pc_vq_set_features(struct pc_vq *vq, int event_idx, int indirect)
+{
+	vq->event_idx = !!event_idx;
+	vq->indirect = !!indirect;
+}
+
+/**
+ * pc_vq_start() - start the ring; the used idx shadow is read from the used ring
+ * @vq:		ring with size and addresses set
+ * Return: 0, or -EINVAL / -EFAULT from translation
+ */
+int pc_vq_start(struct pc_vq *vq)
+{
+	int ret = vq_translate(vq);
+
+	if (ret)
+		return ret;
+	vq->used_idx = ld16_acquire(vq->used + 2);
+	vq->started = 1;
+	return 0;
+}
+
+/**
+ * pc_vq_stop() - stop the ring (GET_VRING_BASE); no guest memory is touched
+ * @vq:		ring
+ * Return: the next avail index to process
+ */
+int pc_vq_stop(struct pc_vq *vq)
+{
+	vq->started = 0;
+	return vq->last_avail;
+}
+
+/**
+ * pc_vq_started() - is the ring running?
+ * @vq:		ring
+ * Return: 1 if started, else 0
+ */
+int pc_vq_started(const struct pc_vq *vq)
+{
+	return vq->started;
+}
+
+/**
+ * vq_avail_idx() - read the driver's avail idx and check it against our position
+ * @vq:		running, translated ring
+ * @pending:	set to the number of new chains
+ * Return: the avail idx, or -EIO if it is more than num ahead (broken ring)
+ */
+static int vq_avail_idx(const struct pc_vq *vq, unsigned *pending)
+{
+	uint16_t idx = ld16_acquire(vq->avail + 2);
+
+	*pending = (uint16_t)(idx - vq->last_avail);
+	if (*pending > vq->num)
+		return -EIO;
+	return idx;
+}
+
+/**
+ * pc_vq_avail_pending() - how many chains the driver made available
+ * @vq:		ring
+ * Return: the count (0 when stopped), -EIO for a broken ring, or a translation error
+ */
+int pc_vq_avail_pending(struct pc_vq *vq)
+{
+	unsigned pending;
+	int ret;
+
+	if (!vq->started)
+		return 0;
+	ret = vq_ready(vq);
+	if (ret)
+		return ret;
+	ret = vq_avail_idx(vq, &pending);
+	return ret < 0 ? ret : (int)pending;
+}
+
+/**
+ * walk_chain() - walk and check one descriptor chain, collecting its buffers as slices
+ * @vq:		running, translated ring
+ * @head:	head index from the avail ring
+ * @write:	1 if every buffer must be device-writable (RX), 0 if device-readable (TX)
+ * @w:		output slices; w->n and w->total are reset
+ * Return: PC_VQ_OK or the PC_VQ_ERR_* kind of the first check that failed
+ */
+static unsigned walk_chain(const struct pc_vq *vq, unsigned head, int write, struct walk *w)
+{
+	const uint8_t *table = vq->desc;
+	unsigned size = vq->num, idx = head, count = 0;
+	int in_indirect = 0;
+
+	w->n = 0;
+	w->total = 0;
+	if (head >= vq->num)
+		return PC_VQ_ERR_HEAD;
+	for (;;) {
+		uint64_t addr, left;
+		uint32_t len;
+		uint16_t flags, next;
+		uint8_t raw[DESC_SIZE];
+
+		if (++count > size)
+			return PC_VQ_ERR_LOOP;
+		memcpy(raw, table + (size_t)DESC_SIZE * idx, DESC_SIZE);	/* read once */
+		memcpy(&addr, raw, 8);
+		memcpy(&len, raw + 8, 4);
+		memcpy(&flags, raw + 12, 2);
+		memcpy(&next, raw + 14, 2);
+		addr = le64toh(addr);
+		len = le32toh(len);
+		flags = le16toh(flags);
+		next = le16toh(next);
+
+		if (flags & DESC_F_INDIRECT) {
+			if (!vq->indirect || in_indirect || (flags & DESC_F_NEXT) || !len ||
+			    len % DESC_SIZE || len / DESC_SIZE > PC_VQ_MAX_INDIRECT)
+				return PC_VQ_ERR_INDIRECT;
+			table = pc_mem_gpa_range(vq->mem, addr, len);
+			if (!table)
+				return PC_VQ_ERR_INDIRECT;
+			size = len / DESC_SIZE;
+			idx = 0;
+			count = 0;
+			in_indirect = 1;
+			continue;
+		}
+		if (!!(flags & DESC_F_WRITE) != write)
+			return PC_VQ_ERR_DIR;
+		if (len > UINT64_MAX - addr)
+			return PC_VQ_ERR_ADDR;
+		for (left = len; left; ) {
+			uint64_t span;
+			uint8_t *p = pc_mem_gpa_span(vq->mem, addr, left, &span);
+
+			if (!p)
+				return PC_VQ_ERR_ADDR;
+			if (w->n >= w->max)
+				return PC_VQ_ERR_IOV;
+			w->iov[w->n].iov_base = p;
+			w->iov[w->n].iov_len = span;
+			if (w->gpa)
+				w->gpa[w->n] = addr;
+			w->n++;
+			w->total += span;
+			if (w->total > UINT32_MAX)	/* lengths are 32-bit on the wire */
+				return PC_VQ_ERR_ADDR;
+			addr += span;
+			left -= span;
+		}
+		if (!(flags & DESC_F_NEXT))
+			return PC_VQ_OK;
+		if (next >= size)
+			return PC_VQ_ERR_NEXT;
+		idx = next;
+	}
+}
+
+/**
+ * vq_put_used() - write one used element (not yet published)
+ * @vq:		running, translated ring
+ * @slot:	free-running used index of the element
+ * @id:		head index
+ * @len:	bytes written into the chain
+ */
+static void vq_put_used(struct pc_vq *vq, uint16_t slot, uint32_t id, uint32_t len)
+{
+	uint8_t *e = vq->used + 4 + 8 * (size_t)(slot % vq->num);
+	uint32_t v[2] = { htole32(id), htole32(len) };
+
+	memcpy(e, v, sizeof(v));
+}
+
+/**
+ * vq_log_used() - dirty-log a byte range of the used ring, if the ring logs
+ * @vq:		ring
+ * @off:	offset in the used ring
+ * @len:	bytes
+ */
+static void vq_log_used(struct pc_vq *vq, uint64_t off, uint64_t len)
+{
+	if (vq->log_flags & PC_VRING_F_LOG)
+		pc_mem_log_range(vq->mem, vq->log_addr + off, len);
+}
+
+/**
+ * vq_set_avail_event() - tell the driver (EVENT_IDX) to kick when it passes our position
+ * @vq:		running, translated ring
+ */
+static void vq_set_avail_event(struct pc_vq *vq)
+{
+	uint64_t off = 4 + 8 * (uint64_t)vq->num;
+
+	if (!vq->event_idx)
+		return;
+	st16(vq->used + off, vq->last_avail, __ATOMIC_RELAXED);
+	vq_log_used(vq, off, 2);
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
+/**
+ * vq_flush() - publish used elements written since @old, log them, notify if due
+ * @vq:		running, translated ring; vq->used_idx is the new used idx
+ * @old:	used idx before the batch
+ * Return: 1 if a notification was due (and sent when a call fd is set), else 0
+ */
+static int vq_flush(struct pc_vq *vq, uint16_t old)
+{
+	uint16_t new = vq->used_idx;
+	unsigned n = (uint16_t)(new - old), start = old % vq->num, first;
+
+	if (!n)
+		return 0;
+	st16(vq->used + 2, new, __ATOMIC_RELEASE);
+
+	if (pc_mem_log_active(vq->mem)) {
+		if (n > vq->num)
+			n = vq->num;
+		first = vq->num - start < n ? vq->num - start : n;
+		vq_log_used(vq, 4 + 8 * (uint64_t)start, 8 * (uint64_t)first);
+		if (n > first)
+			vq_log_used(vq, 4, 8 * (uint64_t)(n - first));
+		vq_log_used(vq, 2, 2);
+	}
+
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);	/* used idx visible before we read flags */
+	if (vq->event_idx) {
+		uint16_t event = ld16(vq->avail + 4 + 2 * (size_t)vq->num);
+
+		if (!((uint16_t)(new - event - 1) < (uint16_t)(new - old)))
+			return 0;
+	} else if (ld16(vq->avail) & AVAIL_F_NO_INTERRUPT) {
+		return 0;
+	}
+	if (vq->call_fd >= 0) {
+		uint64_t one = 1;
+		ssize_t ret = write(vq->call_fd, &one, sizeof(one));
+
+		(void)ret;	/* EAGAIN only if the counter is saturated: already signalled */
+	}
+	return 1;
+}
+
+/**
+ * skip_header() - drop the first @hdr_len bytes from a run of slices
+ * @iov:	slices, holding at least @hdr_len bytes
+ * @n:		number of slices
+ * @hdr_len:	bytes to drop
+ * Return: index of the first slice left (slices before it are wholly header)
+ */
+static unsigned skip_header(struct iovec *iov, unsigned n, size_t hdr_len)
+{
+	unsigned k = 0;
+
+	while (hdr_len && k < n) {
+		if (iov[k].iov_len <= hdr_len) {
+			hdr_len -= iov[k].iov_len;
+			k++;
+		} else {
+			iov[k].iov_base = (uint8_t *)iov[k].iov_base + hdr_len;
+			iov[k].iov_len -= hdr_len;
+			hdr_len = 0;
+		}
+	}
+	return k;
+}
+
+/**
+ * pc_vq_pop_tx() - drain up to @max_frames available chains of a TX ring
+ * @vq:		ring
+ * @max_frames:	most chains to consume (good and bad together)
+ * @hdr_len:	virtio-net header length to skip at the start of each chain
+ * @frames:	good frames, room for @max_frames
+ * @iov:	payload slices of the good frames, pointing into guest memory
+ * @max_iov:	room in @iov; a chain that does not fit is left for the next call, unless
+ *		@iov is still empty, in which case it is bad (PC_VQ_ERR_IOV)
+ * @bad:	bad chains (head, kind), room for @max_frames
+ * @nbad:	set to the number of bad chains
+ *
+ * The slices stay valid until the memory table changes. All consumed heads, good and bad,
+ * must be given back with pc_vq_release().
+ *
+ * Return: number of good frames (0 if stopped), -EIO if the avail idx is broken, or a
+ *	   translation error
+ */
+int pc_vq_pop_tx(struct pc_vq *vq, unsigned max_frames, size_t hdr_len,
+		 struct pc_tx_frame *frames, struct iovec *iov, unsigned max_iov,
+		 struct pc_bad_chain *bad, unsigned *nbad)
+{
+	unsigned pending, good = 0, nb = 0, used_iov = 0;
+	int ret;
+
+	*nbad = 0;
+	if (!vq->started)
+		return 0;
+	ret = vq_ready(vq);
+	if (ret)
+		return ret;
+	ret = vq_avail_idx(vq, &pending);
+	if (ret < 0)
+		return ret;
+
+	while (pending && good + nb < max_frames) {
+		unsigned head = ld16(vq->avail + 4 + 2 * (size_t)(vq->last_avail % vq->num));
+		struct walk w = { iov + used_iov, NULL, max_iov - used_iov, 0, 0 };
+		unsigned kind = walk_chain(vq, head, 0, &w);
+		unsigned k;
+
+		if (kind == PC_VQ_OK && w.total < hdr_len)
+			kind = PC_VQ_ERR_SHORT;
+		if (kind == PC_VQ_ERR_IOV && used_iov)
+			break;		/* no room left in this batch: next call */
+		vq->last_avail++;
+		pending--;
+		if (kind != PC_VQ_OK) {
+			bad[nb].head = head;
+			bad[nb].kind = kind;
+			nb++;
+			continue;
+		}
+		k = skip_header(w.iov, w.n, hdr_len);
+		frames[good].head = head;
+		frames[good].first = used_iov + k;
+		frames[good].nslices = w.n - k;
+		frames[good].len = (uint32_t)(w.total - hdr_len);
+		good++;
+		used_iov += w.n;
+	}
+	if (good + nb)
+		vq_set_avail_event(vq);
+	*nbad = nb;
+	return (int)good;
+}
+
+/**
+ * pc_vq_release() - return consumed TX heads to the used ring (length 0) and notify once
+ * @vq:		ring; if stopped, nothing is written (the heads are dropped)
+ * @frames:	good frames from pc_vq_pop_tx()
+ * @nframes:	their number
+ * @bad:	bad chains from pc_vq_pop_tx()
+ * @nbad:	their number
+ * Return: 1 if a notification was due, 0 if not, or a translation error
+ */
+int pc_vq_release(struct pc_vq *vq, const struct pc_tx_frame *frames, unsigned nframes,
+		  const struct pc_bad_chain *bad, unsigned nbad)
+{
+	uint16_t old = vq->used_idx;
+	unsigned i;
+	int ret;
+
+	if (!vq->started || !(nframes + nbad))
+		return 0;
+	ret = vq_ready(vq);
+	if (ret)
+		return ret;
+	for (i = 0; i < nframes; i++)
+		vq_put_used(vq, vq->used_idx++, frames[i].head, 0);
+	for (i = 0; i < nbad; i++)
+		vq_put_used(vq, vq->used_idx++, bad[i].head, 0);
+	return vq_flush(vq, old);
+}
+
+/**
+ * struct src - cursor over the bytes of one RX frame: header, then payload
+ * @hdr:	header bytes
+ * @hdr_len:	header length
+ * @data:	payload
+ * @len:	payload length
+ * @pos:	bytes consumed so far
+ */
+struct src {
+	const uint8_t *hdr;
+	size_t hdr_len;
+	const uint8_t *data;
+	size_t len;
+	size_t pos;
+};
+
+/**
+ * src_copy() - copy the next bytes of a frame into a slice of guest memory
+ * @s:		cursor
+ * @dst:	destination
+ * @room:	bytes available at @dst
+ * Return: bytes copied, at most @room
+ */
+static size_t src_copy(struct src *s, uint8_t *dst, size_t room)
+{
+	size_t done = 0;
+
+	while (done < room && s->pos < s->hdr_len + s->len) {
+		size_t n;
+
+		if (s->pos < s->hdr_len) {
+			n = s->hdr_len - s->pos;
+			n = n < room - done ? n : room - done;
+			memcpy(dst + done, s->hdr + s->pos, n);
+		} else {
+			n = s->hdr_len + s->len - s->pos;
+			n = n < room - done ? n : room - done;
+			memcpy(dst + done, s->data + (s->pos - s->hdr_len), n);
+		}
+		done += n;
+		s->pos += n;
+	}
+	return done;
+}
+
+/**
+ * pc_vq_push_rx() - place a batch of frames into an RX ring, whole frames only
+ * @vq:		ring
+ * @data:	the frames' bytes, back to back
+ * @lens:	length of each frame
+ * @nframes:	number of frames
+ * @hdr_len:	virtio-net header length, at most PC_VQ_MAX_HDR; if 12 or more, bytes 10..11
+ *		carry num_buffers (the number of chains the frame uses)
+ * @mergeable:	VIRTIO_NET_F_MRG_RXBUF: a frame may use several chains; if not, a frame that
+ *		does not fit its one chain is dropped and the chain returned with length 0
+ * @vnet_hdr:	@hdr_len header bytes to write (num_buffers is overwritten), or NULL for zeros
+ * @res:	set to the counts of frames placed and dropped, bad chains, and whether a
+ *		notification was due
+ *
+ * Chains are popped in order; a bad chain is returned with length 0 and skipped. A frame that
+ * needs more than PC_VQ_RX_MAX_CHAINS chains or PC_VQ_RX_MAX_IOV slices is dropped, its chains
+ * returned with length 0. When the ring runs out of buffers in the middle of a frame, that
+ * frame and its chains (bad ones included) are given back untouched and the call stops.
+ * Every byte written is dirty-logged, and the used ring once per call.
+ *
+ * Return: frames consumed (placed + dropped), 0 if stopped, -EINVAL for a bad @hdr_len,
+ *	   -EIO if the avail idx is broken, or a translation error
+ */
+int pc_vq_push_rx(struct pc_vq *vq, const uint8_t *data, const uint32_t *lens, unsigned nframes,
+		  size_t hdr_len, int mergeable, const uint8_t *vnet_hdr,
+		  struct pc_rx_result *res)
+{
+	uint8_t hdr[PC_VQ_MAX_HDR];
+	uint16_t old = vq->used_idx, start = vq->last_avail, avail_idx;
+	unsigned pending, f;
+	size_t off = 0;
+	int ret;
+
+	memset(res, 0, sizeof(*res));
+	if (!vq->started)
+		return 0;
+	if (hdr_len > PC_VQ_MAX_HDR)
+		return -EINVAL;
+	ret = vq_ready(vq);
+	if (ret)
+		return ret;
+	ret = vq_avail_idx(vq, &pending);
+	if (ret < 0)
+		return ret;
+	avail_idx = (uint16_t)ret;
+
+	for (f = 0; f < nframes; off += lens[f], f++) {
+		uint64_t need = hdr_len + (uint64_t)lens[f], got = 0;
+		uint16_t f_last = vq->last_avail, f_used = vq->used_idx;
+		unsigned nch = 0, niov = 0, nbad = 0, c, k;
+		int too_big = 0;
+		struct src s;
+
+		while (!nch || got < need) {
+			unsigned head, kind;
+			struct walk w;
+
+			if (nch == PC_VQ_RX_MAX_CHAINS) {
+				too_big = 1;
+				break;
+			}
+			if (vq->last_avail == avail_idx) {	/* out of buffers: undo frame */
+				vq->last_avail = f_last;
+				vq->used_idx = f_used;
+				res->bad -= nbad;
+				goto done;
+			}
+			head = ld16(vq->avail + 4 + 2 * (size_t)(vq->last_avail % vq->num));
+			vq->last_avail++;
+			w.iov = vq->rx_iov + niov;
+			w.gpa = vq->rx_gpa + niov;
+			w.max = PC_VQ_RX_MAX_IOV - niov;
+			kind = walk_chain(vq, head, 1, &w);
+			if (kind == PC_VQ_ERR_IOV && niov) {
+				vq_put_used(vq, vq->used_idx++, head, 0);
+				too_big = 1;
+				break;
+			}
+			if (kind != PC_VQ_OK) {
+				vq_put_used(vq, vq->used_idx++, head, 0);
+				res->bad++;
+				nbad++;
+				continue;
+			}
+			vq->rx_chain[nch].head = head;
+			vq->rx_chain[nch].first = niov;
+			vq->rx_chain[nch].nslices = w.n;
+			nch++;
+			niov += w.n;
+			got += w.total;
+			if (!mergeable)
+				break;
+		}
+
+		if (too_big || got < need) {
+			for (c = 0; c < nch; c++)
+				vq_put_used(vq, vq->used_idx++, vq->rx_chain[c].head, 0);
+			res->dropped++;
+			continue;
+		}
+
+		if (vnet_hdr)
+			memcpy(hdr, vnet_hdr, hdr_len);
+		else
+			memset(hdr, 0, hdr_len);
+		if (hdr_len >= 12) {
+			hdr[10] = (uint8_t)(nch & 0xff);
+			hdr[11] = (uint8_t)(nch >> 8);
+		}
+		s.hdr = hdr;
+		s.hdr_len = hdr_len;
+		s.data = data + off;
+		s.len = lens[f];
+		s.pos = 0;
+		for (c = 0; c < nch; c++) {
+			const struct rx_chain *ch = &vq->rx_chain[c];
+			uint64_t written = 0;
+
+			for (k = ch->first; k < ch->first + ch->nslices; k++) {
+				size_t n = src_copy(&s, vq->rx_iov[k].iov_base,
+						    vq->rx_iov[k].iov_len);
+
+				pc_mem_log_range(vq->mem, vq->rx_gpa[k], n);
+				written += n;
+			}
+			vq_put_used(vq, vq->used_idx++, ch->head, (uint32_t)written);
+		}
+		res->placed++;
+	}
+done:
+	if (vq->last_avail != start)
+		vq_set_avail_event(vq);
+	res->notified = (uint32_t)vq_flush(vq, old);
+	return (int)(res->placed + res->dropped);
+}

@@ -1,0 +1,298 @@
+"""The virtio-net device behind the vhost-user session.
+
+Theory of operation: :class:`NetDevice` owns the guest memory table and two split virtqueues,
+0 = RX (host to guest) and 1 = TX (guest to host), provided by the C core through the wrappers
+in ``passt_py.core``. The session drives it through the methods of its ``Device`` protocol
+(memory table, ring configuration, start/stop, enable, descriptors); the network layer moves
+frames through :meth:`tx_batch` / :meth:`release` and :meth:`send_frames`.
+
+Descriptors: region and log descriptors are closed right after mapping (the mapping stays);
+kick and call descriptors are owned by the core's ``Virtqueue`` (closed when replaced or when
+the ring is closed); error and log-notification descriptors are kept here until replaced or
+:meth:`reset`. Rings touch guest memory only while started; with every ring stopped the device
+is suspended (no guest-memory writes, no notifications), as the vhost-user specification
+requires after GET_VRING_BASE. A started but disabled ring does nothing visible: TX frames are
+drained and dropped, RX gets nothing.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from typing import Sequence
+
+from passt_py import core
+from passt_py.vhost_user import wire
+from passt_py.vhost_user.session import DeviceError
+from passt_py.vhost_user.wire import LogDescription, MemoryRegion, VringAddr, bit
+
+log = logging.getLogger(__name__)
+
+RX = 0
+TX = 1
+
+#: Feature bits offered to the front-end: the single place that decides them. EVENT_IDX and
+#: INDIRECT_DESC are implemented by the C core's ring walker; no config space is implemented,
+#: so VIRTIO_NET_F_STATUS / MTU / MAC are not offered.
+OFFERED_FEATURES = (
+    bit(wire.VIRTIO_F_VERSION_1)
+    | bit(wire.VIRTIO_NET_F_MRG_RXBUF)
+    | bit(wire.VHOST_F_LOG_ALL)
+    | bit(wire.VIRTIO_RING_F_INDIRECT_DESC)
+    | bit(wire.VIRTIO_RING_F_EVENT_IDX)
+    | bit(wire.VHOST_USER_F_PROTOCOL_FEATURES)
+)
+
+#: Frames one TX batch holds at most (the reusable batch is this big).
+TX_BATCH_MAX = 64
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _check_mappable(fd: int, offset: int, size: int, what: str) -> None:
+    """Refuse a mapping past the end of a regular file (touching it would raise SIGBUS)."""
+    try:
+        st = os.fstat(fd)
+    except OSError as exc:
+        raise DeviceError(exc.errno, f"{what}: bad descriptor") from None
+    if stat.S_ISREG(st.st_mode) and offset + size > st.st_size:
+        raise DeviceError(errno.EINVAL, f"{what}: offset {offset:#x} + size {size:#x} is past "
+                          f"the end of its file ({st.st_size:#x} bytes)")
+
+
+class NetDevice:
+    """A virtio-net device with one queue pair, backed by the C core."""
+
+    num_queues = 2
+    offered_features = OFFERED_FEATURES
+
+    def __init__(self) -> None:
+        self.mem = core.GuestMemory()
+        self.rings = [core.Virtqueue(self.mem, i) for i in range(self.num_queues)]
+        self._err_fds: list[int | None] = [None] * self.num_queues
+        self._started = [False] * self.num_queues
+        self._enabled = [False] * self.num_queues
+        self._log_fd: int | None = None
+        self._features = 0
+        self._tx_spare: core.TxBatch | None = core.TxBatch(TX_BATCH_MAX)
+        self._regions: list[MemoryRegion] = []
+        self.has_memory = False
+
+    # ---- what the network layer uses ----
+    @property
+    def features(self) -> int:
+        """The acknowledged virtio feature bits."""
+        return self._features
+
+    @property
+    def hdr_len(self) -> int:
+        """virtio-net header length: 12 with VERSION_1 or MRG_RXBUF, else the legacy 10."""
+        if self._features & (bit(wire.VIRTIO_F_VERSION_1) | bit(wire.VIRTIO_NET_F_MRG_RXBUF)):
+            return 12
+        return 10
+
+    @property
+    def mergeable(self) -> bool:
+        """MRG_RXBUF negotiated: an RX frame may span several buffers."""
+        return bool(self._features & bit(wire.VIRTIO_NET_F_MRG_RXBUF))
+
+    @property
+    def ready(self) -> bool:
+        """Both rings started and enabled: traffic can flow both ways."""
+        return all(self._started) and all(self._enabled)
+
+    @property
+    def suspended(self) -> bool:
+        """No ring started: guest memory must not be written."""
+        return not any(self._started)
+
+    def ring_active(self, index: int) -> bool:
+        """Ring ``index`` is started and enabled."""
+        return self._started[index] and self._enabled[index]
+
+    def kick_fd(self, index: int) -> int | None:
+        """The kick descriptor of ring ``index`` (owned by the ring), if any."""
+        fd = self.rings[index].kick_fd
+        return fd if fd >= 0 else None
+
+    def consume_kick(self, index: int) -> bool:
+        """Read a pending kick on ring ``index`` without blocking; True if kicked (or polled)."""
+        return self.rings[index].kick_pending()
+
+    def tx_batch(self, max_frames: int = TX_BATCH_MAX) -> core.TxBatch | None:
+        """Pop up to ``max_frames`` guest frames; None if TX is stopped or had nothing.
+
+        Frames are ``batch.frame(i)`` for i < ``batch.count`` (virtio-net header stripped). Pass
+        the batch to :meth:`release` before asking for the next one. A started but disabled TX
+        ring is drained and its frames dropped, as the specification asks.
+        """
+        if not self._started[TX]:
+            return None
+        spare, self._tx_spare = self._tx_spare, None
+        try:
+            batch = self.rings[TX].pop_tx(max_frames, self.hdr_len, spare)
+        except core.CoreError as exc:
+            self._tx_spare = spare or core.TxBatch(TX_BATCH_MAX)
+            log.warning("TX ring unusable: %s", exc)
+            return None
+        if batch.bad:
+            log.warning("TX: dropped bad chains %s", batch.bad_chains())
+        if batch.count and self._enabled[TX]:
+            return batch
+        if batch.count or batch.bad:
+            self.rings[TX].release(batch)
+        self._tx_spare = batch
+        return None
+
+    def release(self, batch: core.TxBatch) -> None:
+        """Return a TX batch's buffers to the guest (one used-ring update, one notify)."""
+        try:
+            self.rings[TX].release(batch)
+        finally:
+            self._tx_spare = batch
+
+    def send_frames(self, frames: Sequence[bytes]) -> int:
+        """Place frames on RX; return how many were consumed (placed or dropped as too big).
+
+        Returns 0 when RX is not started and enabled, or has no buffers: keep the frames and
+        retry when the guest kicks RX.
+        """
+        if not frames or not self.ring_active(RX):
+            return 0
+        try:
+            return self.rings[RX].push_rx(frames, self.hdr_len, self.mergeable)
+        except core.CoreError as exc:
+            log.warning("RX ring unusable: %s", exc)
+            return 0
+
+    def rx_avail(self) -> int:
+        """How many RX buffers the guest offers right now (0 if RX is not active)."""
+        if not self.ring_active(RX):
+            return 0
+        try:
+            return self.rings[RX].avail_pending
+        except core.CoreError:
+            return 0
+
+    # ---- the session's Device protocol ----
+    def set_features(self, features: int) -> None:
+        """Apply acknowledged features: ring features and dirty logging."""
+        self._features = features
+        for ring in self.rings:
+            ring.set_features(bool(features & bit(wire.VIRTIO_RING_F_EVENT_IDX)),
+                              bool(features & bit(wire.VIRTIO_RING_F_INDIRECT_DESC)))
+        self.mem.logging = bool(features & bit(wire.VHOST_F_LOG_ALL))
+
+    def set_mem_table(self, regions: Sequence[MemoryRegion], fds: Sequence[int]) -> None:
+        """Replace the memory table; the descriptors are closed once mapped (or on failure).
+
+        A table refused by the checks (a region past the end of its file) leaves the old table
+        in place; a mapping failure halfway leaves no memory at all.
+        """
+        try:
+            for region, fd in zip(regions, fds, strict=True):
+                _check_mappable(fd, region.mmap_offset, region.size, "memory region")
+            self._clear_regions()
+            for region, fd in zip(regions, fds):
+                self.mem.add_region(fd, region.guest_phys_addr, region.size, region.user_addr,
+                                    region.mmap_offset)
+                self._regions.append(region)
+            self.has_memory = True
+        except (OSError, ValueError):
+            self._clear_regions()
+            raise
+        finally:
+            for fd in fds:
+                _close(fd)
+
+    def _clear_regions(self) -> None:
+        """Unmap every region but keep the dirty log (a new table may come mid-migration)."""
+        for region in self._regions:
+            try:
+                self.mem.remove_region(region.guest_phys_addr, region.size, region.user_addr)
+            except core.CoreError:
+                pass
+        self._regions = []
+        self.has_memory = False
+
+    def set_log_base(self, desc: LogDescription, fd: int) -> None:
+        """Map the dirty log; the descriptor is closed once mapped."""
+        try:
+            _check_mappable(fd, desc.offset, desc.size, "dirty log")
+            self.mem.set_log(fd, desc.size, desc.offset)
+        finally:
+            _close(fd)
+
+    def set_log_fd(self, fd: int) -> None:
+        """Keep the log notification descriptor (replacing an earlier one)."""
+        _close(self._log_fd)
+        self._log_fd = fd
+
+    def set_vring_num(self, index: int, num: int) -> None:
+        """Set ring ``index``'s size."""
+        self.rings[index].set_num(num)
+
+    def set_vring_addr(self, addr: VringAddr) -> None:
+        """Set ring addresses; the core checks alignment and that they lie in guest memory."""
+        if not self.has_memory:
+            raise DeviceError(errno.EFAULT, "ring addresses before any memory table")
+        self.rings[addr.index].set_addr(addr.desc_user_addr, addr.used_user_addr,
+                                        addr.avail_user_addr, addr.log_guest_addr, addr.flags)
+
+    def set_vring_base(self, index: int, base: int) -> None:
+        """Set the next avail index ring ``index`` processes."""
+        self.rings[index].set_base(base)
+
+    def set_vring_kick(self, index: int, fd: int | None) -> None:
+        """Replace the kick descriptor (the ring owns it and closes the old one)."""
+        self.rings[index].set_kick_fd(-1 if fd is None else fd)
+
+    def set_vring_call(self, index: int, fd: int | None) -> None:
+        """Replace the call descriptor (the ring owns it and writes it to notify the guest)."""
+        self.rings[index].set_call_fd(-1 if fd is None else fd)
+
+    def set_vring_err(self, index: int, fd: int | None) -> None:
+        """Replace the error descriptor (kept, never written: no ring errors are reported)."""
+        _close(self._err_fds[index])
+        self._err_fds[index] = fd
+
+    def set_vring_enabled(self, index: int, enabled: bool) -> None:
+        """Enable or disable ring ``index``."""
+        self._enabled[index] = enabled
+
+    def start_ring(self, index: int) -> None:
+        """Start ring ``index`` (size and addresses set)."""
+        self.rings[index].start()
+        self._started[index] = True
+
+    def stop_ring(self, index: int) -> int:
+        """Stop ring ``index``; return its next avail index."""
+        self._started[index] = False
+        return self.rings[index].stop()
+
+    def reset(self) -> None:
+        """Forget the front-end: close rings and descriptors, unmap memory and log."""
+        for index, ring in enumerate(self.rings):
+            ring.close()
+            _close(self._err_fds[index])
+            self._err_fds[index] = None
+        _close(self._log_fd)
+        self._log_fd = None
+        self.mem.clear()
+        self.mem.clear_log()
+        self.mem.logging = False
+        self._regions = []
+        self.has_memory = False
+        self._features = 0
+        self._started = [False] * self.num_queues
+        self._enabled = [False] * self.num_queues
+        # Fresh rings: a new front-end must not inherit sizes, addresses or indices.
+        self.rings = [core.Virtqueue(self.mem, i) for i in range(self.num_queues)]
+        self._tx_spare = core.TxBatch(TX_BATCH_MAX)
