@@ -105,6 +105,12 @@ int pc_vq_push_rx(struct pc_vq *vq, const uint8_t *data, const uint32_t *lens, u
 		  size_t hdr_len, int mergeable, const uint8_t *vnet_hdr,
 		  struct pc_rx_result *res);
 
+/* ---- tcp_path.c: the established-TCP data path ---- */
+/* SECTION tcp_path: owned by the TCP data-path work */
+
+/* ---- migration helpers ---- */
+/* SECTION migrate: owned by the migration work */
+
 /* CDEF-END */
 
 #endif /* PASST_CORE_H */

@@ -33,13 +33,8 @@ UNSUPPORTED_OPTIONS: tuple[str, ...] = (
     "--runas",
     "--repair-path",
     "--migrate-exit",
-    "--dns-forward",
-    "--dns-host",
-    "--map-guest-addr",
-    "--fqdn",
     "--outbound",
     "--tcp-ports",
-    "--udp-ports",
 )
 
 DEFAULT_MTU = 65520  # 802.3 maximum minus its header, rounded to 32 bits, as passt uses

@@ -520,3 +520,10 @@ class Virtqueue:
     def __del__(self) -> None:
         if getattr(self, "_vq", None) is not None:
             self.close()
+
+
+# ---- the established-TCP data path ----
+# SECTION tcp_path
+
+# ---- migration helpers ----
+# SECTION migrate

@@ -87,4 +87,5 @@ class GuestState:
     addr4: IPv4 | None = None      # last IPv4 source address the guest used
     addr6: IPv6 | None = None      # last global IPv6 source address
     addr6_ll: IPv6 | None = None   # last link-local IPv6 source address
+    arp_answered: bool = False     # the guest answered our ARP request for its address
     extra: dict[str, object] = field(default_factory=dict)

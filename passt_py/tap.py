@@ -122,9 +122,7 @@ class GuestLink:
             self.guest.mac = eth.src
         if eth.ethertype == ETH_P_ARP:
             if self.view.ip4 is not None:
-                reply = arp.reply_to(frame, self.view.our_mac, self.view.ip4.addr)
-                if reply is not None:
-                    self.to_guest([reply])
+                self._arp(frame)
             return
         if eth.ethertype not in (ETH_P_IP, ETH_P_IPV6):
             return
@@ -147,6 +145,17 @@ class GuestLink:
                     self.to_guest(self.ndp.handle(frame, pkt, self.guest))
             elif kind == ICMPV6_ECHO_REQUEST and self.icmp is not None and len(pkt.l4) >= 8:
                 self.icmp.from_guest(pkt)
+
+    def _arp(self, frame: bytes) -> None:
+        assert self.view.ip4 is not None
+        reply = arp.reply_to(frame, self.view.our_mac, self.view.ip4.addr)
+        if reply is not None:
+            self.to_guest([reply])
+            return
+        pkt = arp.parse(frame)
+        if pkt is not None and pkt.op == arp.ARP_OP_REPLY and pkt.tha == self.view.our_mac:
+            self.guest.mac = pkt.sha
+            self.guest.arp_answered = True
 
     def _udp(self, frame: bytes, pkt: IpPacket) -> None:
         dgram = parse_udp(pkt.l4)

@@ -1,0 +1,310 @@
+"""The running back-end: binds the vhost-user socket and ties every piece to the event loop.
+
+Order at start-up follows passt: configuration is already valid; the socket is bound; only then
+does the process daemonise (so a caller that waits for the daemon knows the socket exists), and
+the loop runs until SIGTERM/SIGINT or, with --one-off, until the front-end goes away.
+
+What happens on events:
+- the vhost-user socket: messages go to the transport/session; the events they produce
+  (kick descriptors, rings started, device state, RARP) are applied here;
+- a TX kick: the TX ring is drained in batches, each batch handed to the guest link's demux;
+- host sockets: owned by the protocol handlers, which queue frames for the guest; the guest
+  link pushes them to the RX ring once per loop batch;
+- timers: unsolicited router advertisements, the ARP probe for the guest's MAC, flow expiry.
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import os
+import random
+import time
+
+from passt_py import arp, daemon
+from passt_py.conf import Config, socket_path_candidates
+from passt_py.dhcp import DhcpServer
+from passt_py.dhcpv6 import Dhcpv6Server
+from passt_py.flow import FlowTable
+from passt_py.icmp import IcmpHandler
+from passt_py.loop import HUP, IN, EventLoop
+from passt_py.ndp import NdpResponder
+from passt_py.netview import GuestState, Ip4View, Ip6View, NetView
+from passt_py.pcap import PcapWriter
+from passt_py.tap import GuestLink
+from passt_py.udp import UdpHandler
+from passt_py.vhost_user.device import RX, TX, NetDevice
+from passt_py.vhost_user.events import (DeviceStateTransfer, Event, FrontendConnected,
+                                        FrontendDisconnected, RingEnabled, RingKickFd,
+                                        RingStarted, RingStopped, SendRarp)
+from passt_py.vhost_user.transport import VhostUserServer
+
+log = logging.getLogger(__name__)
+
+#: Frames per TX drain; a kick drains at most this many batches before yielding to the loop.
+TX_BATCH = 64
+TX_BATCHES_PER_KICK = 16
+#: ARP probes for the guest's MAC after the rings come up: interval and count.
+ARP_PROBE_INTERVAL = 1.0
+ARP_PROBE_COUNT = 30
+
+
+def netview_from_config(config: Config) -> NetView:
+    """The guest-facing view of a validated configuration."""
+    ip4 = ip6 = None
+    if config.ip4 is not None:
+        c4 = config.ip4
+        ip4 = Ip4View(addr=c4.addr, prefix_len=c4.prefix_len, gateway=c4.gw, dns=c4.dns,
+                      map_host_loopback=c4.map_host_loopback, map_guest_addr=c4.map_guest_addr,
+                      host_addr=c4.host_addr, dns_match=c4.dns_match, dns_host=c4.dns_host)
+    if config.ip6 is not None:
+        c6 = config.ip6
+        if c6.gw.is_link_local:
+            our_ll = c6.gw
+        elif c6.addr_ll is not None:
+            our_ll = c6.addr_ll
+        else:
+            our_ll = ipaddress.IPv6Address("fe80::1")
+        ip6 = Ip6View(addr=c6.addr, prefix_len=c6.prefix_len, gateway=c6.gw, our_ll=our_ll,
+                      dns=c6.dns, map_host_loopback=c6.map_host_loopback,
+                      map_guest_addr=c6.map_guest_addr, host_addr=c6.host_addr,
+                      dns_match=c6.dns_match, dns_host=c6.dns_host)
+    return NetView(
+        our_mac=config.mac, mtu=config.mtu, ip4=ip4, ip6=ip6, search=config.search,
+        hostname=config.hostname, fqdn=config.fqdn, dhcp=not config.no_dhcp,
+        dhcp_dns=not config.no_dhcp_dns, dhcp_search=not config.no_dhcp_search,
+        dhcpv6=not config.no_dhcpv6, ndp=not config.no_ndp, ra=not config.no_ra,
+        icmp=not config.no_icmp, udp=not config.no_udp, tcp=not config.no_tcp)
+
+
+class Service:
+    """One back-end instance: the loop, the vhost-user server, the device and the network."""
+
+    def __init__(self, config: Config, loop: EventLoop | None = None) -> None:
+        self.config = config
+        self.view = netview_from_config(config)
+        self.loop = loop or EventLoop()
+        self.device = NetDevice()
+        self.server = self._bind(config)
+        self.pcap = PcapWriter(config.pcap_file) if config.pcap_file else None
+        self.guest = GuestState()
+        self.flows = FlowTable(self.loop, max_flows=config.max_flows)
+        self.link = GuestLink(self.view, self.guest, self.device.send_frames, self.loop.defer,
+                              self.pcap)
+        self._rng = random.Random()
+        self._kick_fds: dict[int, int] = {}
+        self._arp_probes_left = 0
+        self._link_up = False
+        self._ra_timer = None
+        self._setup_protocols()
+        for fd in (self.server.listen_fd, self.server.conn_fd):
+            if fd is not None:
+                self.loop.add(fd, IN, self._on_socket(fd))
+
+    # ---- set-up ----
+    def _bind(self, config: Config) -> VhostUserServer:
+        if config.fd is not None:
+            return VhostUserServer(self.device, fd=config.fd)
+        if config.socket_path is not None:
+            return VhostUserServer(self.device, config.socket_path)
+        for path in socket_path_candidates():
+            try:
+                return VhostUserServer(self.device, path)
+            except OSError as exc:
+                if exc.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EEXIST):
+                    raise
+        raise OSError(errno.EADDRINUSE, "no free default socket path (/tmp/passt_N.socket)")
+
+    def _setup_protocols(self) -> None:
+        view, link = self.view, self.link
+        if view.ip4 is not None and view.dhcp:
+            link.dhcp = DhcpServer(view)
+        if view.ip6 is not None:
+            if view.dhcpv6:
+                link.dhcpv6 = Dhcpv6Server(view, duid_time=int(time.time()))
+            if view.ndp:
+                link.ndp = NdpResponder(view)
+        args = (self.loop, view, self.guest, self.flows, link.to_guest)
+        self.icmp = IcmpHandler(*args) if view.icmp else None
+        self.udp = UdpHandler(*args) if view.udp else None
+        link.icmp, link.udp = self.icmp, self.udp
+        if self.udp is not None and self.config.udp_forwards.forwards:
+            bound = self.udp.start_forwards(self.config.udp_forwards)
+            log.info("UDP: %d forwarding sockets bound", bound)
+
+    # ---- vhost-user events ----
+    def _on_socket(self, fd: int):
+        def handler(_mask: int) -> None:
+            self._apply(self.server.on_readable(fd))
+        return handler
+
+    def _apply(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, FrontendConnected):
+                log.info("front-end connected")
+                self.loop.add(event.fd, IN, self._on_socket(event.fd))
+            elif isinstance(event, FrontendDisconnected):
+                self._frontend_gone(event.fd)
+            elif isinstance(event, RingKickFd):
+                self._watch_kick(event.index, event.fd)
+            elif isinstance(event, (RingStarted, RingEnabled, RingStopped)):
+                self._maybe_link_up()
+            elif isinstance(event, DeviceStateTransfer):
+                self._device_state(event)
+            elif isinstance(event, SendRarp):
+                self._announce()
+
+    def _watch_kick(self, index: int, fd: int | None) -> None:
+        old = self._kick_fds.pop(index, None)
+        if old is not None:
+            self.loop.remove(old)
+        if fd is not None:
+            self._kick_fds[index] = fd
+            self.loop.add(fd, IN, lambda _mask, i=index: self._on_kick(i))
+        self.loop.defer(lambda: self._on_kick(index, consume=False))
+
+    def _on_kick(self, index: int, consume: bool = True) -> None:
+        if consume:
+            self.device.consume_kick(index)
+        if index == TX:
+            self._drain_tx()
+        elif index == RX:
+            self.link.flush()
+
+    def _drain_tx(self) -> None:
+        for _ in range(TX_BATCHES_PER_KICK):
+            batch = self.device.tx_batch(TX_BATCH)
+            if batch is None:
+                return
+            try:
+                frames = [batch.frame(i) for i in range(batch.count)]
+            finally:
+                self.device.release(batch)
+            self.link.from_guest(frames)
+        # More is pending: continue after other events had their turn.
+        self.loop.defer(self._drain_tx)
+
+    def _maybe_link_up(self) -> None:
+        """Track whether both rings run; on the way up, probe ARP and advertise routes."""
+        if self._link_up == self.device.ready:
+            return
+        self._link_up = self.device.ready
+        if not self._link_up:
+            log.info("guest link down (rings stopped)")
+            return
+        log.info("guest link up")
+        if self.link.ndp is not None:
+            self.link.ndp.reset()
+        self._arp_probes_left = ARP_PROBE_COUNT if self.view.ip4 is not None else 0
+        self._arp_probe()
+        self._schedule_ra(first=True)
+
+    def _arp_probe(self) -> None:
+        """Ask the guest for its MAC until it answers: it may take its address only later."""
+        ip4 = self.view.ip4
+        if ip4 is None or self._arp_probes_left <= 0 or not self.device.ready:
+            return
+        if self.guest.arp_answered:
+            self._arp_probes_left = 0
+            return
+        self._arp_probes_left -= 1
+        self.link.to_guest([arp.probe(self.view.our_mac, ip4.gateway, ip4.addr)])
+        self.loop.call_later(ARP_PROBE_INTERVAL, self._arp_probe)
+
+    def _schedule_ra(self, first: bool = False) -> None:
+        ndp = self.link.ndp
+        if ndp is None or not self.view.ra:
+            return
+        if self._ra_timer is not None:
+            self._ra_timer.cancel()
+        delay = 0.0 if first else ndp.next_ra_delay(self._rng)
+        self._ra_timer = self.loop.call_later(delay, self._send_ra)
+
+    def _send_ra(self) -> None:
+        self._ra_timer = None
+        ndp = self.link.ndp
+        if ndp is None or not self.device.ready:
+            return
+        frame = ndp.unsolicited_ra()
+        if frame is not None:
+            self.link.to_guest([frame])
+        self._schedule_ra()
+
+    def _announce(self) -> None:
+        """The guest moved here (RARP request): refresh what it knows of us right away."""
+        if not self._link_up:
+            return
+        if self.link.ndp is not None:
+            self.link.to_guest(self.link.ndp.unsolicited_nas())
+        self._schedule_ra(first=True)
+
+    def _device_state(self, event: DeviceStateTransfer) -> None:
+        """Back-end state transfer is not implemented: fail it so the guest stays here."""
+        os.close(event.fd)
+        log.error("migration of the back-end state is not supported by this version: refused")
+        self._apply(self.server.finish_device_state(errno.ENOTSUP))
+
+    def _frontend_gone(self, fd: int) -> None:
+        log.info("front-end disconnected")
+        self.loop.remove(fd)
+        for kick in self._kick_fds.values():
+            self.loop.remove(kick)
+        self._kick_fds.clear()
+        self.link.flush()
+        for handler in (self.icmp, self.udp):
+            if handler is not None:
+                handler.close_all()
+        self.guest.__init__()  # type: ignore[misc]
+        self._arp_probes_left = 0
+        self._link_up = False
+        if self._ra_timer is not None:
+            self._ra_timer.cancel()
+            self._ra_timer = None
+        if self.config.one_off:
+            log.info("--one-off: exiting")
+            self.loop.stop(0)
+
+    # ---- running ----
+    def close(self) -> None:
+        """Release everything (sockets, capture, loop)."""
+        for handler in (self.icmp, self.udp):
+            if handler is not None:
+                handler.close_all()
+        if self.udp is not None:
+            self.udp.stop_forwards()
+        self.server.close()
+        self.device.reset()
+        if self.pcap is not None:
+            self.pcap.close()
+        self.loop.close()
+
+
+def run(config: Config) -> int:
+    """Serve until SIGTERM/SIGINT (or the front-end leaves, with --one-off); exit status."""
+    try:
+        service = Service(config)
+    except OSError as exc:
+        log.error("cannot set up the vhost-user socket: %s", exc)
+        return 1
+    where = config.socket_path or (f"fd {config.fd}" if config.fd is not None else None)
+    log.info("listening on %s", where or service.server.path)
+    if config.foreground:
+        pid_file = daemon.write_pid_file(config.pid_file)
+    else:
+        pid_file = daemon.daemonise(config.pid_file)
+    signals = daemon.install_exit_signals()
+
+    def on_signal(_mask: int) -> None:
+        signals.drain()
+        if signals.requested:
+            log.info("exiting on signal")
+            service.loop.stop(0)
+
+    service.loop.add(signals.fd, IN | HUP, on_signal)
+    try:
+        return service.loop.run()
+    finally:
+        signals.close()
+        service.close()
+        if pid_file is not None:
+            pid_file.remove()
