@@ -224,3 +224,51 @@ def _ipv6_l4_ok(pkt) -> bool:
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return total == 0xFFFF
+
+
+def test_dhcpv6_solicit_from_guest_gets_our_address(guest_boot, guest_netns):
+    """A DHCPv6 SOLICIT sent by the guest (no client in busybox: socat sends it) is answered
+    with an ADVERTISE leasing the configured address, through the real rings."""
+    from scapy.layers.dhcp6 import (DHCP6_Advertise, DHCP6_Solicit, DHCP6OptClientId,
+                                    DHCP6OptIA_NA, DHCP6OptIAAddress, DUID_LL)
+    guest = guest_boot(passt_py(), guest_netns, dhcp=True)
+    guest.wait_ipv6("fd00:200:", timeout=30)
+    solicit = bytes(DHCP6_Solicit(trid=0x123456)
+                    / DHCP6OptClientId(duid=DUID_LL(lladdr=GUEST_MAC))
+                    / DHCP6OptIA_NA(iaid=7))
+    guest.agent.write_file("/tmp/solicit", solicit)
+    guest.check("(socat -t 5 OPEN:/tmp/solicit!!OPEN:/tmp/advertise,creat,trunc "
+                "UDP6-DATAGRAM:[ff02::1:2%eth0]:547,bind=[::]:546 >/tmp/socat6.log 2>&1 &)")
+    deadline = time.monotonic() + 15
+    data = b""
+    while time.monotonic() < deadline and not data:
+        time.sleep(0.3)
+        rc, out = guest.run("stat -c %s /tmp/advertise", timeout=5)
+        if rc == 0 and out.strip() not in ("", "0"):
+            data = guest.agent.read_file("/tmp/advertise")
+    assert data, "no DHCPv6 reply reached the guest"
+    adv = DHCP6_Advertise(data)
+    assert adv.msgtype == 2 and adv.trid == 0x123456
+    assert adv[DHCP6OptIA_NA].iaid == 7
+    assert adv[DHCP6OptIAAddress].addr == "fd00:200::2"
+
+
+def _addressing(guest) -> dict[str, str]:
+    """What a guest ends up with: DHCP lease, IPv4 routes, SLAAC prefix, IPv6 default route."""
+    lease = guest.wait_dhcp(timeout=30)
+    v6 = guest.wait_ipv6("fd00:200:", timeout=30)
+    route6 = [line.split(" proto")[0] for line in guest.check("ip -6 route").splitlines()
+              if line.startswith("default")]
+    return {"ip": lease["ip"], "router": lease["router"], "mtu": lease["mtu"],
+            "subnet": lease["subnet"], "dns": lease.get("dns", ""),
+            "route4": guest.check("ip -4 route").strip(), "slaac": v6,
+            "default6": " ".join(r.split(" metric")[0] for r in route6)}
+
+
+def test_same_addressing_as_real_passt(guest_boot, guest_netns, real_passt):
+    """The same guest, booted on the real passt and on passt-py, configures the same addresses,
+    routes and MTU."""
+    theirs = _addressing(guest_boot(
+        lambda sock: [*real_passt, "-f", "--vhost-user", "-s", str(sock)], guest_netns))
+    ours = _addressing(guest_boot(passt_py(), guest_netns, name="ours"))
+    assert ours == theirs
