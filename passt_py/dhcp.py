@@ -16,16 +16,17 @@ answers for that address on the link anyway.
 Options come in the order the client's parameter request list (55) gives, after the message
 type and server identifier, then the rest; an option longer than 255 bytes is split into
 several instances (RFC 3396). If the options do not fit in the size the client accepts
-(576 bytes unless it said more in option 57) the sname and file fields are overloaded
-(option 52); if even that is not enough the limit is ignored, because on this link a larger
-datagram arrives while missing configuration would be silently wrong.
+(576 bytes unless it said more in option 57) the file and sname fields are overloaded
+(option 52); if even that is not enough, options that no longer fit are left out, and
+since the requested ones are placed first they are the last to go: a client drops a larger
+datagram whole (busybox udhcpc does), which would lose everything.
 
 Reply addressing follows RFC 2131 4.1 for a client with no relay, in this order: a NAK goes
 to 255.255.255.255 at the broadcast MAC; a client that already has an address (ciaddr) gets
 the reply unicast there; a client that set the broadcast flag gets it broadcast; otherwise
 it goes to the offered address at the client's hardware address (chaddr), which needs no
-ARP because the client cannot answer ARP before it has the address. giaddr is copied but not used:
-the guest is alone on its link, so there is never a relay.
+ARP because the client cannot answer ARP before it has the address. giaddr is copied but not
+used: the guest is alone on its link, so there is never a relay.
 
 Sans-IO: a parsed frame in, a complete reply frame (or None) out.
 """
@@ -156,7 +157,7 @@ def parse_message(payload: bytes) -> DhcpMessage | None:
     if overload:
         if len(overload) != 1 or not 1 <= overload[0] <= 3:
             return None
-        # RFC 2131 4.1: the file field is read before sname; option 52 is only valid in
+        # RFC 2132 9.3: the file field is read before sname; option 52 is only valid in
         # the options field, so a copy of it in the overloaded fields is dropped.
         if overload[0] & OVERLOAD_FILE and not _parse_options(
                 payload, _FILE_OFF, _FILE_OFF + _FILE_LEN, options):
@@ -176,43 +177,72 @@ def _instances(code: int, data: bytes) -> list[bytes]:
             for chunk in (data[i:i + 255] for i in range(0, len(data), 255))]
 
 
+def _place(code: int, data: bytes, areas: list[bytearray], rooms: list[int],
+           idx: int) -> tuple[list[tuple[int, bytes]], int] | None:
+    """Where option ``code`` would go from area ``idx`` on: (area, instance) pairs and the
+    area reached, or None if it does not fit in the room left.
+
+    An option that fits in one instance is never split; a longer one is cut to fill each
+    area in turn (RFC 3396 allows any split points).
+    """
+    used = [len(area) for area in areas]
+    pieces: list[tuple[int, bytes]] = []
+    if len(data) <= 255:
+        inst = bytes([code, len(data)]) + data
+        while idx < len(rooms) and used[idx] + len(inst) > rooms[idx]:
+            idx += 1
+        if idx == len(rooms):
+            return None
+        return [(idx, inst)], idx
+    rest = data
+    while rest:
+        if idx == len(rooms):
+            return None
+        space = rooms[idx] - used[idx] - 2
+        if space < 1:
+            idx += 1
+            continue
+        n = min(255, space, len(rest))
+        inst = bytes([code, n]) + rest[:n]
+        pieces.append((idx, inst))
+        used[idx] += len(inst)
+        rest = rest[n:]
+    return pieces, idx
+
+
 def _pack_areas(items: list[tuple[int, bytes]], limit: int,
                 allow_overload: bool) -> tuple[bytes, bytes, bytes]:
     """The options field, and the file and sname fields (empty unless overloaded).
 
     ``limit`` is the room for options after the magic cookie. Overflow goes into file, then
     sname, in order, so the concatenation a client does (RFC 3396) restores every option.
+    An option that fits nowhere any more is left out and the next ones are still tried:
+    ``items`` comes most wanted first, and a client drops a datagram larger than it said it
+    accepts (busybox udhcpc does), which would lose everything.
     """
     plain = b"".join(b"".join(_instances(code, data)) for code, data in items)
-    if len(plain) + 1 <= limit or not allow_overload:
+    if len(plain) + 1 <= limit:
         return plain + bytes([OPT_END]), b"", b""
-    areas = [bytearray(), bytearray(), bytearray()]          # options, file, sname
-    room = [limit - 3 - 1, _FILE_LEN - 1, _SNAME_LEN - 1]    # keep space for 52 and end
+    if allow_overload:        # keep room for option 52 and each area's end option
+        rooms = [limit - 3 - 1, _FILE_LEN - 1, _SNAME_LEN - 1]
+    else:
+        rooms = [limit - 1]
+    areas = [bytearray() for _ in rooms]
     idx = 0
     for code, data in items:
-        if len(data) <= 255:       # never split what fits in one option
-            inst = _instances(code, data)[0]
-            while idx < 3 and len(areas[idx]) + len(inst) > room[idx]:
-                idx += 1
-            if idx == 3:
-                return plain + bytes([OPT_END]), b"", b""
-            areas[idx] += inst
+        placed = _place(code, data, areas, rooms, idx)
+        if placed is None:
             continue
-        rest = data
-        while rest:
-            space = room[idx] - len(areas[idx]) - 2 if idx < 3 else 0
-            if space < 1:
-                idx += 1
-                if idx == 3:
-                    return plain + bytes([OPT_END]), b"", b""
-                continue
-            piece, rest = rest[:min(255, space)], rest[min(255, space):]
-            areas[idx] += bytes([code, len(piece)]) + piece
-    overload = (OVERLOAD_FILE if areas[1] else 0) | (OVERLOAD_SNAME if areas[2] else 0)
-    opts = bytes(areas[0]) + bytes([OPT_OVERLOAD, 1, overload, OPT_END])
-    file = bytes(areas[1]) + bytes([OPT_END]) if areas[1] else b""
-    sname = bytes(areas[2]) + bytes([OPT_END]) if areas[2] else b""
-    return opts, file, sname
+        pieces, idx = placed
+        for area, inst in pieces:
+            areas[area] += inst
+    file = bytes(areas[1]) + bytes([OPT_END]) if len(areas) > 1 and areas[1] else b""
+    sname = bytes(areas[2]) + bytes([OPT_END]) if len(areas) > 2 and areas[2] else b""
+    overload = (OVERLOAD_FILE if file else 0) | (OVERLOAD_SNAME if sname else 0)
+    opts = bytes(areas[0])
+    if overload:
+        opts += bytes([OPT_OVERLOAD, 1, overload])
+    return opts + bytes([OPT_END]), file, sname
 
 
 def classless_routes(routes: list[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address]]

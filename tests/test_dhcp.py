@@ -395,13 +395,40 @@ def test_max_size_option_avoids_overload():
     assert reply[BOOTP].file == bytes(128)
 
 
-def test_limit_ignored_when_even_overload_cannot_fit():
-    """Configuration too big for any 576-byte layout is still sent, whole."""
+def test_options_that_cannot_fit_are_left_out():
+    """Configuration too big for any 576-byte layout loses what does not fit, not the reply."""
     search = tuple(f"host{i}.sub{i}.example{i}.test{i}" for i in range(40))
     reply = _reply(_discover(), _view(search=search))
-    merged = _concat(_raw_options(reply))
-    assert 52 not in merged
-    assert _decode_names(merged[119]) == list(search)
+    assert len(reply[IP]) <= 576
+    options = _raw_options(reply)
+    areas = options + _walk(bytes(reply[BOOTP].file)) + _walk(bytes(reply[BOOTP].sname))
+    merged = _concat(areas)
+    assert 119 not in merged
+    for code in (53, 54, 1, 3, 6, 12, 26, 51, 81):
+        assert code in merged
+
+
+def test_requested_option_wins_the_room():
+    """When room runs out, what the client asked for goes in before what it did not."""
+    servers = tuple(V4(f"10.1.{i // 200}.{i % 200 + 1}") for i in range(100))
+    search = tuple(f"host{i}.sub{i}.example{i}.test{i}" for i in range(12))
+    view = _view(ip4=_ip4(dns=servers), search=search)
+    for wanted, dropped in ((119, 6), (6, 119)):
+        reply = _reply(_discover(("param_req_list", [wanted])), view)
+        options = _raw_options(reply)
+        areas = options + _walk(bytes(reply[BOOTP].file)) + _walk(bytes(reply[BOOTP].sname))
+        merged = _concat(areas)
+        assert wanted in merged
+        assert dropped not in merged
+        assert len(reply[IP]) <= 576
+
+
+def test_bootp_reply_fits_in_576():
+    """BOOTP (no overload) leaves out what does not fit in the options field."""
+    search = tuple(f"host{i}.sub{i}.example{i}.test{i}" for i in range(40))
+    reply = _reply(_request(None), _view(search=search))
+    assert len(reply[IP]) <= 576
+    assert 1 in _concat(_raw_options(reply))
 
 
 # --- rapid commit, REQUEST, INFORM, others --------------------------------------------------
