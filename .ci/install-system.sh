@@ -24,5 +24,5 @@ fi
 # Third-party sources on the machine may be unreachable; Debian's own must not be.
 apt-get update -q || true
 apt-get install -y -q --no-install-recommends "${target[@]}" qemu-system-x86
-apt-get install -y -q --no-install-recommends iproute2 kmod xz-utils cpio ethtool procps
+apt-get install -y -q --no-install-recommends iproute2 kmod xz-utils cpio ethtool procps iperf3
 qemu-system-x86_64 --version

@@ -56,6 +56,19 @@ uint8_t *pc_mem_gpa_range(const struct pc_mem *m, uint64_t gpa, uint64_t len);
 uint8_t *pc_mem_uva_range(const struct pc_mem *m, uint64_t uva, uint64_t len);
 void pc_mem_log_range(struct pc_mem *m, uint64_t gpa, uint64_t len);
 
+/* RX primitives of virtq.c for tcp_path.c (see their comments there). */
+struct pc_vq;
+struct iovec;
+int pc_vq_rx_begin(struct pc_vq *vq, uint16_t *avail_idx);
+int pc_vq_rx_pop(struct pc_vq *vq, uint16_t avail_idx, struct iovec *iov, uint64_t *gpa,
+		 unsigned max, unsigned *n, uint64_t *total, uint32_t *head);
+uint16_t pc_vq_rx_mark(const struct pc_vq *vq);
+void pc_vq_rx_seek(struct pc_vq *vq, uint16_t mark);
+void pc_vq_rx_put_used(struct pc_vq *vq, uint32_t head, uint32_t len);
+int pc_vq_rx_end(struct pc_vq *vq, uint16_t start, int want_kick, int flush);
+int pc_vq_flush(struct pc_vq *vq);
+void pc_vq_log_write(struct pc_vq *vq, uint64_t gpa, uint64_t len);
+
 /**
  * pc_mem_log_active() - is dirty logging in effect?
  * @m:		guest memory

@@ -14,7 +14,7 @@
 
 /* CDEF-BEGIN */
 /* Bumped whenever the C API changes; passt_py.core refuses an extension of another version. */
-enum { PC_API_VERSION = 1 };
+enum { PC_API_VERSION = 2 };
 int pc_api_version(void);
 
 /* ---- checksum.c: Internet checksum (RFC 1071) ---- */
@@ -78,8 +78,12 @@ enum {
 	PC_VQ_ERR_IOV = 8
 };
 struct pc_vq;
-/* One good TX frame: its chain head and its payload slices iov[first .. first+nslices). */
-struct pc_tx_frame { uint32_t head; uint32_t first; uint32_t nslices; uint32_t len; };
+/* One good TX frame: its chain head, its payload slices iov[first .. first+nslices), and the
+ * first PC_VQ_TX_VNET bytes of its virtio-net header (flags, gso_type, hdr_len, gso_size,
+ * csum_start, csum_offset, little-endian; zero-padded when the header is shorter). */
+enum { PC_VQ_TX_VNET = 12 };
+struct pc_tx_frame { uint32_t head; uint32_t first; uint32_t nslices; uint32_t len;
+		     uint8_t vnet[12]; };
 /* One bad chain: its head and a PC_VQ_ERR_* kind. */
 struct pc_bad_chain { uint32_t head; uint32_t kind; };
 /* What one pc_vq_push_rx() call did. */
@@ -107,6 +111,83 @@ int pc_vq_push_rx(struct pc_vq *vq, const uint8_t *data, const uint32_t *lens, u
 
 /* ---- tcp_path.c: the established-TCP data path ---- */
 /* SECTION tcp_path: owned by the TCP data-path work */
+/* virtio-net header (virtio 1.x 5.1.6): flags, gso_type; and what tcp_path.c needs. */
+enum {
+	PC_VNET_F_NEEDS_CSUM = 1, PC_VNET_F_DATA_VALID = 2,
+	PC_VNET_GSO_NONE = 0, PC_VNET_GSO_TCPV4 = 1, PC_VNET_GSO_UDP = 3, PC_VNET_GSO_TCPV6 = 4,
+	PC_VNET_GSO_UDP_L4 = 5, PC_VNET_GSO_ECN = 128
+};
+/* TCP flags, as in the header's 13th byte. */
+enum {
+	PC_TCP_FIN = 1, PC_TCP_SYN = 2, PC_TCP_RST = 4, PC_TCP_PSH = 8, PC_TCP_ACK = 16,
+	PC_TCP_URG = 32, PC_TCP_ECE = 64, PC_TCP_CWR = 128
+};
+/* Classification of a guest frame (struct pc_pkt.valid). PC_PKT_OK: every field that applies
+ * to the protocol is filled; other codes say which check failed first (fields up to it are
+ * filled). PC_PKT_OTHER is not an error: not IPv4/IPv6 (ARP...), see ethertype. */
+enum {
+	PC_PKT_OK = 0, PC_PKT_SHORT_ETH = 1, PC_PKT_OTHER = 2, PC_PKT_IP_HDR = 3,
+	PC_PKT_IP_LEN = 4, PC_PKT_IP_FRAG = 5, PC_PKT_IP_EXT = 6, PC_PKT_L4_SHORT = 7,
+	PC_PKT_TCP_DOFF = 8, PC_PKT_HDR_MAX = 256
+};
+/* One classified frame. Offsets are from the start of the Ethernet frame (virtio-net header
+ * excluded). Addresses are 16 bytes: IPv6 as is, IPv4 as ::ffff:a.b.c.d. For TCP and UDP,
+ * sport/dport are the ports and payload_off/len the L4 payload; for ICMP/ICMPv6 sport is the
+ * type, dport the code, and the payload follows the 4-byte ICMP header. vnet_flags, gso_type,
+ * gso_size, csum_start, csum_offset come from the frame's virtio-net header (TX offloads). */
+struct pc_pkt {
+	uint32_t len; uint16_t ethertype; uint8_t valid; uint8_t ipver;
+	uint8_t proto; uint8_t tcp_flags; uint8_t ttl; uint8_t vnet_flags;
+	uint8_t gso_type; uint8_t tcp_doff; uint16_t gso_size;
+	uint16_t csum_start; uint16_t csum_offset;
+	uint16_t l3_off; uint16_t l4_off; uint16_t opt_off; uint16_t opt_len;
+	uint16_t sport; uint16_t dport; uint16_t window; uint16_t ip_len;
+	uint32_t seq; uint32_t ack; uint32_t payload_off; uint32_t payload_len;
+	uint8_t src[16]; uint8_t dst[16];
+};
+int pc_classify(const struct pc_tx_frame *frames, const struct iovec *iov, unsigned max_iov,
+		unsigned nframes, struct pc_pkt *out);
+/* Guest -> host: bytes [off, off + len) of frame `frame` of a TX batch. */
+struct pc_payload_ref { uint32_t frame; uint32_t off; uint32_t len; };
+int64_t pc_send_payloads(int fd, const struct pc_tx_frame *frames, unsigned nframes,
+			 const struct iovec *iov, unsigned max_iov,
+			 const struct pc_payload_ref *items, unsigned nitems);
+/* Host -> guest. A flow's header template: guest-facing addresses (IPv4 as ::ffff:a.b.c.d),
+ * our seq (of the first byte to send), ack, window field, TTL/hop limit, MSS, timestamps. */
+struct pc_tcp_flow {
+	uint8_t eth_dst[6]; uint8_t eth_src[6];
+	uint8_t src[16]; uint8_t dst[16];
+	uint8_t ipver; uint8_t ttl; uint8_t use_ts; uint8_t flags;
+	uint16_t sport; uint16_t dport;
+	uint32_t seq; uint32_t ack;
+	uint16_t window; uint16_t mss;
+	uint32_t ts_val; uint32_t ts_ecr;
+};
+enum {
+	PC_TCP_RX_GSO = 1, PC_TCP_RX_CSUM_PARTIAL = 2, PC_TCP_RX_DATA_VALID = 4,
+	PC_TCP_RX_NO_FLUSH = 8,
+	PC_TCP_STOP_WINDOW = 1, PC_TCP_STOP_NOBUFS = 2, PC_TCP_STOP_DRAINED = 3,
+	PC_TCP_STOP_EOF = 4, PC_TCP_STOP_LIMIT = 5, PC_TCP_STOP_STOPPED = 6,
+	PC_TCP_MAX_IOV = 1024, PC_TCP_MAX_CHAINS = 1024, PC_TCP_MAX_SLICES = 2048,
+	PC_TCP_GSO_MAX = 65535
+};
+/* What one pc_tcp_rx() call did: payload bytes and segments delivered, RX chains used, bad
+ * chains returned, notification due, and why it stopped (PC_TCP_STOP_*). */
+struct pc_tcp_rx_result {
+	uint32_t bytes; uint32_t segs; uint32_t bufs; uint32_t bad; uint32_t notified;
+	uint32_t stop;
+};
+struct pc_tcp_scratch;
+size_t pc_tcp_scratch_size(void);
+int pc_tcp_rx(struct pc_vq *vq, struct pc_tcp_scratch *s, int fd, const struct pc_tcp_flow *f,
+	      size_t hdr_len, int mergeable, uint32_t max_bytes, unsigned opts,
+	      struct pc_tcp_rx_result *res);
+int pc_tcp_rx_flush(struct pc_vq *vq);
+int pc_tcp_ctl(struct pc_vq *vq, const struct pc_tcp_flow *f, uint8_t flags,
+	       const uint8_t *tcp_opts, size_t opt_len, size_t hdr_len, int mergeable,
+	       unsigned opts, struct pc_rx_result *res);
+int pc_tcp_build(const struct pc_tcp_flow *f, uint8_t flags, const uint8_t *tcp_opts,
+		 size_t opt_len, const uint8_t *payload, size_t len, uint8_t *out, size_t out_len);
 
 /* ---- migration helpers ---- */
 /* SECTION migrate: owned by the migration work */

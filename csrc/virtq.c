@@ -71,6 +71,7 @@ struct rx_chain {
  * @gen:	memory generation the pointers belong to
  * @last_avail:	next avail index to process
  * @used_idx:	our shadow of the used idx
+ * @used_pub:	the used idx last published to the guest (entries past it are pending)
  * @started:	the ring is running
  * @event_idx:	VIRTIO_RING_F_EVENT_IDX negotiated
  * @indirect:	VIRTIO_RING_F_INDIRECT_DESC negotiated
@@ -94,6 +95,7 @@ struct pc_vq {
 	uint64_t gen;
 	uint16_t last_avail;
 	uint16_t used_idx;
+	uint16_t used_pub;
 	int started;
 	int event_idx;
 	int indirect;
@@ -118,6 +120,8 @@ struct walk {
 	unsigned n;
 	uint64_t total;
 };
+
+static int vq_flush(struct pc_vq *vq);
 
 /**
  * ld16() - load a little-endian 16-bit ring field written by the guest
@@ -320,17 +324,25 @@ int pc_vq_start(struct pc_vq *vq)
 	if (ret)
 		return ret;
 	vq->used_idx = ld16_acquire(vq->used + 2);
+	vq->used_pub = vq->used_idx;
 	vq->started = 1;
 	return 0;
 }
 
 /**
- * pc_vq_stop() - stop the ring (GET_VRING_BASE); no guest memory is touched
+ * pc_vq_stop() - stop the ring (GET_VRING_BASE)
  * @vq:		ring
+ *
+ * Used elements still pending (written by deferred-flush RX calls, not yet published) are
+ * published first, so that every chain counted in the returned index reached the guest;
+ * otherwise no guest memory is touched.
+ *
  * Return: the next avail index to process
  */
 int pc_vq_stop(struct pc_vq *vq)
 {
+	if (vq->started && vq->used_idx != vq->used_pub && !vq_ready(vq))
+		vq_flush(vq);
 	vq->started = 0;
 	return vq->last_avail;
 }
@@ -503,19 +515,23 @@ static void vq_set_avail_event(struct pc_vq *vq)
 }
 
 /**
- * vq_flush() - publish used elements written since @old, log them, notify if due
+ * vq_flush() - publish used elements written since the last publication, log them, notify
  * @vq:		running, translated ring; vq->used_idx is the new used idx
- * @old:	used idx before the batch
+ *
+ * Elements written without a publication in between (pc_tcp_rx() with PC_TCP_RX_NO_FLUSH)
+ * are published together here, so the guest sees one used idx update for the whole batch.
+ *
  * Return: 1 if a notification was due (and sent when a call fd is set), else 0
  */
-static int vq_flush(struct pc_vq *vq, uint16_t old)
+static int vq_flush(struct pc_vq *vq)
 {
-	uint16_t new = vq->used_idx;
+	uint16_t new = vq->used_idx, old = vq->used_pub;
 	unsigned n = (uint16_t)(new - old), start = old % vq->num, first;
 
 	if (!n)
 		return 0;
 	st16(vq->used + 2, new, __ATOMIC_RELEASE);
+	vq->used_pub = new;
 
 	if (pc_mem_log_active(vq->mem)) {
 		if (n > vq->num)
@@ -543,6 +559,28 @@ static int vq_flush(struct pc_vq *vq, uint16_t old)
 		(void)ret;	/* EAGAIN only if the counter is saturated: already signalled */
 	}
 	return 1;
+}
+
+/**
+ * copy_vnet_header() - keep the first bytes of a TX chain's virtio-net header (offload info)
+ * @iov:	slices of the chain, holding at least @hdr_len bytes
+ * @n:		number of slices
+ * @hdr_len:	virtio-net header length
+ * @out:	PC_VQ_TX_VNET bytes: the first min(@hdr_len, PC_VQ_TX_VNET) header bytes, the rest
+ *		zeroed
+ */
+static void copy_vnet_header(const struct iovec *iov, unsigned n, size_t hdr_len, uint8_t *out)
+{
+	size_t want = hdr_len < PC_VQ_TX_VNET ? hdr_len : PC_VQ_TX_VNET, got = 0;
+	unsigned k;
+
+	memset(out, 0, PC_VQ_TX_VNET);
+	for (k = 0; k < n && got < want; k++) {
+		size_t take = iov[k].iov_len < want - got ? iov[k].iov_len : want - got;
+
+		memcpy(out + got, iov[k].iov_base, take);
+		got += take;
+	}
 }
 
 /**
@@ -622,6 +660,7 @@ int pc_vq_pop_tx(struct pc_vq *vq, unsigned max_frames, size_t hdr_len,
 			nb++;
 			continue;
 		}
+		copy_vnet_header(w.iov, w.n, hdr_len, frames[good].vnet);
 		k = skip_header(w.iov, w.n, hdr_len);
 		frames[good].head = head;
 		frames[good].first = used_iov + k;
@@ -648,7 +687,6 @@ int pc_vq_pop_tx(struct pc_vq *vq, unsigned max_frames, size_t hdr_len,
 int pc_vq_release(struct pc_vq *vq, const struct pc_tx_frame *frames, unsigned nframes,
 		  const struct pc_bad_chain *bad, unsigned nbad)
 {
-	uint16_t old = vq->used_idx;
 	unsigned i;
 	int ret;
 
@@ -661,7 +699,7 @@ int pc_vq_release(struct pc_vq *vq, const struct pc_tx_frame *frames, unsigned n
 		vq_put_used(vq, vq->used_idx++, frames[i].head, 0);
 	for (i = 0; i < nbad; i++)
 		vq_put_used(vq, vq->used_idx++, bad[i].head, 0);
-	return vq_flush(vq, old);
+	return vq_flush(vq);
 }
 
 /**
@@ -737,7 +775,7 @@ int pc_vq_push_rx(struct pc_vq *vq, const uint8_t *data, const uint32_t *lens, u
 		  struct pc_rx_result *res)
 {
 	uint8_t hdr[PC_VQ_MAX_HDR];
-	uint16_t old = vq->used_idx, start = vq->last_avail, avail_idx;
+	uint16_t start = vq->last_avail, avail_idx;
 	unsigned pending, f;
 	size_t off = 0;
 	int ret;
@@ -841,6 +879,141 @@ int pc_vq_push_rx(struct pc_vq *vq, const uint8_t *data, const uint32_t *lens, u
 done:
 	if (vq->last_avail != start)
 		vq_set_avail_event(vq);
-	res->notified = (uint32_t)vq_flush(vq, old);
+	res->notified = (uint32_t)vq_flush(vq);
 	return (int)(res->placed + res->dropped);
+}
+
+/* ---- RX primitives for the TCP data path (tcp_path.c), declared in guest_mem.h ---- */
+
+/**
+ * pc_vq_rx_begin() - check that an RX ring can be used now and read the driver's avail idx
+ * @vq:		ring
+ * @avail_idx:	set to the avail idx (chains up to it may be popped)
+ * Return: 1 if the ring is running and usable, 0 if stopped, -EIO for a broken avail idx,
+ *	   or a translation error
+ */
+int pc_vq_rx_begin(struct pc_vq *vq, uint16_t *avail_idx)
+{
+	unsigned pending;
+	int ret;
+
+	if (!vq->started)
+		return 0;
+	ret = vq_ready(vq);
+	if (ret)
+		return ret;
+	ret = vq_avail_idx(vq, &pending);
+	if (ret < 0)
+		return ret;
+	*avail_idx = (uint16_t)ret;
+	return 1;
+}
+
+/**
+ * pc_vq_rx_pop() - pop the next available chain of an RX ring and walk it
+ * @vq:		ring, after pc_vq_rx_begin() returned 1
+ * @avail_idx:	the avail idx pc_vq_rx_begin() read
+ * @iov:	where the chain's device-writable slices go
+ * @gpa:	their guest-physical addresses
+ * @max:	room in @iov and @gpa
+ * @n:		set to the number of slices
+ * @total:	set to the bytes in the slices
+ * @head:	set to the head index
+ *
+ * A chain needing more than @max slices is left in the ring (PC_VQ_ERR_IOV is returned and
+ * nothing is consumed); any other bad chain is consumed and its kind returned: the caller
+ * gives it back with length 0 through pc_vq_rx_put_used().
+ *
+ * Return: PC_VQ_OK or a PC_VQ_ERR_* kind, or -ENOBUFS if no chain is available
+ */
+int pc_vq_rx_pop(struct pc_vq *vq, uint16_t avail_idx, struct iovec *iov, uint64_t *gpa,
+		 unsigned max, unsigned *n, uint64_t *total, uint32_t *head)
+{
+	struct walk w = { iov, gpa, max, 0, 0 };
+	unsigned h, kind;
+
+	if (vq->last_avail == avail_idx)
+		return -ENOBUFS;
+	h = ld16(vq->avail + 4 + 2 * (size_t)(vq->last_avail % vq->num));
+	kind = walk_chain(vq, h, 1, &w);
+	*head = h;
+	*n = w.n;
+	*total = w.total;
+	if (kind == PC_VQ_ERR_IOV)
+		return (int)kind;
+	vq->last_avail++;
+	return (int)kind;
+}
+
+/**
+ * pc_vq_rx_mark() - the avail position of the next chain pc_vq_rx_pop() would take
+ * @vq:		ring
+ * Return: the position (a free-running 16-bit index)
+ */
+uint16_t pc_vq_rx_mark(const struct pc_vq *vq)
+{
+	return vq->last_avail;
+}
+
+/**
+ * pc_vq_rx_seek() - move the avail position: back, to give chains popped at or after @mark
+ *		     back untouched, or one past the current one, to consume a chain
+ *		     pc_vq_rx_pop() left (PC_VQ_ERR_IOV) as bad
+ * @vq:		ring
+ * @mark:	a position from pc_vq_rx_mark() of the current call (no used element written
+ *		for the chains given back), or pc_vq_rx_mark() + 1
+ */
+void pc_vq_rx_seek(struct pc_vq *vq, uint16_t mark)
+{
+	vq->last_avail = mark;
+}
+
+/**
+ * pc_vq_rx_put_used() - write one used element, unpublished until pc_vq_rx_end()/flush
+ * @vq:		running, translated ring
+ * @head:	head index of the chain
+ * @len:	bytes written into it
+ */
+void pc_vq_rx_put_used(struct pc_vq *vq, uint32_t head, uint32_t len)
+{
+	vq_put_used(vq, vq->used_idx++, head, len);
+}
+
+/**
+ * pc_vq_rx_end() - finish an RX call: avail event, then publication and notification
+ * @vq:		running, translated ring
+ * @start:	pc_vq_rx_mark() at the start of the call
+ * @want_kick:	the call ran out of buffers: ask the driver (EVENT_IDX) to kick on new ones
+ *		even if no chain was consumed
+ * @flush:	publish and notify now; if 0, the used elements stay pending for pc_vq_flush()
+ * Return: 1 if a notification was due, else 0
+ */
+int pc_vq_rx_end(struct pc_vq *vq, uint16_t start, int want_kick, int flush)
+{
+	if (vq->last_avail != start || want_kick)
+		vq_set_avail_event(vq);
+	return flush ? vq_flush(vq) : 0;
+}
+
+/**
+ * pc_vq_flush() - publish pending used elements, log them and notify once if due
+ * @vq:		ring; a stopped or untranslatable ring publishes nothing
+ * Return: 1 if a notification was due, else 0
+ */
+int pc_vq_flush(struct pc_vq *vq)
+{
+	if (!vq->started || vq_ready(vq))
+		return 0;
+	return vq_flush(vq);
+}
+
+/**
+ * pc_vq_log_write() - dirty-log bytes the device wrote into a buffer of this ring's memory
+ * @vq:		ring
+ * @gpa:	guest-physical address of the first byte written
+ * @len:	bytes written
+ */
+void pc_vq_log_write(struct pc_vq *vq, uint64_t gpa, uint64_t len)
+{
+	pc_mem_log_range(vq->mem, gpa, len);
 }

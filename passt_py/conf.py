@@ -30,11 +30,7 @@ from passt_py.resolvconf import ResolvConf, read_resolv_conf
 # Options accepted by the parser whose feature is not implemented yet: giving one is an error.
 # Shrink this as features land; values are still validated before the refusal.
 UNSUPPORTED_OPTIONS: tuple[str, ...] = (
-    "--runas",
-    "--repair-path",
-    "--migrate-exit",
     "--outbound",
-    "--tcp-ports",
 )
 
 DEFAULT_MTU = 65520  # 802.3 maximum minus its header, rounded to 32 bits, as passt uses

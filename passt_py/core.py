@@ -15,7 +15,7 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
         "passt_py's C core (passt_py._core) is not built: run 'pip install .' or "
         "'pip install -e .' from the source tree") from exc
 
-API_VERSION = 1
+API_VERSION = 2
 
 if lib.pc_api_version() != API_VERSION:  # pragma: no cover - stale builds only
     raise ImportError(
@@ -321,6 +321,11 @@ class TxBatch:
         self._check(i)
         return self.frames[i].len
 
+    def vnet(self, i: int) -> bytes:
+        """The virtio-net header the guest sent with frame i (offload flags, GSO, csum)."""
+        self._check(i)
+        return bytes(ffi.buffer(self.frames[i].vnet, 12))
+
     def head(self, i: int) -> int:
         """Head descriptor index of frame i."""
         self._check(i)
@@ -524,6 +529,323 @@ class Virtqueue:
 
 # ---- the established-TCP data path ----
 # SECTION tcp_path
+# csrc/tcp_path.c: guest frames classified per batch, payload sent from guest memory (zero
+# copy), host data peeked straight into guest RX buffers as TCP segments (one copy). Python
+# decides per batch or per event; C moves the bytes. See the peek-offset contract in
+# csrc/tcp_path.c: the socket must have SO_PEEK_OFF enabled before TcpPath.rx() is used.
+import ipaddress  # noqa: E402
+import socket  # noqa: E402
+
+VNET_F_NEEDS_CSUM = lib.PC_VNET_F_NEEDS_CSUM
+VNET_F_DATA_VALID = lib.PC_VNET_F_DATA_VALID
+VNET_GSO_NONE = lib.PC_VNET_GSO_NONE
+VNET_GSO_TCPV4 = lib.PC_VNET_GSO_TCPV4
+VNET_GSO_UDP = lib.PC_VNET_GSO_UDP
+VNET_GSO_TCPV6 = lib.PC_VNET_GSO_TCPV6
+VNET_GSO_UDP_L4 = lib.PC_VNET_GSO_UDP_L4
+VNET_GSO_ECN = lib.PC_VNET_GSO_ECN
+
+TCP_FIN = lib.PC_TCP_FIN
+TCP_SYN = lib.PC_TCP_SYN
+TCP_RST = lib.PC_TCP_RST
+TCP_PSH = lib.PC_TCP_PSH
+TCP_ACK = lib.PC_TCP_ACK
+TCP_URG = lib.PC_TCP_URG
+TCP_ECE = lib.PC_TCP_ECE
+TCP_CWR = lib.PC_TCP_CWR
+
+PKT_OK = lib.PC_PKT_OK
+PKT_SHORT_ETH = lib.PC_PKT_SHORT_ETH
+PKT_OTHER = lib.PC_PKT_OTHER
+PKT_IP_HDR = lib.PC_PKT_IP_HDR
+PKT_IP_LEN = lib.PC_PKT_IP_LEN
+PKT_IP_FRAG = lib.PC_PKT_IP_FRAG
+PKT_IP_EXT = lib.PC_PKT_IP_EXT
+PKT_L4_SHORT = lib.PC_PKT_L4_SHORT
+PKT_TCP_DOFF = lib.PC_PKT_TCP_DOFF
+PKT_HDR_MAX = lib.PC_PKT_HDR_MAX
+#: PC_PKT_* validity code -> name, for logs.
+PKT_CODES: dict[int, str] = {
+    PKT_OK: "ok", PKT_SHORT_ETH: "short-ethernet", PKT_OTHER: "not-ip", PKT_IP_HDR: "ip-header",
+    PKT_IP_LEN: "ip-length", PKT_IP_FRAG: "ip-fragment", PKT_IP_EXT: "ip-extension",
+    PKT_L4_SHORT: "l4-short", PKT_TCP_DOFF: "tcp-data-offset",
+}
+
+TCP_RX_GSO = lib.PC_TCP_RX_GSO
+TCP_RX_CSUM_PARTIAL = lib.PC_TCP_RX_CSUM_PARTIAL
+TCP_RX_DATA_VALID = lib.PC_TCP_RX_DATA_VALID
+TCP_RX_NO_FLUSH = lib.PC_TCP_RX_NO_FLUSH
+TCP_STOP_WINDOW = lib.PC_TCP_STOP_WINDOW      # max_bytes delivered
+TCP_STOP_NOBUFS = lib.PC_TCP_STOP_NOBUFS      # guest RX buffers ran out: wait for an RX kick
+TCP_STOP_DRAINED = lib.PC_TCP_STOP_DRAINED    # the socket had less than asked (or nothing)
+TCP_STOP_EOF = lib.PC_TCP_STOP_EOF            # the peer closed and nothing is left to peek
+TCP_STOP_LIMIT = lib.PC_TCP_STOP_LIMIT        # per-call limit (1024 iovecs/chains): call again
+TCP_STOP_STOPPED = lib.PC_TCP_STOP_STOPPED    # RX ring not running
+
+
+def _ip16(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
+    """16-byte form used by the C records and templates: IPv4 as ::ffff:a.b.c.d."""
+    if addr.version == 4:
+        return b"\0" * 10 + b"\xff\xff" + addr.packed
+    return addr.packed
+
+
+def _ip_from16(raw: bytes, version: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """Inverse of _ip16 for a record of IP version ``version``."""
+    return ipaddress.IPv4Address(raw[12:]) if version == 4 else ipaddress.IPv6Address(raw)
+
+
+class PacketRecords:
+    """One struct pc_pkt per frame of a TxBatch, filled by one C call (classify()).
+
+    ``records[i]`` is the C record itself (read its fields as attributes: ``len``,
+    ``ethertype``, ``valid`` (PKT_*), ``ipver``, ``proto``, ``tcp_flags``, ``ttl``,
+    ``vnet_flags``, ``gso_type``, ``gso_size``, ``csum_start``, ``csum_offset``, ``tcp_doff``,
+    ``l3_off``, ``l4_off``, ``opt_off``, ``opt_len``, ``sport``, ``dport``, ``window``,
+    ``ip_len``, ``seq``, ``ack``, ``payload_off``, ``payload_len``). Offsets count from the
+    Ethernet header. Valid until the batch is released: the view does not copy payloads.
+    """
+
+    __slots__ = ("batch", "recs", "count")
+
+    def __init__(self, batch: TxBatch, recs: object, count: int) -> None:
+        self.batch, self.recs, self.count = batch, recs, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> object:
+        if not 0 <= i < self.count:
+            raise IndexError(f"record {i} not in batch of {self.count}")
+        return self.recs[i]
+
+    def src(self, i: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        """Source address of frame i (an IPv4 or IPv6 record)."""
+        r = self[i]
+        return _ip_from16(bytes(r.src), r.ipver)
+
+    def dst(self, i: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        """Destination address of frame i."""
+        r = self[i]
+        return _ip_from16(bytes(r.dst), r.ipver)
+
+    def key(self, i: int) -> tuple[bytes, int, bytes, int]:
+        """(src16, sport, dst16, dport): a cheap flow-table key (IPv4 as ::ffff:a.b.c.d)."""
+        r = self[i]
+        return bytes(r.src), r.sport, bytes(r.dst), r.dport
+
+    def read(self, i: int, off: int, length: int) -> bytes:
+        """Copy bytes [off, off + length) of frame i (control paths: options, SYN data)."""
+        r = self[i]
+        if off < 0 or length < 0 or off + length > r.len:
+            raise ValueError("range outside the frame")
+        iov, n = self.batch.slices(i)
+        out = bytearray()
+        for k in range(n):
+            if length <= 0:
+                break
+            size = iov[k].iov_len
+            if off >= size:
+                off -= size
+                continue
+            take = min(size - off, length)
+            out += ffi.buffer(ffi.cast("char *", iov[k].iov_base) + off, take)[:]
+            length -= take
+            off = 0
+        return bytes(out)
+
+    def tcp_options(self, i: int) -> bytes:
+        """The TCP option bytes of frame i (empty if none)."""
+        r = self[i]
+        return self.read(i, r.opt_off, r.opt_len) if r.opt_len else b""
+
+    def payload(self, i: int) -> bytes:
+        """A copy of frame i's L4 payload (control paths only; data goes by send_payloads)."""
+        r = self[i]
+        return self.read(i, r.payload_off, r.payload_len)
+
+
+def classify(batch: TxBatch) -> PacketRecords:
+    """Classify every frame of a TX batch in one C call; records reused per batch object."""
+    recs = getattr(batch, "_pkt_recs", None)
+    if recs is None:
+        recs = batch._pkt_recs = ffi.new("struct pc_pkt[]", batch.max_frames)
+    n = check(lib.pc_classify(batch.frames, batch.iov, batch.max_iov, batch.count, recs),
+              "classify")
+    return PacketRecords(batch, recs, n)
+
+
+def send_payloads(fd: int, batch: TxBatch, items: Sequence[tuple[int, int, int]]) -> int:
+    """sendmsg() (frame, offset, length) ranges of a batch to fd straight from guest memory.
+
+    One flow per call, ranges in stream order. Returns the bytes the kernel accepted: less
+    than the total when the socket buffer filled (0 if it took nothing). Raises CoreError for
+    socket errors (EPIPE, ECONNRESET...) and EINVAL for a range outside its frame.
+    """
+    if not items:
+        return 0
+    refs = ffi.new("struct pc_payload_ref[]", len(items))
+    for k, (frame, off, length) in enumerate(items):
+        refs[k].frame, refs[k].off, refs[k].len = frame, off, length
+    ret = lib.pc_send_payloads(fd, batch.frames, batch.count, batch.iov, batch.max_iov, refs,
+                               len(items))
+    if ret == -errno.EAGAIN:
+        return 0
+    return check(ret, "send_payloads")
+
+
+class TcpTemplate:
+    """Header template of one flow as the guest sees it (struct pc_tcp_flow).
+
+    src/sport is the remote side (us, to the guest), dst/dport the guest. The TCP code updates
+    ``seq`` (sequence number of the byte at the socket's peek offset), ``ack``, ``window``
+    (the raw, already scaled-down field), ``flags`` (default ACK|PSH; PSH only goes on the last
+    segment of an rx() call), ``ts_val``/``ts_ecr`` with ``use_ts``, as its state changes.
+    """
+
+    _FIELDS = ("seq", "ack", "window", "mss", "ttl", "flags", "ts_val", "ts_ecr", "sport",
+               "dport")
+
+    def __init__(self, eth_dst: bytes, eth_src: bytes,
+                 src: ipaddress.IPv4Address | ipaddress.IPv6Address,
+                 dst: ipaddress.IPv4Address | ipaddress.IPv6Address, sport: int, dport: int,
+                 mss: int = 1460, ttl: int = 64, seq: int = 0, ack: int = 0,
+                 window: int = 65535, flags: int = TCP_ACK | TCP_PSH,
+                 use_ts: bool = False, ts_val: int = 0, ts_ecr: int = 0) -> None:
+        if src.version != dst.version:
+            raise ValueError("address families differ")
+        if len(eth_dst) != 6 or len(eth_src) != 6:
+            raise ValueError("MAC addresses are 6 bytes")
+        c = self.c = ffi.new("struct pc_tcp_flow *")
+        ffi.memmove(c.eth_dst, eth_dst, 6)
+        ffi.memmove(c.eth_src, eth_src, 6)
+        ffi.memmove(c.src, _ip16(src), 16)
+        ffi.memmove(c.dst, _ip16(dst), 16)
+        c.ipver = src.version
+        c.sport, c.dport, c.mss, c.ttl = sport, dport, mss, ttl
+        c.seq, c.ack, c.window, c.flags = seq, ack, window, flags
+        c.use_ts = 1 if use_ts else 0
+        c.ts_val, c.ts_ecr = ts_val, ts_ecr
+
+    @property
+    def ipver(self) -> int:
+        """4 or 6."""
+        return self.c.ipver
+
+    @property
+    def use_ts(self) -> bool:
+        """Send the timestamps option (ts_val, ts_ecr) on every segment."""
+        return bool(self.c.use_ts)
+
+    @use_ts.setter
+    def use_ts(self, on: bool) -> None:
+        self.c.use_ts = 1 if on else 0
+
+    def __getattr__(self, name: str) -> int:
+        if name in TcpTemplate._FIELDS:
+            return getattr(self.c, name)
+        raise AttributeError(name)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in TcpTemplate._FIELDS:
+            setattr(self.c, name, value)
+        else:
+            object.__setattr__(self, name, value)
+
+
+class TcpRxResult:
+    """What the last TcpPath.rx() did: payload bytes, segments, RX chains used, bad chains,
+    whether the guest was notified, and why it stopped (TCP_STOP_*)."""
+
+    __slots__ = ("bytes", "segs", "bufs", "bad", "notified", "stop")
+
+    def __init__(self, res: object = None) -> None:
+        if res is None:
+            self.bytes = self.segs = self.bufs = self.bad = self.stop = 0
+            self.notified = False
+        else:
+            self.bytes, self.segs, self.bufs, self.bad = res.bytes, res.segs, res.bufs, res.bad
+            self.notified, self.stop = bool(res.notified), res.stop
+
+    def __repr__(self) -> str:
+        return (f"TcpRxResult(bytes={self.bytes}, segs={self.segs}, bufs={self.bufs}, "
+                f"bad={self.bad}, notified={self.notified}, stop={self.stop})")
+
+
+def tcp_build(tmpl: TcpTemplate, flags: int, options: BytesLike = b"",
+              payload: BytesLike = b"") -> bytes:
+    """One Ethernet frame of tmpl's flow with full checksums (tap back-ends, pcap, tests).
+
+    options: TCP option bytes, padded by the caller to a multiple of 4 (at most 40).
+    """
+    out = ffi.new("uint8_t[]", 14 + 40 + 60 + len(payload))
+    opt = ffi.from_buffer(options) if options else ffi.NULL
+    pay = ffi.from_buffer(payload) if payload else ffi.NULL
+    n = check(lib.pc_tcp_build(tmpl.c, flags, opt, len(options), pay, len(payload), out,
+                               len(out)), "tcp_build")
+    return ffi.buffer(out, n)[:]
+
+
+class TcpPath:
+    """The host-to-guest TCP data path on one RX ring: rx() per flow event, ctl() per control
+    segment, flush() after a batch of rx(flush=False) calls. Holds C scratch (~100 KiB)."""
+
+    def __init__(self, ring: Virtqueue) -> None:
+        self.ring = ring
+        self._raw = ffi.new("char[]", lib.pc_tcp_scratch_size())
+        self._scratch = ffi.cast("struct pc_tcp_scratch *", self._raw)
+        self._res = ffi.new("struct pc_tcp_rx_result *")
+        self._rxres = ffi.new("struct pc_rx_result *")
+        self.last = TcpRxResult()
+
+    def rx(self, fd: int, tmpl: TcpTemplate, max_bytes: int, hdr_len: int = 12,
+           mergeable: bool = True, opts: int = 0, flush: bool = True) -> int:
+        """Peek up to max_bytes from fd into guest RX buffers as segments of tmpl's flow.
+
+        opts: TCP_RX_GSO (guest negotiated GUEST_TSO4/6 for this family), TCP_RX_CSUM_PARTIAL
+        or TCP_RX_DATA_VALID (guest negotiated GUEST_CSUM); see NetDevice.tcp_rx_opts().
+        Returns payload bytes delivered (advance tmpl.seq by it); details, including why it
+        stopped (EOF, no buffers...), in self.last. flush=False leaves the used-ring update
+        and notification for flush(). Raises CoreError on socket errors (ECONNRESET...).
+        """
+        o = opts | (0 if flush else TCP_RX_NO_FLUSH)
+        ret = lib.pc_tcp_rx(self.ring._vq, self._scratch, fd, tmpl.c, hdr_len,
+                            1 if mergeable else 0, max(0, min(max_bytes, 0xFFFFFFFF)), o,
+                            self._res)
+        self.last = TcpRxResult(self._res)
+        return check(ret, "tcp_rx")
+
+    def flush(self) -> bool:
+        """Publish used elements left by rx(flush=False) calls; True if the guest was notified."""
+        return bool(lib.pc_tcp_rx_flush(self.ring._vq))
+
+    def ctl(self, tmpl: TcpTemplate, flags: int, options: BytesLike | None = None,
+            hdr_len: int = 12, mergeable: bool = True, data_valid: bool = False) -> bool:
+        """Place one header-only segment (flags from TCP_*, seq/ack/window from tmpl).
+
+        options: TCP option bytes (padded to a multiple of 4); None sends tmpl's timestamps
+        option when tmpl.use_ts. Returns False if the guest has no RX buffer right now.
+        """
+        opt = ffi.from_buffer(options) if options else ffi.NULL
+        n = check(lib.pc_tcp_ctl(self.ring._vq, tmpl.c, flags, opt,
+                                 len(options) if options else 0, hdr_len,
+                                 1 if mergeable else 0,
+                                 TCP_RX_DATA_VALID if data_valid else 0, self._rxres),
+                  "tcp_ctl")
+        return bool(n and self._rxres.placed)
+
+
+def set_peek_offset(sock: socket.socket | int, offset: int) -> None:
+    """Enable SO_PEEK_OFF on a TCP socket at offset (bytes in flight to the guest)."""
+    fd = sock if isinstance(sock, int) else sock.fileno()
+    s = socket.socket(fileno=fd)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, _SO_PEEK_OFF, offset)
+    finally:
+        s.detach()
+
+
+_SO_PEEK_OFF = getattr(socket, "SO_PEEK_OFF", 42)
 
 # ---- migration helpers ----
 # SECTION migrate

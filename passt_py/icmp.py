@@ -23,6 +23,7 @@ import ipaddress
 import logging
 import socket
 import struct
+from dataclasses import dataclass
 from typing import Callable
 
 from passt_py import core, fwd
@@ -120,6 +121,17 @@ def refused_frame(view: NetView, guest: GuestState, pkt: IpPacket) -> bytes:
 
 
 # ---- echo ----
+
+@dataclass(frozen=True)
+class PingFlowState:
+    """A ping flow as migration carries it (see IcmpHandler.export/adopt)."""
+
+    guest_addr: IPAddr     # the guest's address and its echo id
+    guest_id: int
+    dest: IPAddr           # the address the guest pinged
+    host_addr: IPAddr      # where the requests go on the host side
+    host_id: int           # the echo id the host socket used
+
 
 class _PingState:
     """What a ping flow needs besides its sides: the socket and the guest's echo id."""
@@ -269,6 +281,41 @@ class IcmpHandler:
         state: _PingState = flow.data  # type: ignore[assignment]
         self._loop.remove(state.sock.fileno())
         state.sock.close()
+
+    # ---- migration ----
+    def export(self, flow: Flow) -> "PingFlowState":
+        """What the target needs to re-create a ping flow (its socket is made anew)."""
+        tap, host = flow.sides
+        return PingFlowState(guest_addr=tap.eaddr, guest_id=tap.eport, dest=tap.oaddr,
+                             host_addr=host.eaddr, host_id=host.eport)
+
+    def adopt(self, st: "PingFlowState") -> Flow:
+        """Re-create an exported ping flow; the host echo id is kept when it is free (so
+        replies still on their way match), else the kernel picks one. Raises FlowRefused or
+        OSError."""
+        if not (0 <= st.guest_id <= 0xFFFF and 0 <= st.host_id <= 0xFFFF):
+            raise ValueError(f"echo id out of range in {st}")   # a hostile migration stream
+        version = st.guest_addr.version
+        family = socket.AF_INET if version == 4 else socket.AF_INET6
+        proto = IPPROTO_ICMP if version == 4 else IPPROTO_ICMPV6
+        sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
+                             | socket.SOCK_CLOEXEC, proto)
+        try:
+            try:
+                sock.bind((str(fwd.unspecified(version)), st.host_id))
+            except OSError:
+                sock.bind((str(fwd.unspecified(version)), 0))
+            host_id = sock.getsockname()[1]
+            tap = FlowSide(Pif.TAP, st.guest_addr, st.guest_id, st.dest, st.guest_id)
+            host = FlowSide(Pif.HOST, st.host_addr, host_id, fwd.unspecified(version), host_id)
+            ftype = FlowType.PING4 if version == 4 else FlowType.PING6
+            flow = self._flows.new(ftype, tap, host, self._timeout, self._on_close,
+                                   _PingState(sock, st.guest_id))
+        except BaseException:
+            sock.close()
+            raise
+        self._loop.add(sock.fileno(), IN, lambda mask, f=flow: self._on_ready(f, mask))
+        return flow
 
     def close_all(self) -> int:
         """Close every ping flow (the guest went away); returns how many were closed."""

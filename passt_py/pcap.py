@@ -13,6 +13,8 @@ import struct
 import time
 from typing import Iterable
 
+from passt_py import core
+
 log = logging.getLogger(__name__)
 
 PCAP_MAGIC_USEC = 0xA1B2C3D4
@@ -22,7 +24,24 @@ LINKTYPE_ETHERNET = 1
 SNAPLEN = 262144
 
 _FILE_HEADER = struct.Struct("=IHHiIII")
+_VNET = struct.Struct("<BBHHHH")
+VNET_F_NEEDS_CSUM = 1
 _RECORD_HEADER = struct.Struct("=IIII")
+
+
+def complete_checksum(frame: bytes, vnet: bytes) -> bytes:
+    """``frame`` with the checksum a guest left to the device (NEEDS_CSUM) filled in.
+
+    With checksum offload the guest sends only the pseudo-header sum in the checksum field and
+    says where the device must finish it; a capture must show the finished value.
+    """
+    flags, _gso, _hdr_len, _gso_size, start, offset = _VNET.unpack_from(vnet)
+    if not flags & VNET_F_NEEDS_CSUM or start + offset + 2 > len(frame):
+        return frame
+    fixed = bytearray(frame)
+    csum = core.csum_fold(core.csum_partial(memoryview(fixed)[start:]))
+    struct.pack_into("!H", fixed, start + offset, csum or 0xFFFF)
+    return bytes(fixed)
 
 
 class PcapWriter:

@@ -21,7 +21,7 @@ import os
 import random
 import time
 
-from passt_py import arp, daemon
+from passt_py import arp, daemon, migrate, privileges, tcp_repair
 from passt_py.conf import Config, socket_path_candidates
 from passt_py.dhcp import DhcpServer
 from passt_py.dhcpv6 import Dhcpv6Server
@@ -32,21 +32,30 @@ from passt_py.ndp import NdpResponder
 from passt_py.netview import GuestState, Ip4View, Ip6View, NetView
 from passt_py.pcap import PcapWriter
 from passt_py.tap import GuestLink
+from passt_py.tcp import TcpHandler
+from passt_py.tcp_ring import RingDataPath
 from passt_py.udp import UdpHandler
 from passt_py.vhost_user.device import RX, TX, NetDevice
 from passt_py.vhost_user.events import (DeviceStateTransfer, Event, FrontendConnected,
                                         FrontendDisconnected, RingEnabled, RingKickFd,
                                         RingStarted, RingStopped, SendRarp)
 from passt_py.vhost_user.transport import VhostUserServer
+from passt_py.vhost_user.wire import DEVICE_STATE_SAVE
 
 log = logging.getLogger(__name__)
 
 #: Frames per TX drain; a kick drains at most this many batches before yielding to the loop.
 TX_BATCH = 64
 TX_BATCHES_PER_KICK = 16
+#: Whether this version migrates TCP connections (TCP_REPAIR): then, without --repair-path,
+#: CAP_NET_ADMIN is kept when dropping root (passt_py.privileges); with it, the passt-repair
+#: helper sets TCP_REPAIR for us (passt_py.migrate, passt_py.tcp_repair).
+MIGRATES_TCP = True
 #: ARP probes for the guest's MAC after the rings come up: interval and count.
 ARP_PROBE_INTERVAL = 1.0
 ARP_PROBE_COUNT = 30
+#: DUID-LLT times count seconds from 2000-01-01 UTC (RFC 8415, 11.2).
+DUID_TIME_EPOCH = 946684800
 
 
 def netview_from_config(config: Config) -> NetView:
@@ -97,6 +106,7 @@ class Service:
         self._link_up = False
         self._ra_timer = None
         self._setup_protocols()
+        self._setup_migration()
         for fd in (self.server.listen_fd, self.server.conn_fd):
             if fd is not None:
                 self.loop.add(fd, IN, self._on_socket(fd))
@@ -121,7 +131,7 @@ class Service:
             link.dhcp = DhcpServer(view)
         if view.ip6 is not None:
             if view.dhcpv6:
-                link.dhcpv6 = Dhcpv6Server(view, duid_time=int(time.time()))
+                link.dhcpv6 = Dhcpv6Server(view, duid_time=int(time.time()) - DUID_TIME_EPOCH)
             if view.ndp:
                 link.ndp = NdpResponder(view)
         args = (self.loop, view, self.guest, self.flows, link.to_guest)
@@ -131,6 +141,52 @@ class Service:
         if self.udp is not None and self.config.udp_forwards.forwards:
             bound = self.udp.start_forwards(self.config.udp_forwards)
             log.info("UDP: %d forwarding sockets bound", bound)
+        # Data to the guest goes straight into RX buffers (C) unless a capture must see it.
+        datapath = None if self.pcap is not None else RingDataPath(self.device, self.loop.defer)
+        self.tcp = TcpHandler(*args, datapath=datapath) if view.tcp else None
+        link.tcp = self.tcp
+        if self.tcp is not None and self.config.tcp_forwards.forwards:
+            bound = self.tcp.start_forwards(self.config.tcp_forwards)
+            log.info("TCP: %d listening sockets bound", bound)
+
+    def _setup_migration(self) -> None:
+        """The passt-repair helper's socket (unless --repair-path none) and migration state."""
+        self._transfer: migrate.Transfer | None = None
+        self._migrated: migrate.Source | None = None   # source that handed its state over
+        self._exit_timer = None                         # --migrate-exit, until a rollback
+        self.repair_helper: tcp_repair.RepairHelper | None = None
+        path = self.config.repair_path
+        if path is None and self.server.path is not None:
+            path = self.server.path + ".repair"
+        if path is not None and path != "none":
+            try:
+                self.repair_helper = tcp_repair.RepairHelper(path)
+            except OSError as exc:
+                log.warning("cannot listen for the repair helper on %s: %s", path, exc)
+        if self.repair_helper is not None:
+            self.loop.add(self.repair_helper.listen_fd, IN, self._on_repair_listen)
+        self.repair = tcp_repair.RepairControl(self.repair_helper)
+
+    def _on_repair_listen(self, _mask: int) -> None:
+        helper = self.repair_helper
+        if helper is not None and helper.accept() and helper.conn_fd is not None:
+            self.loop.add(helper.conn_fd, IN | HUP, self._on_repair_conn)
+
+    def _on_repair_conn(self, _mask: int) -> None:
+        """The helper only ever speaks when asked: anything else means it went away."""
+        helper = self.repair_helper
+        if helper is not None and helper.conn_fd is not None:
+            self.loop.remove(helper.conn_fd)
+            helper.drop()
+            log.info("repair helper disconnected")
+
+    def migration_context(self) -> migrate.MigrationContext:
+        """What passt_py.migrate needs of this back-end."""
+        return migrate.MigrationContext(
+            loop=self.loop, view=self.view, guest=self.guest, flows=self.flows,
+            icmp=self.icmp, udp=self.udp, tcp=self.tcp, repair=self.repair,
+            udp_forwards=self.config.udp_forwards, tcp_forwards=self.config.tcp_forwards,
+            migrate_exit=self.config.migrate_exit)
 
     # ---- vhost-user events ----
     def _on_socket(self, fd: int):
@@ -170,6 +226,8 @@ class Service:
             self._drain_tx()
         elif index == RX:
             self.link.flush()
+            if self.tcp is not None:
+                self.tcp.rx_ready()
 
     def _drain_tx(self) -> None:
         for _ in range(TX_BATCHES_PER_KICK):
@@ -177,10 +235,16 @@ class Service:
             if batch is None:
                 return
             try:
-                frames = [batch.frame(i) for i in range(batch.count)]
+                # In-order TCP data goes to its socket straight from guest memory (zero
+                # copy); the rest is copied out for the demux. A capture sees every frame.
+                rest: list[int] | range = range(batch.count)
+                if self.tcp is not None and self.pcap is None:
+                    rest = self.tcp.take_batch(batch)
+                frames = [batch.frame(i) for i in rest]
+                vnets = [batch.vnet(i) for i in rest] if self.pcap else None
             finally:
                 self.device.release(batch)
-            self.link.from_guest(frames)
+            self.link.from_guest(frames, vnets)
         # More is pending: continue after other events had their turn.
         self.loop.defer(self._drain_tx)
 
@@ -193,6 +257,13 @@ class Service:
             log.info("guest link down (rings stopped)")
             return
         log.info("guest link up")
+        if self._migrated is not None:
+            # Our state went out, yet the guest runs here again: QEMU gave up the migration.
+            source, self._migrated = self._migrated, None
+            if self._exit_timer is not None:
+                self._exit_timer.cancel()
+                self._exit_timer = None
+            source.rollback()
         if self.link.ndp is not None:
             self.link.ndp.reset()
         self._arp_probes_left = ARP_PROBE_COUNT if self.view.ip4 is not None else 0
@@ -239,10 +310,37 @@ class Service:
         self._schedule_ra(first=True)
 
     def _device_state(self, event: DeviceStateTransfer) -> None:
-        """Back-end state transfer is not implemented: fail it so the guest stays here."""
-        os.close(event.fd)
-        log.error("migration of the back-end state is not supported by this version: refused")
-        self._apply(self.server.finish_device_state(errno.ENOTSUP))
+        """Save or load our state over ``event.fd``, from the loop (passt_py.migrate)."""
+        if self._transfer is not None and self._transfer.result is None:
+            os.close(event.fd)
+            log.error("migration: a device-state transfer is already running: refused")
+            self._apply(self.server.finish_device_state(errno.EBUSY))
+            return
+        save = event.direction == DEVICE_STATE_SAVE
+        if save and self._migrated is not None:
+            # Saving again after a save that was never followed by a resume here: the
+            # earlier hand-over is void, serve from here first, then save anew.
+            source, self._migrated = self._migrated, None
+            source.rollback()
+        self._transfer = migrate.Transfer(self.migration_context(), event.fd, save,
+                                          self._transfer_done)
+        self._transfer.start()
+
+    def _transfer_done(self, result: int) -> None:
+        transfer = self._transfer
+        if result == 0 and transfer is not None and transfer.source is not None:
+            self._migrated = transfer.source
+            if self.config.migrate_exit:
+                log.info("--migrate-exit: exiting once the front-end has our result")
+                self._exit_timer = self.loop.call_later(migrate.EXIT_DELAY,
+                                                        lambda: self.loop.stop(0))
+        elif transfer is not None and transfer.source is None and self.repair_helper is not None \
+                and self.repair_helper.conn_fd is not None:
+            # A target is done with the helper (passt-repair serves one migration and exits
+            # when we close); a source keeps it for a rollback if QEMU resumes the guest here.
+            self.loop.remove(self.repair_helper.conn_fd)
+            self.repair_helper.drop()
+        self._apply(self.server.finish_device_state(result))
 
     def _frontend_gone(self, fd: int) -> None:
         log.info("front-end disconnected")
@@ -251,8 +349,10 @@ class Service:
             self.loop.remove(kick)
         self._kick_fds.clear()
         self.link.flush()
-        for handler in (self.icmp, self.udp):
-            if handler is not None:
+        for handler in (self.icmp, self.udp, self.tcp):
+            # Migrated TCP sockets linger frozen in repair mode: closing them here would let
+            # the kernel answer the peers with RSTs.
+            if handler is not None and not (handler is self.tcp and self._migrated is not None):
                 handler.close_all()
         self.guest.__init__()  # type: ignore[misc]
         self._arp_probes_left = 0
@@ -260,18 +360,22 @@ class Service:
         if self._ra_timer is not None:
             self._ra_timer.cancel()
             self._ra_timer = None
-        if self.config.one_off:
-            log.info("--one-off: exiting")
+        if self.config.one_off or (self._migrated is not None and self.config.migrate_exit):
+            log.info("%s: exiting", "--one-off" if self.config.one_off else "--migrate-exit")
             self.loop.stop(0)
 
     # ---- running ----
     def close(self) -> None:
         """Release everything (sockets, capture, loop)."""
-        for handler in (self.icmp, self.udp):
+        for handler in (self.icmp, self.udp, self.tcp):
             if handler is not None:
                 handler.close_all()
         if self.udp is not None:
             self.udp.stop_forwards()
+        if self.tcp is not None:
+            self.tcp.stop_forwards()
+        if self.repair_helper is not None:
+            self.repair_helper.close()
         self.server.close()
         self.device.reset()
         if self.pcap is not None:
@@ -293,6 +397,23 @@ def run(config: Config) -> int:
     else:
         pid_file = daemon.daemonise(config.pid_file)
     signals = daemon.install_exit_signals()
+    # Everything that needs root is open now (socket, PID file, capture, log, forwards).
+    helper = getattr(service, "repair_helper", None)
+    try:
+        dropped = privileges.drop_privileges(
+            config.runas,
+            keep_net_admin=privileges.needs_net_admin(config.repair_path,
+                                                      migration=MIGRATES_TCP),
+            socket_path=service.server.path if config.fd is None else None,
+            pid_file=pid_file.path if pid_file is not None else None,
+            other_sockets=[helper.path] if helper is not None else [])
+    except (privileges.PrivilegeError, OSError) as exc:
+        log.error("cannot drop privileges: %s", exc)
+        signals.close()
+        service.close()
+        if pid_file is not None:
+            pid_file.remove()
+        return 1
 
     def on_signal(_mask: int) -> None:
         signals.drain()
@@ -308,3 +429,4 @@ def run(config: Config) -> int:
         service.close()
         if pid_file is not None:
             pid_file.remove()
+        dropped.finish()

@@ -18,7 +18,7 @@ from passt_py.ip import (IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
                          UdpDatagram, parse_ip, parse_udp)
 from passt_py.log import TRACE
 from passt_py.netview import GuestState, NetView
-from passt_py.pcap import PcapWriter
+from passt_py.pcap import PcapWriter, complete_checksum
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +104,13 @@ class GuestLink:
                     len(frames) - placed)
 
     # ---- from the guest ----
-    def from_guest(self, frames: list[bytes]) -> None:
-        """Handle one TX batch from the guest."""
+    def from_guest(self, frames: list[bytes], vnet_hdrs: list[bytes] | None = None) -> None:
+        """Handle one TX batch from the guest (``vnet_hdrs``: its offload headers, for pcap)."""
         if self._pcap is not None:
-            self._pcap.write(frames)
+            if vnet_hdrs is not None:
+                self._pcap.write([complete_checksum(f, h) for f, h in zip(frames, vnet_hdrs)])
+            else:
+                self._pcap.write(frames)
         for frame in frames:
             try:
                 self._demux(frame)

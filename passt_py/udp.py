@@ -80,6 +80,22 @@ class _UdpState:
         self.peer = peer
 
 
+@dataclass(frozen=True)
+class UdpFlowState:
+    """A UDP flow as migration carries it (see UdpHandler.export/adopt)."""
+
+    forwarded: bool        # started by a host peer through a -u listener
+    guest_addr: IPAddr     # the guest side: its address/port and the one it talks to
+    guest_port: int
+    our_addr: IPAddr
+    our_port: int
+    host_addr: IPAddr      # the host side: the peer and our local socket address
+    host_port: int
+    local_addr: IPAddr
+    local_port: int
+    bidir: bool            # the target side answered already (longer timeout)
+
+
 @dataclass
 class _Listener:
     """One -u listening socket: host ``port`` forwarded to guest ``target_port``."""
@@ -416,6 +432,54 @@ class UdpHandler:
             trace(log, "UDP forward from %s:%d refused: %s", peer_addr, peer_port, e)
             return None
         trace(log, "new forwarded UDP flow %r", flow)
+        return flow
+
+    # ---- migration ----
+    def export(self, flow: Flow) -> "UdpFlowState":
+        """What the target needs to re-create ``flow``: its two tuples and whether it is
+        bidirectional (UDP flows have no other state; the socket is re-created, bound alike)."""
+        tap, host = flow.side(Pif.TAP), flow.side(Pif.HOST)
+        state: _UdpState = flow.data  # type: ignore[assignment]
+        return UdpFlowState(forwarded=state.peer is not None,
+                            guest_addr=tap.eaddr, guest_port=tap.eport,
+                            our_addr=tap.oaddr, our_port=tap.oport,
+                            host_addr=host.eaddr, host_port=host.eport,
+                            local_addr=host.oaddr, local_port=host.oport,
+                            bidir=flow.timeout >= self._timeout_bidir)
+
+    def adopt(self, st: "UdpFlowState") -> Flow:
+        """Re-create an exported flow: an outbound one gets a socket bound to the same local
+        port (another one if that is taken) and connected to the same peer; a forwarded one
+        goes through our listener on the same address and port. Raises FlowRefused/OSError."""
+        if not all(0 <= p <= 0xFFFF for p in (st.guest_port, st.our_port, st.local_port,
+                                                st.host_port)):
+            raise ValueError(f"port out of range in {st}")   # a hostile migration stream
+        tap = FlowSide(Pif.TAP, st.guest_addr, st.guest_port, st.our_addr, st.our_port)
+        timeout = self._timeout_bidir if st.bidir else self._timeout
+        if st.forwarded:
+            lst = next((l for l in self._listeners
+                        if l.port == st.local_port and l.oaddr == st.local_addr), None)
+            if lst is None:
+                raise FlowRefused(f"no UDP listener on [{st.local_addr}]:{st.local_port}")
+            host = FlowSide(Pif.HOST, st.host_addr, st.host_port, st.local_addr, st.local_port)
+            return self._flows.new(FlowType.UDP, host, tap, timeout, self._on_close,
+                                   _UdpState(lst.sock, _sockaddr(st.host_addr, st.host_port)))
+        version = st.host_addr.version
+        try:
+            sock = self._flow_socket(version, st.local_port)
+        except OSError:
+            sock = self._flow_socket(version, 0)
+        try:
+            sock.connect(_sockaddr(st.host_addr, st.host_port))
+            local = sock.getsockname()
+            host = FlowSide(Pif.HOST, st.host_addr, st.host_port,
+                            ipaddress.ip_address(local[0]), local[1])
+            flow = self._flows.new(FlowType.UDP, tap, host, timeout, self._on_close,
+                                   _UdpState(sock, None))
+        except BaseException:
+            sock.close()
+            raise
+        self._loop.add(sock.fileno(), IN, lambda mask, f=flow: self._on_flow_ready(f, mask))
         return flow
 
     def close_all(self) -> int:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from passt_py.core import API_VERSION
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -38,7 +40,7 @@ def test_wheel_installs_and_runs_in_clean_venv(tmp_path):
                    timeout=300, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
     check = subprocess.run([str(py), "-c", "import passt_py.core as c; print(c.lib.pc_api_version())"],
                            check=True, capture_output=True, text=True, cwd=tmp_path, timeout=60)
-    assert check.stdout.strip() == "1"
+    assert check.stdout.strip() == str(API_VERSION)
     caps = subprocess.run([str(venv / "bin" / "passt-py"), "--print-capabilities"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert caps.returncode == 0 and '"type": "net"' in caps.stdout

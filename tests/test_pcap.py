@@ -36,3 +36,22 @@ def test_capture_file_is_private(tmp_path):
     path = str(tmp_path / "cap.pcap")
     PcapWriter(path).close()
     assert os.stat(path).st_mode & 0o077 == 0
+
+
+def test_partial_checksum_from_guest_is_completed_for_capture():
+    """A guest frame with NEEDS_CSUM (pseudo-header sum only) is captured with a valid checksum."""
+    import struct
+
+    from scapy.layers.inet import IP as IP4
+
+    from passt_py import core
+    from passt_py.pcap import complete_checksum
+    good = bytes(Ether() / IP4(src="10.0.0.2", dst="10.0.0.1") / UDP(sport=5, dport=9) / b"hello!!")
+    partial = bytearray(good)
+    udp_off = 14 + 20
+    pseudo = core.pseudo_ipv4(bytes(partial[26:30]), bytes(partial[30:34]), 17, 8 + 7)
+    struct.pack_into("!H", partial, udp_off + 6, pseudo)
+    vnet = struct.pack("<BBHHHH", 1, 0, 0, 0, udp_off, 6) + b"\0\0"
+    assert complete_checksum(bytes(partial), vnet) == good
+    no_offload = struct.pack("<BBHHHH", 0, 0, 0, 0, 0, 0) + b"\0\0"
+    assert complete_checksum(bytes(partial), no_offload) == bytes(partial)

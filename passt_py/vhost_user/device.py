@@ -32,6 +32,30 @@ log = logging.getLogger(__name__)
 RX = 0
 TX = 1
 
+#: virtio-net offload feature bits (virtio 1.x, 5.1.3). CSUM: the guest may send frames with
+#: a partial checksum (virtio-net header NEEDS_CSUM); nothing here verifies guest checksums
+#: and TCP/UDP payloads go to host sockets, which checksum themselves. GUEST_CSUM: we may
+#: send partial checksums (NEEDS_CSUM) or mark them verified (DATA_VALID). HOST_TSO4/6: the
+#: guest may send TCP segments up to 64 KiB (gso_type/gso_size in the header; the TCP path
+#: classifies them like any segment). GUEST_TSO4/6: the TCP path may send segments up to
+#: 64 KiB with a GSO header. The spec makes GUEST_TSO* depend on GUEST_CSUM and HOST_TSO* on
+#: CSUM: set_features() refuses to use a TSO bit whose checksum bit is missing.
+VIRTIO_NET_F_CSUM = 0
+VIRTIO_NET_F_GUEST_CSUM = 1
+VIRTIO_NET_F_GUEST_TSO4 = 7
+VIRTIO_NET_F_GUEST_TSO6 = 8
+VIRTIO_NET_F_HOST_TSO4 = 11
+VIRTIO_NET_F_HOST_TSO6 = 12
+
+OFFLOAD_FEATURES = (
+    bit(VIRTIO_NET_F_CSUM)
+    | bit(VIRTIO_NET_F_GUEST_CSUM)
+    | bit(VIRTIO_NET_F_GUEST_TSO4)
+    | bit(VIRTIO_NET_F_GUEST_TSO6)
+    | bit(VIRTIO_NET_F_HOST_TSO4)
+    | bit(VIRTIO_NET_F_HOST_TSO6)
+)
+
 #: Feature bits offered to the front-end: the single place that decides them. EVENT_IDX and
 #: INDIRECT_DESC are implemented by the C core's ring walker; no config space is implemented,
 #: so VIRTIO_NET_F_STATUS / MTU / MAC are not offered.
@@ -42,6 +66,7 @@ OFFERED_FEATURES = (
     | bit(wire.VIRTIO_RING_F_INDIRECT_DESC)
     | bit(wire.VIRTIO_RING_F_EVENT_IDX)
     | bit(wire.VHOST_USER_F_PROTOCOL_FEATURES)
+    | OFFLOAD_FEATURES
 )
 
 #: Frames one TX batch holds at most (the reusable batch is this big).
@@ -102,6 +127,44 @@ class NetDevice:
     def mergeable(self) -> bool:
         """MRG_RXBUF negotiated: an RX frame may span several buffers."""
         return bool(self._features & bit(wire.VIRTIO_NET_F_MRG_RXBUF))
+
+    def _has(self, feature: int) -> bool:
+        return bool(self._features & bit(feature))
+
+    @property
+    def guest_csum(self) -> bool:
+        """GUEST_CSUM: RX frames may carry NEEDS_CSUM (partial) or DATA_VALID."""
+        return self._has(VIRTIO_NET_F_GUEST_CSUM)
+
+    @property
+    def host_csum(self) -> bool:
+        """CSUM: TX frames may come with a partial checksum (NEEDS_CSUM): never verify them."""
+        return self._has(VIRTIO_NET_F_CSUM)
+
+    def guest_tso(self, ipver: int) -> bool:
+        """GUEST_TSO4 (ipver 4) / GUEST_TSO6 (6), with GUEST_CSUM as the spec requires."""
+        feature = VIRTIO_NET_F_GUEST_TSO4 if ipver == 4 else VIRTIO_NET_F_GUEST_TSO6
+        return self.guest_csum and self._has(feature)
+
+    def host_tso(self, ipver: int) -> bool:
+        """HOST_TSO4/6: the guest may send TCP segments up to 64 KiB of that family."""
+        feature = VIRTIO_NET_F_HOST_TSO4 if ipver == 4 else VIRTIO_NET_F_HOST_TSO6
+        return self.host_csum and self._has(feature)
+
+    def tcp_rx_opts(self, ipver: int, full_csum: bool = False) -> int:
+        """core.TCP_RX_* options for core.TcpPath.rx() as negotiated, for one IP version.
+
+        full_csum (a capture is running): every segment gets a full TCP checksum, so no GSO
+        (a GSO frame's checksum is partial by definition) and DATA_VALID instead of NEEDS_CSUM.
+        """
+        if not self.guest_csum:
+            return 0
+        if full_csum:
+            return core.TCP_RX_DATA_VALID
+        opts = core.TCP_RX_CSUM_PARTIAL
+        if self.guest_tso(ipver):
+            opts |= core.TCP_RX_GSO
+        return opts
 
     @property
     def ready(self) -> bool:

@@ -21,6 +21,7 @@ import array
 import errno
 import logging
 import os
+import select
 import socket
 import stat
 from typing import Sequence
@@ -140,6 +141,10 @@ class VhostUserServer:
         if self._listener is None:
             return events
         while True:
+            if self._conn is not None and self._peer_hung_up():
+                # The front-end hung up but its end of file is unread yet (QEMU restarting
+                # quickly): leave the new one queued until serve() has ended the old one.
+                return events
             try:
                 sock, _addr = self._listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -229,8 +234,8 @@ class VhostUserServer:
             if self.path is not None:
                 try:
                     os.unlink(self.path)
-                except FileNotFoundError:
-                    pass
+                except OSError:
+                    pass  # gone, or not ours to remove after dropping root (see privileges)
 
     # ---- internals ----
     def _adopt(self, sock: socket.socket) -> FrontendConnected:
@@ -243,6 +248,14 @@ class VhostUserServer:
             # Pre-connected socket: report it on the first call, the loop learns the fd.
             self._pending.append(event)
         return event
+
+    def _peer_hung_up(self) -> bool:
+        """The connected front-end closed its end (data may still be queued before the EOF)."""
+        assert self._conn is not None
+        poller = select.poll()
+        poller.register(self._conn.fileno(), select.POLLRDHUP)
+        return any(mask & (select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+                   for _fd, mask in poller.poll(0))
 
     def _take_pending(self) -> list[Event]:
         pending, self._pending = self._pending, []

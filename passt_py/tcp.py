@@ -1,0 +1,1086 @@
+"""TCP translation: guest connections terminated here and re-originated as host sockets.
+
+Theory of operation (passt's model, RFC 9293 semantics on the guest side):
+
+- Outbound: a guest SYN for a new tuple creates a TCP flow and a non-blocking host socket,
+  connect()ed to the destination after address translation (passt_py.fwd: the gateway is the
+  host's loopback...). The guest's MSS goes to the socket (TCP_MAXSEG). The SYN-ACK goes to the
+  guest only once the host connect completes; a refused, unreachable or timed-out connect
+  (CONNECT_TIMEOUT) answers the guest with an RST.
+- Inbound (-t): listening sockets per forwarded port and family; an accepted connection sends
+  a SYN to the guest's address (the one it uses, else its lease) at the mapped port, from the
+  peer's address as the guest must see it (127.0.0.1 -> the gateway...).
+- No data buffers of our own. Guest -> host: a segment's payload is written to the socket as
+  it arrives, in order only; what the socket does not take is not acknowledged, and the
+  guest sends it again. The window we advertise is the socket's free send-buffer space
+  (SO_SNDBUF minus SIOCOUTQ). Host -> guest: data stays in the socket's receive queue until
+  the guest acknowledges it; it is read with MSG_PEEK from SO_PEEK_OFF (the offset advances
+  with each peek) and discarded with MSG_TRUNC when acknowledged. Retransmission is
+  go-back-N: rewind SO_PEEK_OFF to zero and send again from the guest's last ACK.
+- Timers (one per connection, lazily re-armed): retransmission with exponential back-off
+  from RTO_INITIAL up to RTO_MAX, RST both ways after MAX_RETRIES; fast retransmit on the
+  third duplicate ACK; zero-window probes while the guest's window is closed and data waits;
+  a short poll of the send buffer while the window we advertised is closed (the socket
+  reports write space only after a failed write). Idle connections are reset after
+  IDLE_TIMEOUT (2 h, passt's ACT_TIMEOUT), through the flow table's expiry.
+- Close: guest FIN -> shutdown(SHUT_WR) on the socket; host end of stream -> FIN to the guest
+  once every byte before it is acknowledged. Both done -> the socket is closed. RST from
+  either side -> RST to the other (SO_LINGER 0 on the host side).
+- ISNs follow RFC 6528: a keyed BLAKE2b of the 4-tuple (secret from os.urandom at start-up)
+  plus a 4 microsecond clock.
+- We never negotiate SACK or timestamps with the guest (the guest's offers are declined by
+  leaving them out of our SYN / SYN-ACK); window scaling (RFC 7323) both ways, WS_OURS.
+- Segments for unknown tuples get an RST (not RSTs themselves). Malformed segments, odd flag
+  combinations and out-of-window segments are dropped; nothing raises out of from_guest.
+
+The per-connection guest-side state is one dataclass, :class:`TcpState`: migration exports it
+(``TcpHandler.export``) and rebuilds flows around restored sockets (``TcpHandler.adopt``).
+
+Where the bytes go (Python decides per segment or per event, never per byte):
+- guest -> host: the service hands each TX batch to :meth:`TcpHandler.take_batch` first; in-
+  order data segments of established connections are written with one sendmsg() per
+  connection straight from guest memory (core.send_payloads); every other frame (handshake,
+  FIN, RST, out of order, other protocols) is copied out and reaches :meth:`from_guest`
+  through the demux, whose payload goes out by ``datapath.send_to_host``.
+- host -> guest: ``datapath.host_to_guest`` (passt_py.tcp_copy.TcpDataPath): the service uses
+  passt_py.tcp_ring.RingDataPath (C peeks into the guest's RX buffers and writes headers,
+  stopping when they run out: the connection then waits for the guest's RX kick, rx_ready());
+  tests and captures (-p) use passt_py.tcp_copy.CopyingDataPath (frames through the link).
+"""
+from __future__ import annotations
+
+import array
+import enum
+import errno
+import fcntl
+import hashlib
+import ipaddress
+import logging
+import os
+import socket
+import struct
+import termios
+import time
+from dataclasses import dataclass, replace
+from typing import Callable, Iterable
+
+from passt_py import core, fwd
+from passt_py.flow import Flow, FlowRefused, FlowSide, FlowTable, FlowType, Pif
+from passt_py.ip import IPPROTO_TCP, IpPacket
+from passt_py.log import trace
+from passt_py.loop import ERR, HUP, IN, OUT, EventLoop, Timer
+from passt_py.netview import GuestState, NetView
+from passt_py.portspec import Forward, PortForwards
+from passt_py.tcp_copy import STOP_EOF, STOP_NOBUFS, STOP_WINDOW, CopyingDataPath, TcpDataPath
+from passt_py.tcp_seg import (ACK, FIN, MSS_DEFAULT4, MSS_DEFAULT6, PSH, RST, SYN, FrameTemplate,
+                              TcpSegment, parse_tcp, rst_reply, seq_add, seq_diff, syn_options)
+
+log = logging.getLogger(__name__)
+
+IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+CONNECT_TIMEOUT = 10.0      # passt's SYN_TIMEOUT: host connect or guest SYN-ACK
+IDLE_TIMEOUT = 7200.0       # passt's ACT_TIMEOUT: reset after two idle hours
+RTO_INITIAL = 1.0           # RFC 6298 2.1 (we take no RTT samples: the link is local)
+RTO_MAX = 60.0              # RFC 6298 2.5
+MAX_RETRIES = 6             # then RST both ways (1+2+4+8+16+32+60 s at the defaults)
+DUP_ACKS = 3                # RFC 5681 3.2
+WND_POLL = 0.01             # send-buffer poll while our advertised window is closed
+WS_OURS = 8                 # our window scale: windows up to 16 MiB
+MAX_WINDOW = 0xFFFF << WS_OURS
+SNDBUF_BOOST = 2            # window = this many times a small send buffer...
+SNDBUF_BOOST_BELOW = 1 << 20  # ...below this size (see TcpHandler._sndbuf_limit)
+BYTES_PER_EVENT = 1 << 20   # host -> guest bytes per connection and event (then deferred)
+ACCEPT_BATCH = 64
+LISTEN_BACKLOG = 128
+DISCARD_CHUNK = 1 << 20
+
+SO_PEEK_OFF = getattr(socket, "SO_PEEK_OFF", 42)
+SIOCOUTQ = termios.TIOCOUTQ
+ET = 1 << 31                # EPOLLET
+_LINGER0 = struct.pack("ii", 1, 0)
+
+
+class Phase(enum.IntEnum):
+    """Where the connection is in its life (values are part of the migration format)."""
+
+    CONNECTING = 1      # guest SYN seen, host connect() in progress
+    SYNACK_SENT = 2     # host connected, our SYN-ACK to the guest not yet acknowledged
+    SYN_SENT = 3        # accepted on a -t port, our SYN to the guest not yet answered
+    ESTABLISHED = 4
+    CLOSED = 5
+
+
+@dataclass
+class TcpState:
+    """The guest-side state of one connection: everything migration must carry.
+
+    Sequence fields are absolute 32-bit numbers on the guest-side connection. Host-side
+    sequence numbers belong to the socket (TCP_REPAIR moves them).
+
+    - ``version``, ``guest_addr``/``guest_port``: the guest's end; ``our_addr``/``our_port``:
+      the address and port the guest talks to; ``inbound``: started from the host (-t).
+    - ``seq_to_guest``: next sequence number we send (SND.NXT); ``seq_acked_by_guest``: the
+      guest's last acknowledgement (SND.UNA). Bytes in between are in flight, still in the
+      socket's receive queue at peek offsets 0..in-flight.
+    - ``seq_from_guest``: next sequence number expected from the guest (RCV.NXT);
+      ``seq_acked_to_guest``: the acknowledgement we last sent.
+    - ``isn_ours`` / ``isn_guest``: initial sequence numbers (diagnostics).
+    - ``wnd_from_guest``: the guest's window in bytes (already scaled);
+      ``wnd_to_guest``: the window we last advertised, in bytes.
+    - ``ws_from_guest`` / ``ws_to_guest``: window scale shifts (0 when not negotiated).
+    - ``mss_guest``: the guest's MSS (our segments to it are at most this, and the MTU's).
+    - ``guest_fin``: FIN received from the guest (host socket shut for writing);
+      ``host_eof``: host peer's end of stream seen; ``fin_sent``/``fin_acked``: our FIN to
+      the guest (it occupies the sequence number just before seq_to_guest once sent).
+    - ``timestamps``: always False, the timestamps option is never negotiated with the guest.
+    """
+
+    version: int
+    guest_addr: IPAddr
+    guest_port: int
+    our_addr: IPAddr
+    our_port: int
+    inbound: bool
+    phase: Phase = Phase.CONNECTING
+    seq_to_guest: int = 0
+    seq_acked_by_guest: int = 0
+    seq_from_guest: int = 0
+    seq_acked_to_guest: int = 0
+    isn_ours: int = 0
+    isn_guest: int = 0
+    wnd_from_guest: int = 0
+    wnd_to_guest: int = 0
+    ws_from_guest: int = 0
+    ws_to_guest: int = 0
+    mss_guest: int = MSS_DEFAULT4
+    guest_fin: bool = False
+    host_eof: bool = False
+    fin_sent: bool = False
+    fin_acked: bool = False
+    timestamps: bool = False
+
+
+class _Conn:
+    """Runtime of one connection: its state record, socket, frame template and timer."""
+
+    __slots__ = ("st", "sock", "fd", "flow", "tpl", "seg_size", "retries", "rto", "deadline",
+                 "timer", "dup_acks", "recovering", "wnd_poll", "probe", "ack_due",
+                 "more_due", "last_wnd_raw", "send_full", "rx_wait", "stats")
+
+    def __init__(self, st: TcpState, sock: socket.socket) -> None:
+        self.st = st
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.flow: Flow | None = None
+        self.tpl = FrameTemplate(st.our_addr, st.guest_addr, st.our_port, st.guest_port)
+        self.seg_size = st.mss_guest
+        self.retries = 0
+        self.rto = RTO_INITIAL
+        self.deadline: float | None = None     # retransmission / probe / connect deadline
+        self.timer: Timer | None = None
+        self.dup_acks = 0
+        self.recovering = False                 # fast retransmit done, waiting for progress
+        self.wnd_poll = False                   # our advertised window was closed
+        self.probe = False                      # guest's window is closed, data waits
+        self.ack_due = False
+        self.more_due = False
+        self.last_wnd_raw = -1
+        self.send_full = False
+        self.rx_wait = False
+        # bytes to host, bytes to guest, timeouts, fast retransmits, socket-full refusals,
+        # RX-full waits, out-of-order drops
+        self.stats = [0, 0, 0, 0, 0, 0, 0]
+
+
+@dataclass
+class _Listener:
+    """One -t listening socket: host ``port`` forwarded to guest ``target_port``."""
+
+    sock: socket.socket
+    version: int
+    addr: IPAddr
+    port: int
+    target_port: int
+
+
+def _sockaddr(addr: IPAddr, port: int) -> tuple[object, ...]:
+    return (str(addr), port) if addr.version == 4 else (str(addr), port, 0, 0)
+
+
+def _addr_of(name: tuple[object, ...]) -> tuple[IPAddr, int]:
+    return ipaddress.ip_address(str(name[0]).partition("%")[0]), int(name[1])  # type: ignore
+
+
+class TcpHandler:
+    """TCP connections between the guest and host sockets, plus -t forwarding listeners."""
+
+    def __init__(self, loop: EventLoop, view: NetView, guest: GuestState, flows: FlowTable,
+                 to_guest: Callable[[list[bytes]], None], datapath: TcpDataPath | None = None,
+                 rto: float = RTO_INITIAL, max_retries: int = MAX_RETRIES,
+                 connect_timeout: float = CONNECT_TIMEOUT,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+        self._loop = loop
+        self._view = view
+        self._guest = guest
+        self._flows = flows
+        self._to_guest = to_guest
+        self.datapath: TcpDataPath = datapath or CopyingDataPath(to_guest)
+        self._rto0 = rto
+        self._max_retries = max_retries
+        self._connect_timeout = connect_timeout
+        self._idle_timeout = idle_timeout
+        self._secret = os.urandom(16)
+        self._scratch = bytearray(DISCARD_CHUNK)
+        self._listeners: list[_Listener] = []
+        self._acks: list[_Conn] = []
+        self._rx_waiting: list[_Conn] = []
+        self.dropped = 0
+        self.resets = 0
+        self.retransmits = 0
+
+    # ---- helpers ----
+    def _isn(self, a: IPAddr, ap: int, b: IPAddr, bp: int) -> int:
+        """RFC 6528: M + F(localip, localport, remoteip, remoteport, secretkey)."""
+        h = hashlib.blake2b(a.packed + ap.to_bytes(2, "big") + b.packed + bp.to_bytes(2, "big"),
+                            key=self._secret, digest_size=4).digest()
+        return (int.from_bytes(h, "big") + time.monotonic_ns() // 4000) & 0xFFFFFFFF
+
+    def _our_mss(self, version: int) -> int:
+        return max(536, min(0xFFFF, self._view.mtu - (40 if version == 4 else 60)))
+
+    def _macs(self) -> tuple[bytes, bytes]:
+        return self._guest.mac, self._view.our_mac
+
+    def _send_window(self, c: _Conn) -> int:
+        """Free space in the host socket's send buffer: the window we offer the guest."""
+        try:
+            sndbuf = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            buf = array.array("i", [0])
+            fcntl.ioctl(c.fd, SIOCOUTQ, buf)
+            space = self._sndbuf_limit(sndbuf) - buf[0]
+        except OSError:
+            return 0
+        return max(0, min(space, MAX_WINDOW))
+
+    @staticmethod
+    def _sndbuf_limit(sndbuf: int) -> int:
+        """How much we let the guest queue in a socket whose SO_SNDBUF is ``sndbuf``.
+
+        The kernel grows a send buffer (autotuning) only after a write found it full, and
+        a window that never exceeds the buffer never fills it: small buffers are boosted
+        (SNDBUF_BOOST) so they grow, as passt does. Large ones keep a quarter as margin,
+        since SO_SNDBUF also counts kernel overhead; what a socket refuses costs the guest a
+        resend, nothing more.
+        """
+        if sndbuf < SNDBUF_BOOST_BELOW:
+            return sndbuf * SNDBUF_BOOST
+        return sndbuf * 3 // 4
+
+    def _wnd_raw(self, c: _Conn) -> int:
+        st = c.st
+        if st.guest_fin:
+            space = MAX_WINDOW      # nothing more is accepted anyway; keep the window open
+        elif c.send_full:
+            space = 0               # the socket refused data: closed until it reports room
+        else:
+            space = self._send_window(c)
+        raw = min(0xFFFF, space >> st.ws_to_guest)
+        st.wnd_to_guest = raw << st.ws_to_guest
+        if raw == 0 and not st.guest_fin and not c.send_full and not c.wnd_poll:
+            c.wnd_poll = True
+            self._loop.call_later(WND_POLL, lambda: self._poll_window(c))
+        return raw
+
+    def _control(self, c: _Conn, flags: int, seq: int | None = None,
+                 opts: bytes = b"", wnd_raw: int | None = None) -> None:
+        """Send one segment without payload (ACK, SYN, FIN, RST...) to the guest."""
+        st = c.st
+        ack = st.seq_from_guest if flags & ACK else 0
+        if wnd_raw is None:
+            wnd_raw = self._wnd_raw(c) if not flags & RST else 0
+        if flags & ACK:
+            st.seq_acked_to_guest = ack
+            c.ack_due = False
+            c.last_wnd_raw = wnd_raw
+        dst_mac, src_mac = self._macs()
+        self._to_guest([c.tpl.control(dst_mac, src_mac, st.seq_to_guest if seq is None else seq,
+                                      ack, flags, wnd_raw, opts)])
+
+    # ---- timer (one per connection, re-armed lazily) ----
+    def _arm(self, c: _Conn, delay: float) -> None:
+        deadline = time.monotonic() + delay
+        c.deadline = deadline
+        if c.timer is None or c.timer.deadline > deadline + 0.001:
+            if c.timer is not None:
+                c.timer.cancel()
+            c.timer = self._loop.call_later(delay, lambda: self._on_timer(c))
+
+    def _disarm(self, c: _Conn) -> None:
+        c.deadline = None
+
+    def _on_timer(self, c: _Conn) -> None:
+        c.timer = None
+        if c.st.phase == Phase.CLOSED or c.deadline is None:
+            return
+        now = time.monotonic()
+        if c.deadline > now + 0.0005:
+            c.timer = self._loop.call_later(c.deadline - now, lambda: self._on_timer(c))
+            return
+        c.deadline = None
+        self._timeout(c)
+
+    def _timeout(self, c: _Conn) -> None:
+        st = c.st
+        if st.phase == Phase.CONNECTING:
+            trace(log, "TCP flow %s: host connect timed out", self._fid(c))
+            self._reset(c)
+            return
+        c.retries += 1
+        c.stats[2] += 1
+        if c.retries > self._max_retries:
+            trace(log, "TCP flow %s: no answer from the guest, resetting", self._fid(c))
+            self._reset(c)
+            return
+        c.rto = min(c.rto * 2, RTO_MAX)
+        if st.phase == Phase.SYNACK_SENT:
+            self._send_synack(c)
+        elif st.phase == Phase.SYN_SENT:
+            self._send_syn(c)
+        elif st.phase == Phase.ESTABLISHED:
+            if st.fin_sent and not st.fin_acked and \
+                    seq_diff(st.seq_to_guest, st.seq_acked_by_guest) == 1:
+                self.retransmits += 1
+                self._control(c, FIN | ACK, seq=st.seq_acked_by_guest)
+                self._arm(c, c.rto)
+            elif seq_diff(st.seq_to_guest, st.seq_acked_by_guest) > 0:
+                self.retransmits += 1
+                self._rewind(c)
+            elif c.probe:
+                # Zero-window probe: an old sequence number makes the guest answer with an
+                # ACK carrying its current window (RFC 9293 3.8.6.1).
+                self._control(c, ACK, seq=seq_add(st.seq_to_guest, -1))
+                self._arm(c, c.rto)
+
+    def _poll_window(self, c: _Conn) -> None:
+        """Our window was closed: tell the guest as soon as the send buffer drains."""
+        c.wnd_poll = False
+        if c.st.phase != Phase.ESTABLISHED or c.st.guest_fin:
+            return
+        if self._wnd_raw(c) > 0:
+            self._control(c, ACK)
+
+    # ---- from the guest ----
+    def from_guest(self, pkt: IpPacket) -> None:
+        """Handle one guest TCP segment (malformed ones are dropped, nothing raises)."""
+        try:
+            self._from_guest(pkt)
+        except Exception:  # noqa: BLE001 - malformed input must never escape
+            log.exception("error handling a TCP segment from the guest")
+
+    def _from_guest(self, pkt: IpPacket) -> None:
+        if pkt.src.is_multicast or pkt.src.is_unspecified or pkt.dst.is_multicast:
+            return
+        seg = parse_tcp(pkt.l4)
+        if seg is None:
+            self.dropped += 1
+            return
+        tap = FlowSide(Pif.TAP, pkt.src, seg.sport, pkt.dst, seg.dport)
+        flow = self._flows.lookup(FlowType.TCP, tap)
+        if flow is None:
+            if seg.flags & (SYN | ACK | RST) == SYN:
+                self._new_outbound(tap, seg)
+            else:
+                self._rst_unknown(pkt, seg)
+            return
+        c: _Conn = flow.data  # type: ignore[assignment]
+        self._flows.touch(flow)
+        st = c.st
+        if st.phase == Phase.ESTABLISHED:
+            self._established(c, seg)
+        elif st.phase == Phase.SYNACK_SENT:
+            self._synack_sent(c, seg)
+        elif st.phase == Phase.SYN_SENT:
+            self._syn_sent(c, seg)
+        elif st.phase == Phase.CONNECTING:
+            if seg.flags & RST:
+                self._close(c, rst_host=True)
+
+    def _rst_unknown(self, pkt: IpPacket, seg: TcpSegment) -> None:
+        frame = rst_reply(pkt.dst, pkt.src, seg, *self._macs())
+        if frame is not None:
+            self._to_guest([frame])
+
+    def _new_outbound(self, tap: FlowSide, seg: TcpSegment) -> None:
+        target = fwd.nat_from_guest(self._view, tap.oaddr, tap.oport)
+        pkt_rst = (tap.eaddr, tap.oaddr)
+        if target is None or self._flows.full:
+            if self._flows.full:
+                self._flows.refuse()
+            self._rst_syn(pkt_rst, seg)
+            return
+        family = socket.AF_INET if target.version == 4 else socket.AF_INET6
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+                             | socket.SOCK_CLOEXEC)
+        mss = seg.mss or (MSS_DEFAULT4 if tap.eaddr.version == 4 else MSS_DEFAULT6)
+        try:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, max(88, mss))
+            except OSError:
+                pass
+            sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+            err = sock.connect_ex(_sockaddr(target, tap.oport))
+            if err not in (0, errno.EINPROGRESS):
+                raise OSError(err, os.strerror(err))
+            local_addr, local_port = _addr_of(sock.getsockname())
+        except OSError as e:
+            trace(log, "TCP: connect to %s:%d failed: %s", target, tap.oport, e)
+            sock.close()
+            self._rst_syn(pkt_rst, seg)
+            return
+        st = TcpState(version=tap.eaddr.version, guest_addr=tap.eaddr, guest_port=tap.eport,
+                      our_addr=tap.oaddr, our_port=tap.oport, inbound=False,
+                      phase=Phase.CONNECTING, seq_from_guest=seq_add(seg.seq, 1),
+                      isn_guest=seg.seq, wnd_from_guest=seg.wnd, mss_guest=mss)
+        if seg.ws is not None:
+            st.ws_from_guest, st.ws_to_guest = seg.ws, WS_OURS
+        isn = self._isn(tap.oaddr, tap.oport, tap.eaddr, tap.eport)
+        st.isn_ours = st.seq_to_guest = st.seq_acked_by_guest = isn
+        c = _Conn(st, sock)
+        c.seg_size = min(mss, self._our_mss(st.version))
+        host = FlowSide(Pif.HOST, target, tap.oport, local_addr, local_port)
+        try:
+            c.flow = self._flows.new(FlowType.TCP, tap, host, self._idle_timeout,
+                                     self._on_close, c)
+        except FlowRefused as e:
+            trace(log, "TCP: flow refused: %s", e)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER0)
+            sock.close()
+            self._rst_syn(pkt_rst, seg)
+            return
+        self._loop.add(c.fd, IN | OUT | ERR | HUP | ET, lambda m, c=c: self._on_sock(c, m))
+        self._arm(c, self._connect_timeout)
+        trace(log, "new TCP flow %r", c.flow)
+
+    def _rst_syn(self, addrs: tuple[IPAddr, IPAddr], seg: TcpSegment) -> None:
+        guest_addr, our_addr = addrs
+        frame = rst_reply(our_addr, guest_addr, seg, *self._macs())
+        if frame is not None:
+            self._to_guest([frame])
+
+    def _send_synack(self, c: _Conn) -> None:
+        st = c.st
+        opts = syn_options(self._our_mss(st.version),
+                           WS_OURS if st.ws_to_guest else None)
+        self._control(c, SYN | ACK, seq=st.isn_ours, opts=opts,
+                      wnd_raw=min(0xFFFF, self._send_window(c)))
+        self._arm(c, c.rto)
+
+    def _send_syn(self, c: _Conn) -> None:
+        st = c.st
+        opts = syn_options(self._our_mss(st.version), WS_OURS)
+        self._control(c, SYN, seq=st.isn_ours, opts=opts,
+                      wnd_raw=min(0xFFFF, self._send_window(c)))
+        self._arm(c, c.rto)
+
+    def _synack_sent(self, c: _Conn, seg: TcpSegment) -> None:
+        """Outbound: waiting for the guest's ACK of our SYN-ACK."""
+        st = c.st
+        if seg.flags & RST:
+            if seg.seq == st.seq_from_guest:
+                self._close(c, rst_host=True)
+            return
+        if seg.flags & SYN:
+            if not seg.flags & ACK and seg.seq == st.isn_guest:
+                self._send_synack(c)        # our SYN-ACK was lost
+            return
+        if seg.ack != seq_add(st.isn_ours, 1):
+            self._control(c, RST, seq=seg.ack)
+            return
+        st.phase = Phase.ESTABLISHED
+        st.seq_to_guest = st.seq_acked_by_guest = seg.ack
+        c.retries, c.rto = 0, self._rto0
+        self._disarm(c)
+        self._established(c, seg)
+
+    def _syn_sent(self, c: _Conn, seg: TcpSegment) -> None:
+        """Inbound: waiting for the guest's SYN-ACK."""
+        st = c.st
+        want = seq_add(st.isn_ours, 1)
+        if seg.flags & RST:
+            if seg.flags & ACK and seg.ack == want:
+                self._close(c, rst_host=True)
+            return
+        if seg.flags & (SYN | ACK) != SYN | ACK:
+            return
+        if seg.ack != want:
+            self._control(c, RST, seq=seg.ack)
+            return
+        st.isn_guest = seg.seq
+        st.seq_from_guest = seq_add(seg.seq, 1)
+        st.seq_to_guest = st.seq_acked_by_guest = want
+        st.mss_guest = seg.mss or (MSS_DEFAULT4 if st.version == 4 else MSS_DEFAULT6)
+        c.seg_size = min(st.mss_guest, self._our_mss(st.version))
+        if seg.ws is not None:
+            st.ws_from_guest, st.ws_to_guest = seg.ws, WS_OURS
+        else:
+            st.ws_from_guest = st.ws_to_guest = 0
+        st.wnd_from_guest = seg.wnd             # never scaled in a SYN
+        st.phase = Phase.ESTABLISHED
+        c.retries, c.rto = 0, self._rto0
+        self._disarm(c)
+        try:
+            c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, max(88, st.mss_guest))
+        except OSError:
+            pass
+        self._control(c, ACK)
+        self._host_to_guest(c)
+
+    def _established(self, c: _Conn, seg: TcpSegment) -> None:
+        st = c.st
+        if seg.flags & RST:
+            d = seq_diff(seg.seq, st.seq_from_guest)
+            if 0 <= d < max(st.wnd_to_guest, 1):
+                self._close(c, rst_host=True)
+            return
+        if seg.flags & SYN:
+            self._queue_ack(c)                  # challenge ACK (RFC 5961 4.2)
+            return
+        if not seg.flags & ACK:
+            return
+        una_d = seq_diff(seg.ack, st.seq_acked_by_guest)
+        if seq_diff(seg.ack, st.seq_to_guest) > 0:
+            self._queue_ack(c)                  # acknowledges what we never sent
+            return
+        if una_d > 0:
+            self._acked(c, seg.ack, una_d)
+        elif una_d == 0 and not seg.payload and not seg.flags & FIN and \
+                seq_diff(st.seq_to_guest, st.seq_acked_by_guest) > 0 and \
+                seg.wnd << st.ws_from_guest == st.wnd_from_guest:
+            c.dup_acks += 1
+            if c.dup_acks == DUP_ACKS and not c.recovering:
+                c.recovering = True
+                c.stats[3] += 1
+                self.retransmits += 1
+                trace(log, "TCP flow %s: fast retransmit from %d", self._fid(c), seg.ack)
+                self._rewind(c)
+        if una_d >= 0:
+            st.wnd_from_guest = seg.wnd << st.ws_from_guest
+            if c.probe:
+                c.retries = 0               # the guest answers: keep probing, never give up
+                if st.wnd_from_guest:
+                    c.probe = False
+        if seg.payload or seg.flags & FIN:
+            self._guest_data(c, seg)
+        elif seq_diff(seg.seq, st.seq_from_guest) < 0:
+            self._control(c, ACK)               # keepalive or old duplicate: answer it
+        if st.phase == Phase.CLOSED:
+            return
+        if st.guest_fin and st.fin_acked:
+            self._close(c, rst_host=False)
+            return
+        self._host_to_guest(c)
+
+    def _acked(self, c: _Conn, ack: int, n: int) -> None:
+        """The guest acknowledged ``n`` more sequence numbers up to ``ack``."""
+        st = c.st
+        if st.fin_sent and ack == st.seq_to_guest and not st.fin_acked:
+            st.fin_acked = True
+            n -= 1
+        if n > 0:
+            self._discard(c, n)
+        st.seq_acked_by_guest = ack
+        c.dup_acks = 0
+        c.recovering = False
+        c.retries, c.rto = 0, self._rto0
+        if seq_diff(st.seq_to_guest, ack) > 0:
+            self._arm(c, c.rto)
+        else:
+            self._disarm(c)
+
+    def _discard(self, c: _Conn, n: int) -> None:
+        """Drop ``n`` acknowledged bytes from the socket's receive queue."""
+        left = n
+        for _ in range(n // DISCARD_CHUNK + 2):
+            if left <= 0:
+                return
+            try:
+                got = c.sock.recv_into(self._scratch, min(left, DISCARD_CHUNK), socket.MSG_TRUNC)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            if got <= 0:
+                return
+            left -= got
+
+    def _guest_data(self, c: _Conn, seg: TcpSegment) -> None:
+        """In-order payload (and FIN) from the guest to the host socket."""
+        st = c.st
+        data = seg.payload
+        off = seq_diff(st.seq_from_guest, seg.seq)     # bytes of it we already have
+        if off < 0 or st.guest_fin:
+            c.stats[6] += 1
+            self._control(c, ACK)                       # gap (or after FIN): duplicate ACK
+            return
+        if off > len(data) or (off == len(data) and not seg.flags & FIN):
+            self._control(c, ACK)                       # old data or a keepalive
+            return
+        data = data[off:]
+        if data:
+            try:
+                n = self.datapath.send_to_host(c.sock, data)
+            except OSError as e:
+                trace(log, "TCP flow %s: host send failed: %s", self._fid(c), e)
+                self._reset(c)
+                return
+            st.seq_from_guest = seq_add(st.seq_from_guest, n)
+            c.stats[0] += n
+            if n < len(data):
+                c.stats[4] += 1
+                # Full: the socket reports write space (EPOLLOUT edge) once it drains; until
+                # then the window is closed. The guest resends what was not acknowledged.
+                c.send_full = True
+                self._control(c, ACK)
+                return
+        if seg.flags & FIN:
+            st.seq_from_guest = seq_add(st.seq_from_guest, 1)
+            st.guest_fin = True
+            try:
+                c.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            self._control(c, ACK)
+            return
+        self._queue_ack(c)
+
+    # ---- guest data straight from the TX batch (zero copy) ----
+    def take_batch(self, batch: core.TxBatch) -> list[int]:
+        """Send in-order guest data of established connections straight from ``batch``.
+
+        One C call classifies the batch; every segment carrying only data (ACK, maybe PSH)
+        for an established connection, at exactly the next expected sequence number, is
+        gathered per connection and written with one sendmsg() from guest memory
+        (core.send_payloads), its ACK field and window processed as usual. Everything else
+        (control segments, other protocols, anything out of order) is left for the copying
+        path: returns those frame indices, in order. Once a connection has a frame left
+        there, its later frames in the batch are left too, so its segments keep their order.
+        Never raises: on any error the whole batch goes to the copying path.
+        """
+        try:
+            recs = core.classify(batch)
+        except Exception:  # noqa: BLE001 - a broken batch is the copying path's business
+            return list(range(batch.count))
+        rest: list[int] = []
+        groups: dict[int, tuple[_Conn, list[tuple[int, int, int]]]] = {}
+        held: set[int] = set()
+        for i in range(recs.count):
+            r = recs[i]
+            if r.valid != core.PKT_OK or r.proto != IPPROTO_TCP or not r.payload_len \
+                    or r.tcp_flags & 0x3F & ~PSH != ACK:
+                rest.append(i)
+                continue
+            try:
+                tap = FlowSide(Pif.TAP, recs.src(i), r.sport, recs.dst(i), r.dport)
+            except ValueError:
+                rest.append(i)
+                continue
+            flow = self._flows.lookup(FlowType.TCP, tap)
+            c = flow.data if flow is not None else None
+            if c is None or flow.id in held or c.st.phase != Phase.ESTABLISHED \
+                    or c.st.guest_fin or c.send_full:
+                if flow is not None:
+                    held.add(flow.id)
+                rest.append(i)
+                continue
+            group = groups.get(flow.id)
+            items = group[1] if group is not None else []
+            expected = seq_add(c.st.seq_from_guest, sum(it[2] for it in items))
+            if r.seq != expected or not self._take_ack(c, r.ack, r.window):
+                held.add(flow.id)
+                rest.append(i)
+                continue
+            items.append((i, r.payload_off, r.payload_len))
+            if group is None:
+                groups[flow.id] = (c, items)
+        for c, items in groups.values():
+            self._send_items(c, batch, items)
+        return rest
+
+    def _take_ack(self, c: _Conn, ack: int, wnd: int) -> bool:
+        """The ACK field and window of a data segment taken from a batch; False: leave it."""
+        st = c.st
+        if seq_diff(ack, st.seq_to_guest) > 0:
+            return False
+        una_d = seq_diff(ack, st.seq_acked_by_guest)
+        if una_d > 0:
+            self._acked(c, ack, una_d)
+        if una_d >= 0:
+            st.wnd_from_guest = wnd << st.ws_from_guest
+            if c.probe:
+                c.retries = 0
+                if st.wnd_from_guest:
+                    c.probe = False
+        return True
+
+    def _send_items(self, c: _Conn, batch: core.TxBatch,
+                    items: list[tuple[int, int, int]]) -> None:
+        st = c.st
+        total = sum(it[2] for it in items)
+        try:
+            n = core.send_payloads(c.fd, batch, items)
+        except OSError as e:
+            trace(log, "TCP flow %s: host send failed: %s", self._fid(c), e)
+            self._reset(c)
+            return
+        if c.flow is not None:
+            self._flows.touch(c.flow)
+        st.seq_from_guest = seq_add(st.seq_from_guest, n)
+        c.stats[0] += n
+        if n < total:
+            c.stats[4] += 1
+            c.send_full = True
+            self._control(c, ACK)
+        else:
+            self._queue_ack(c)
+        if st.fin_acked and st.guest_fin:
+            self._close(c, rst_host=False)
+            return
+        self._host_to_guest(c)
+
+    def _queue_ack(self, c: _Conn) -> None:
+        """ACK at the end of this batch (one per connection and batch)."""
+        if c.ack_due:
+            return
+        c.ack_due = True
+        if not self._acks:
+            self._loop.defer(self._flush_acks)
+        self._acks.append(c)
+
+    def _flush_acks(self) -> None:
+        conns, self._acks = self._acks, []
+        for c in conns:
+            if c.ack_due and c.st.phase == Phase.ESTABLISHED:
+                self._control(c, ACK)
+
+    # ---- from the host ----
+    def _on_sock(self, c: _Conn, mask: int) -> None:
+        st = c.st
+        if st.phase == Phase.CLOSED:
+            return
+        if st.phase == Phase.CONNECTING:
+            if not mask & (OUT | ERR | HUP):
+                return
+            err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                trace(log, "TCP flow %s: connect failed: %s", self._fid(c), os.strerror(err))
+                self._reset(c)
+                return
+            st.phase = Phase.SYNACK_SENT
+            c.retries, c.rto = 0, self._rto0
+            self._send_synack(c)
+            return
+        if mask & ERR:
+            err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                trace(log, "TCP flow %s: socket error %s", self._fid(c), os.strerror(err))
+                self._reset(c)
+                return
+        if st.phase != Phase.ESTABLISHED:
+            return
+        if mask & OUT and (c.last_wnd_raw == 0 or c.send_full) and not st.guest_fin:
+            c.send_full = False
+            if self._wnd_raw(c) > 0:
+                self._control(c, ACK)
+        if mask & (IN | HUP):
+            if mask & HUP:
+                st.host_eof = True
+            self._host_to_guest(c)
+        if c.flow is not None:
+            self._flows.touch(c.flow)
+
+    def _host_to_guest(self, c: _Conn) -> None:
+        """Send host data the guest's window allows; FIN once the stream ended and is acked."""
+        st = c.st
+        if st.phase != Phase.ESTABLISHED or st.fin_sent:
+            return
+        in_flight = seq_diff(st.seq_to_guest, st.seq_acked_by_guest)
+        room = st.wnd_from_guest - in_flight
+        limit = min(room, BYTES_PER_EVENT)
+        if limit <= 0:
+            if st.wnd_from_guest == 0 and in_flight == 0 and not c.probe:
+                c.probe = True
+                self._arm(c, c.rto)
+            return
+        dst_mac, src_mac = self._macs()
+        wnd_raw = self._wnd_raw(c)
+        try:
+            n, stop = self.datapath.host_to_guest(c.sock, c.tpl, dst_mac, src_mac,
+                                                  st.seq_to_guest, st.seq_from_guest, wnd_raw,
+                                                  c.seg_size, limit)
+        except OSError as e:
+            trace(log, "TCP flow %s: host receive failed: %s", self._fid(c), e)
+            self._reset(c)
+            return
+        if n > 0:
+            c.stats[1] += n
+            st.seq_to_guest = seq_add(st.seq_to_guest, n)
+            st.seq_acked_to_guest = st.seq_from_guest
+            c.ack_due = False
+            c.last_wnd_raw = wnd_raw
+            if c.deadline is None:
+                self._arm(c, c.rto)
+        if stop == STOP_NOBUFS:
+            # The guest's RX ring is full: resume on its RX kick (rx_ready), drop nothing.
+            if not c.rx_wait:
+                c.stats[5] += 1
+                c.rx_wait = True
+                self._rx_waiting.append(c)
+            return
+        if stop == STOP_WINDOW and n > 0 and not c.more_due:
+            # Bounded work per event (and edge-triggered readiness): come back for the
+            # rest after the other connections had their turn.
+            c.more_due = True
+            self._loop.defer(lambda: self._more(c))
+            return
+        if stop == STOP_EOF:
+            st.host_eof = True
+            if seq_diff(st.seq_to_guest, st.seq_acked_by_guest) == 0:
+                self._control(c, FIN | ACK)
+                st.fin_sent = True
+                st.seq_to_guest = seq_add(st.seq_to_guest, 1)
+                self._arm(c, c.rto)
+
+    def rx_ready(self) -> None:
+        """The guest added RX buffers: resume connections that were waiting for them."""
+        waiting, self._rx_waiting = self._rx_waiting, []
+        for c in waiting:
+            c.rx_wait = False
+            if c.st.phase == Phase.ESTABLISHED:
+                self._host_to_guest(c)
+
+    def _more(self, c: _Conn) -> None:
+        c.more_due = False
+        if c.st.phase == Phase.ESTABLISHED:
+            self._host_to_guest(c)
+
+    def _rewind(self, c: _Conn) -> None:
+        """Go back to the guest's last ACK and send again (retransmission)."""
+        st = c.st
+        st.seq_to_guest = st.seq_acked_by_guest
+        try:
+            c.sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+        except OSError:
+            pass
+        self._arm(c, c.rto)
+        self._host_to_guest(c)
+
+    # ---- closing ----
+    def _fid(self, c: _Conn) -> str:
+        return str(c.flow.id) if c.flow is not None else "?"
+
+    def _reset(self, c: _Conn) -> None:
+        """RST to the guest and to the host peer, then forget the connection."""
+        st = c.st
+        if st.phase not in (Phase.CONNECTING, Phase.CLOSED):
+            self._control(c, RST | ACK)
+        elif st.phase == Phase.CONNECTING:
+            dst_mac, src_mac = self._macs()
+            self._to_guest([c.tpl.control(dst_mac, src_mac, 0, st.seq_from_guest, RST | ACK,
+                                          0)])
+        self._close(c, rst_host=True)
+
+    def _close(self, c: _Conn, rst_host: bool) -> None:
+        st = c.st
+        if st.phase == Phase.CLOSED:
+            return
+        st.phase = Phase.CLOSED
+        self.resets += 1 if rst_host else 0
+        log.debug("TCP flow %s closed%s: %d bytes to host, %d to guest; %d timeouts, %d fast "
+                  "retransmits, %d socket-full, %d RX-full, %d out of order", self._fid(c),
+                  " by RST" if rst_host else "", *c.stats)
+        c.deadline = None
+        if c.timer is not None:
+            c.timer.cancel()
+            c.timer = None
+        self._loop.remove(c.fd)
+        if rst_host:
+            try:
+                c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER0)
+            except OSError:
+                pass
+        c.sock.close()
+        if c.flow is not None:
+            self._flows.close(c.flow)
+
+    def _on_close(self, flow: Flow) -> None:
+        """Flow table close (idle expiry, close_all): reset both sides if still open."""
+        c: _Conn = flow.data  # type: ignore[assignment]
+        if c.st.phase != Phase.CLOSED:
+            self._reset(c)
+
+    def close_all(self) -> int:
+        """Reset every TCP connection (the guest went away); listeners stay. Returns count."""
+        return self._flows.close_types((FlowType.TCP,))
+
+    # ---- migration ----
+    def export(self, flow: Flow) -> TcpState:
+        """A copy of the flow's guest-side state record."""
+        c: _Conn = flow.data  # type: ignore[assignment]
+        return replace(c.st)
+
+    def adopt(self, state: TcpState, sock: socket.socket) -> Flow:
+        """Rebuild a connection from ``state`` around a connected host socket.
+
+        The socket's receive queue must start at seq_acked_by_guest (unacknowledged data is
+        still queued there); sending resumes from the guest's last ACK (in-flight frames may
+        have been lost with the old guest link) with the peek offset at zero. Raises
+        FlowRefused if the tuple is taken or the table is full.
+        """
+        st = replace(state)
+        if st.phase != Phase.ESTABLISHED:
+            raise FlowRefused(f"cannot adopt a connection in phase {st.phase!r}")
+        sock.setblocking(False)
+        if st.fin_sent and not st.fin_acked:
+            st.seq_to_guest = seq_add(st.seq_acked_by_guest, 1)
+        else:
+            st.seq_to_guest = st.seq_acked_by_guest
+            st.fin_sent = st.fin_sent and st.fin_acked
+        sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+        c = _Conn(st, sock)
+        c.seg_size = min(st.mss_guest, self._our_mss(st.version))
+        tap = FlowSide(Pif.TAP, st.guest_addr, st.guest_port, st.our_addr, st.our_port)
+        local_addr, local_port = _addr_of(sock.getsockname())
+        peer_addr, peer_port = _addr_of(sock.getpeername())
+        host = FlowSide(Pif.HOST, peer_addr, peer_port, local_addr, local_port)
+        if st.inbound:
+            c.flow = self._flows.new(FlowType.TCP, host, tap, self._idle_timeout,
+                                     self._on_close, c)
+        else:
+            c.flow = self._flows.new(FlowType.TCP, tap, host, self._idle_timeout,
+                                     self._on_close, c)
+        try:
+            self._loop.add(c.fd, IN | OUT | ERR | HUP | ET, lambda m, c=c: self._on_sock(c, m))
+        except OSError:
+            st.phase = Phase.CLOSED          # the caller owns and closes the socket
+            self._flows.close(c.flow)
+            raise
+        if st.fin_sent and not st.fin_acked:
+            self._arm(c, c.rto)
+        self._loop.defer(lambda: self._resync(c))
+        return c.flow
+
+    def _resync(self, c: _Conn) -> None:
+        """After adoption: tell the guest our window, resend what it has not acknowledged."""
+        if c.st.phase != Phase.ESTABLISHED:
+            return
+        self._control(c, ACK)
+        self._host_to_guest(c)
+
+    def connections(self) -> Iterable[Flow]:
+        """Every open TCP flow."""
+        return [f for f in self._flows if f.type == FlowType.TCP]
+
+    # ---- port forwarding ----
+    def start_forwards(self, rules: PortForwards | Iterable[Forward]) -> int:
+        """Open the -t listening sockets; returns how many were bound (failures logged)."""
+        forwards = rules.forwards if isinstance(rules, PortForwards) else tuple(rules)
+        bound = failed = 0
+        for rule in forwards:
+            for port in range(rule.first, rule.last + 1):
+                for version in self._rule_versions(rule):
+                    try:
+                        self._listen(rule, version, port)
+                        bound += 1
+                    except OSError as e:
+                        failed += 1
+                        log.debug("TCP forward: cannot listen on port %d (IPv%d): %s",
+                                  port, version, e)
+        if failed:
+            log.warning("TCP forwarding: %d of %d listening sockets could not be bound",
+                        failed, bound + failed)
+        return bound
+
+    def _rule_versions(self, rule: Forward) -> list[int]:
+        if rule.bind_addr is not None:
+            fam = fwd.family_view(self._view, rule.bind_addr.version)
+            return [rule.bind_addr.version] if fam is not None else []
+        return [v for v, fam in ((4, self._view.ip4), (6, self._view.ip6)) if fam is not None]
+
+    def _listen(self, rule: Forward, version: int, port: int) -> None:
+        family = socket.AF_INET if version == 4 else socket.AF_INET6
+        addr = rule.bind_addr if rule.bind_addr is not None else fwd.unspecified(version)
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+                             | socket.SOCK_CLOEXEC)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if version == 6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if rule.ifname is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, rule.ifname.encode())
+            sock.bind(_sockaddr(addr, port))
+            sock.listen(LISTEN_BACKLOG)
+        except OSError:
+            sock.close()
+            raise
+        lst = _Listener(sock, version, addr, port, rule.target(port))
+        self._listeners.append(lst)
+        self._loop.add(sock.fileno(), IN, lambda _m, l=lst: self._on_listener(l))
+
+    def stop_forwards(self) -> None:
+        """Close every listening socket (connections already accepted stay)."""
+        listeners, self._listeners = self._listeners, []
+        for lst in listeners:
+            self._loop.remove(lst.sock.fileno())
+            lst.sock.close()
+
+    @property
+    def listeners(self) -> int:
+        """How many -t listening sockets are open."""
+        return len(self._listeners)
+
+    def _on_listener(self, lst: _Listener) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, peer = lst.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                trace(log, "TCP forward port %d: accept failed: %s", lst.port, e)
+                return
+            self._new_inbound(lst, sock, peer)
+
+    def _new_inbound(self, lst: _Listener, sock: socket.socket, peer: tuple[object, ...]) -> None:
+        sock.setblocking(False)
+        flow = None
+        try:
+            peer_addr, peer_port = _addr_of(peer)
+            local_addr, local_port = _addr_of(sock.getsockname())
+            src = fwd.nat_from_host(self._view, peer_addr, peer_port) if self._view.tcp \
+                else None
+            dst = fwd.guest_address(self._view, self._guest, lst.version)
+            if src is None or dst is None or src.version != dst.version:
+                raise FlowRefused("no guest address for this family")
+            st = TcpState(version=dst.version, guest_addr=dst, guest_port=lst.target_port,
+                          our_addr=src, our_port=peer_port, inbound=True, phase=Phase.SYN_SENT)
+            isn = self._isn(src, peer_port, dst, lst.target_port)
+            st.isn_ours = st.seq_to_guest = st.seq_acked_by_guest = isn
+            st.ws_to_guest = 0                   # until the guest's SYN-ACK says otherwise
+            sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+            c = _Conn(st, sock)
+            tap = FlowSide(Pif.TAP, dst, lst.target_port, src, peer_port)
+            host = FlowSide(Pif.HOST, peer_addr, peer_port, local_addr, local_port)
+            flow = self._flows.new(FlowType.TCP, host, tap, self._idle_timeout, self._on_close,
+                                   c)
+        except (FlowRefused, OSError, ValueError) as e:
+            trace(log, "TCP forward port %d: connection refused: %s", lst.port, e)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER0)
+            except OSError:
+                pass
+            sock.close()
+            return
+        c.flow = flow
+        self._loop.add(c.fd, IN | OUT | ERR | HUP | ET, lambda m, c=c: self._on_sock(c, m))
+        self._send_syn(c)
+        trace(log, "new forwarded TCP flow %r", flow)

@@ -1,0 +1,394 @@
+"""TCP_REPAIR save/restore of kernel sockets on loopback, and the passt-repair helper protocol.
+
+Each test moves one end of a real loopback connection: the original is saved in repair mode
+and closed (silently), a fresh socket is rebuilt from the saved state, and the peer must see one
+seamless byte stream both ways (SHA-256 of everything sent and received).
+"""
+from __future__ import annotations
+
+import array
+import errno
+import hashlib
+import os
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+from passt_py import tcp_repair as tr
+
+pytestmark = pytest.mark.skipif(not tr.direct_repair_allowed(),
+                                reason="TCP_REPAIR needs CAP_NET_ADMIN")
+
+
+def _pair(family: int = socket.AF_INET) -> tuple[socket.socket, socket.socket]:
+    addr = "127.0.0.1" if family == socket.AF_INET else "::1"
+    with socket.socket(family, socket.SOCK_STREAM) as srv:
+        srv.bind((addr, 0))
+        srv.listen(1)
+        a = socket.create_connection(srv.getsockname()[:2])
+        b, _ = srv.accept()
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b
+
+
+def _fill(sock: socket.socket, data: bytes) -> int:
+    """Send as much of ``data`` as the socket takes now; returns the count."""
+    sent = 0
+    while sent < len(data):
+        try:
+            sent += sock.send(data[sent:sent + (1 << 20)])
+        except BlockingIOError:
+            break
+    return sent
+
+
+def _exchange(a: socket.socket, b: socket.socket, a_out: bytes, b_out: bytes,
+              a_sent: int, b_sent: int, timeout: float = 20.0) -> tuple[bytes, bytes]:
+    """Finish sending both streams and collect what each side received."""
+    got_a, got_b = bytearray(), bytearray()
+    deadline = time.monotonic() + timeout
+    while (len(got_a) < len(b_out) or len(got_b) < len(a_out)) and time.monotonic() < deadline:
+        progressed = False
+        for sock, buf in ((a, got_a), (b, got_b)):
+            try:
+                chunk = sock.recv(1 << 20)
+                if chunk:
+                    buf += chunk
+                    progressed = True
+            except BlockingIOError:
+                pass
+        if a_sent < len(a_out):
+            a_sent += _fill(a, a_out[a_sent:])
+        if b_sent < len(b_out):
+            b_sent += _fill(b, b_out[b_sent:])
+        if not progressed:
+            time.sleep(0.001)
+    return bytes(got_a), bytes(got_b)
+
+
+def _move(sock: socket.socket, control: tr.RepairControl | None = None) -> socket.socket:
+    """Save ``sock`` in repair mode, close it silently, rebuild it from the encoded state."""
+    control = control or tr.RepairControl()
+    assert tr.freeze(sock) == 0
+    assert control.set([sock], tr.TCP_REPAIR_ON) == 0
+    state = tr.save(sock)
+    encoded = state.pack()
+    sock.close()
+    decoded = tr.TcpSockState.unpack(encoded)
+    assert decoded == state
+    return tr.restore(decoded, control)
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
+def test_queued_data_both_ways_survives_a_move(family: int) -> None:
+    """Unread data in the receive queue and unsent/unacked data in the send queue survive."""
+    a, b = _pair(family)
+    a_out, b_out = os.urandom(12 << 20), os.urandom(3 << 20)
+    b_sent = _fill(b, b_out)          # lands in a's receive queue (a reads nothing yet)
+    a_sent = _fill(a, a_out)          # b reads nothing: a's send queue fills up
+    a2 = _move(a)
+    got_a, got_b = _exchange(a2, b, a_out, b_out, a_sent, b_sent)
+    assert hashlib.sha256(got_b).digest() == hashlib.sha256(a_out).digest()
+    assert hashlib.sha256(got_a).digest() == hashlib.sha256(b_out).digest()
+    a2.close()
+    b.close()
+
+
+def test_saved_state_has_queues_and_options() -> None:
+    """save() reads both queues whole and the options negotiated on loopback."""
+    a, b = _pair()
+    b.sendall(b"x" * 1000)
+    time.sleep(0.05)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    tr.RepairControl().set([a], tr.TCP_REPAIR_ON)
+    st = tr.save(a)
+    assert st.rcv_queue == b"x" * 1000 and st.snd_queue == b""
+    assert st.kstate == tr.ESTABLISHED and st.timestamps and st.sack and st.snd_wscale >= 0
+    assert st.mss > 0 and (st.local_addr, st.local_port) == (
+        tr._addr(a.getsockname())[0], a.getsockname()[1])
+    tr.RepairControl().set([a], tr.TCP_REPAIR_OFF)
+    a.close()
+    b.close()
+
+
+def test_peek_offset_is_ignored_and_kept() -> None:
+    """A data path's SO_PEEK_OFF does not shift what is saved, and is put back."""
+    a, b = _pair()
+    b.sendall(b"0123456789")
+    time.sleep(0.05)
+    a.setsockopt(socket.SOL_SOCKET, tr.SO_PEEK_OFF, 0)
+    assert a.recv(4, socket.MSG_PEEK) == b"0123"
+    tr.RepairControl().set([a], tr.TCP_REPAIR_ON)
+    st = tr.save(a)
+    assert st.rcv_queue == b"0123456789"
+    tr.RepairControl().set([a], tr.TCP_REPAIR_OFF)
+    assert a.getsockopt(socket.SOL_SOCKET, tr.SO_PEEK_OFF) == 4
+    a.close()
+    b.close()
+
+
+def test_frozen_socket_acks_nothing_and_thaws() -> None:
+    """While frozen, data for the socket is not acknowledged; after thaw it arrives."""
+    a, b = _pair()
+    assert tr.freeze(a) == 0
+    ctl = tr.RepairControl()
+    ctl.set([a], tr.TCP_REPAIR_ON)
+    b.send(b"y" * 1000)
+    time.sleep(0.3)
+    assert tr._ioctl_int(a, tr.SIOCINQ, "inq") == 0
+    assert tr._ioctl_int(b, tr.SIOCOUTQ, "outq") == 1000
+    assert tr.thaw(a) == 0
+    ctl.set([a], tr.TCP_REPAIR_OFF)
+    deadline = time.monotonic() + 5
+    while tr._ioctl_int(a, tr.SIOCINQ, "inq") < 1000 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert a.recv(2000) == b"y" * 1000
+    a.close()
+    b.close()
+
+
+def test_closing_in_repair_mode_sends_nothing() -> None:
+    """The peer sees neither FIN nor RST when a repaired socket is closed."""
+    a, b = _pair()
+    tr.RepairControl().set([a], tr.TCP_REPAIR_ON)
+    a.close()
+    time.sleep(0.2)
+    with pytest.raises(BlockingIOError):
+        b.recv(10)          # no EOF, no ECONNRESET
+
+
+def test_fin_we_sent_is_sent_again() -> None:
+    """A connection we half-closed (FIN_WAIT2) moves, and the peer still sees our EOF once."""
+    a, b = _pair()
+    a.sendall(b"tail")
+    a.shutdown(socket.SHUT_WR)
+    time.sleep(0.1)
+    a2 = _move(a)
+    got = bytearray()
+    deadline = time.monotonic() + 5
+    eof = False
+    while not eof and time.monotonic() < deadline:
+        try:
+            chunk = b.recv(100)
+            if not chunk:
+                eof = True
+            got += chunk
+        except BlockingIOError:
+            time.sleep(0.01)
+    assert bytes(got) == b"tail" and eof
+    b.sendall(b"reply")
+    deadline = time.monotonic() + 5
+    data = b""
+    while len(data) < 5 and time.monotonic() < deadline:
+        try:
+            data += a2.recv(10)
+        except BlockingIOError:
+            time.sleep(0.01)
+    assert data == b"reply"
+    a2.close()
+    b.close()
+
+
+def test_fin_received_is_reported() -> None:
+    """A peer's FIN (CLOSE_WAIT) is kept in the state for the owner, queued data included."""
+    a, b = _pair()
+    b.sendall(b"last words")
+    b.shutdown(socket.SHUT_WR)
+    time.sleep(0.1)
+    tr.RepairControl().set([a], tr.TCP_REPAIR_ON)
+    st = tr.save(a)
+    assert st.fin_received and not st.fin_sent and st.rcv_queue == b"last words"
+    a.close()
+    a2 = tr.restore(st, tr.RepairControl())
+    deadline = time.monotonic() + 5
+    data = b""
+    while len(data) < 10 and time.monotonic() < deadline:
+        try:
+            data += a2.recv(100)
+        except BlockingIOError:
+            time.sleep(0.01)
+    assert data == b"last words"
+    a2.sendall(b"ok")
+    deadline = time.monotonic() + 5
+    echo = b""
+    while not echo and time.monotonic() < deadline:
+        try:
+            echo = b.recv(10)
+        except BlockingIOError:
+            time.sleep(0.01)
+    assert echo == b"ok"
+    a2.close()
+    b.close()
+
+
+def test_restore_while_original_exists_fails_cleanly() -> None:
+    """Same host, original still open: EADDRNOTAVAIL, the peer is not disturbed."""
+    a, b = _pair()
+    ctl = tr.RepairControl()
+    ctl.set([a], tr.TCP_REPAIR_ON)
+    st = tr.save(a)
+    with pytest.raises(tr.RepairError) as info:
+        tr.restore(st, ctl)
+    assert info.value.errno == errno.EADDRNOTAVAIL and info.value.step == "connect"
+    ctl.set([a], tr.TCP_REPAIR_OFF)
+    a.sendall(b"still here")
+    time.sleep(0.05)
+    assert b.recv(100) == b"still here"
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda d: d[:10],
+    lambda d: bytes([9]) + d[1:],                                     # IP version
+    lambda d: d[:5] + bytes([7]) + d[6:],                            # state CLOSE
+    lambda d: d + b"extra",
+    lambda d: d[:45] + struct.pack("!I", 1 << 30) + d[49:],          # send queue length
+], ids=["truncated", "version", "state", "trailing", "huge-queue"])
+def test_bad_records_are_refused(mutate) -> None:
+    """Malformed socket records raise ValueError before anything is allocated or built."""
+    a, b = _pair()
+    b.sendall(b"abc")
+    time.sleep(0.05)
+    tr.RepairControl().set([a], tr.TCP_REPAIR_ON)
+    data = tr.save(a).pack()
+    tr.RepairControl().set([a], tr.TCP_REPAIR_OFF)
+    with pytest.raises(ValueError):
+        tr.TcpSockState.unpack(mutate(data))
+    a.close()
+    b.close()
+
+
+class FakeHelper(threading.Thread):
+    """Plays passt-repair: connects, applies each command byte to the fds, echoes it."""
+
+    def __init__(self, path: str, fail_after: int | None = None) -> None:
+        super().__init__(daemon=True)
+        self.path = path
+        self.fail_after = fail_after
+        self.commands: list[tuple[int, int]] = []
+
+    def run(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(self.path)
+        sock.settimeout(5)
+        try:
+            while True:
+                msg, anc, _flags, _ = sock.recvmsg(1, socket.CMSG_SPACE(253 * 4))
+                if not msg:
+                    return
+                fds = array.array("i")
+                for level, kind, data in anc:
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                        fds.frombytes(data[:len(data) - len(data) % 4])
+                mode = struct.unpack("b", msg)[0]
+                self.commands.append((mode, len(fds)))
+                if self.fail_after is not None and len(self.commands) > self.fail_after:
+                    for fd in fds:
+                        os.close(fd)
+                    return
+                for fd in fds:
+                    tr.set_repair(fd, mode)
+                    os.close(fd)
+                sock.send(msg)
+        except OSError:
+            return
+        finally:
+            sock.close()
+
+
+def _helper_control(tmp_path, fail_after=None) -> tuple[tr.RepairControl, FakeHelper]:
+    helper = tr.RepairHelper(str(tmp_path / "sock.repair"))
+    fake = FakeHelper(helper.path, fail_after)
+    fake.start()
+    deadline = time.monotonic() + 5
+    while not helper.accept() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert helper.connected
+    return tr.RepairControl(helper, direct=False), fake
+
+
+def test_move_through_the_helper_protocol(tmp_path) -> None:
+    """With the helper doing TCP_REPAIR, a connection moves just the same."""
+    control, fake = _helper_control(tmp_path)
+    a, b = _pair()
+    a_out, b_out = os.urandom(1 << 20), os.urandom(1 << 20)
+    b_sent, a_sent = _fill(b, b_out), _fill(a, a_out)
+    a2 = _move(a, control)
+    got_a, got_b = _exchange(a2, b, a_out, b_out, a_sent, b_sent)
+    assert got_a == b_out and got_b == a_out
+    assert [m for m, _ in fake.commands] == [1, 1, 0]
+    control.helper.close()
+    a2.close()
+    b.close()
+
+
+def test_helper_batches_at_most_253_fds(tmp_path) -> None:
+    """300 sockets go in two commands (253 + 47), each echoed."""
+    control, fake = _helper_control(tmp_path)
+    socks = [socket.socket() for _ in range(300)]
+    assert control.set(socks, tr.TCP_REPAIR_ON) == 0
+    assert fake.commands == [(1, 253), (1, 47)]
+    for s in socks:
+        s.close()
+    control.helper.close()
+
+
+def test_helper_failure_is_an_error_not_a_hang(tmp_path) -> None:
+    """A helper that hangs up instead of echoing makes set() fail with EIO at once."""
+    control, _fake = _helper_control(tmp_path, fail_after=0)
+    s = socket.socket()
+    assert control.set([s], tr.TCP_REPAIR_ON) == -errno.EIO
+    assert not control.available
+    s.close()
+    control.helper.close()
+
+
+def test_no_helper_no_capability_is_eperm() -> None:
+    """Without CAP_NET_ADMIN and without a helper, set() says EPERM."""
+    control = tr.RepairControl(None, direct=False)
+    assert not control.available
+    s = socket.socket()
+    assert control.set([s], tr.TCP_REPAIR_ON) == -errno.EPERM
+    s.close()
+
+
+@pytest.mark.parametrize("side", ["outbound", "inbound"])
+def test_guard_listener_covers_the_gap_between_close_and_restore(side: str) -> None:
+    """Source closed, target not yet restored: the peer's segments are dropped, not reset,
+    and they reach the restored socket afterwards."""
+    with socket.socket() as srv:
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        a = socket.create_connection(srv.getsockname())
+        b, _ = srv.accept()
+    victim, peer = (a, b) if side == "outbound" else (b, a)
+    ctl = tr.RepairControl()
+    tr.freeze(victim)
+    ctl.set([victim], tr.TCP_REPAIR_ON)
+    state = tr.save(victim)
+    guard = tr.guard(victim)
+    assert guard is not None
+    victim.close()
+    peer.send(b"in the gap")
+    time.sleep(0.3)
+    peer.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        peer.recv(1)                     # no RST came back
+    restored = tr.restore(state, ctl)
+    deadline = time.monotonic() + 5
+    got = b""
+    while not got and time.monotonic() < deadline:
+        try:
+            got = restored.recv(100)
+        except BlockingIOError:
+            time.sleep(0.02)
+    assert got == b"in the gap"
+    guard.close()
+    restored.close()
+    peer.close()
