@@ -18,6 +18,7 @@ import logging.handlers
 import os
 import sys
 import threading
+import time
 
 TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
@@ -40,6 +41,46 @@ def trace(logger: logging.Logger, msg: str, *args: object) -> None:
     """Log at TRACE level on ``logger``."""
     if logger.isEnabledFor(TRACE):
         logger.log(TRACE, msg, *args)
+
+
+class RateLimited:
+    """At most ``burst`` messages per ``interval`` seconds from one call site.
+
+    A guest can produce a bad descriptor chain or frame per packet; logging each one would let
+    it fill the log (and burn CPU) at line rate. Messages over the limit are counted and the
+    count is reported with the next message that gets through.
+    """
+
+    def __init__(self, logger: logging.Logger, interval: float = 1.0, burst: int = 5,
+                 clock=time.monotonic) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.burst = burst
+        self._clock = clock
+        self._window_start = -interval
+        self._sent = 0
+        self.suppressed = 0
+
+    def log(self, level: int, msg: str, *args: object) -> bool:
+        """Log unless over the limit; returns whether the message was emitted."""
+        if not self.logger.isEnabledFor(level):
+            return False
+        now = self._clock()
+        if now - self._window_start >= self.interval:
+            self._window_start, self._sent = now, 0
+        if self._sent >= self.burst:
+            self.suppressed += 1
+            return False
+        self._sent += 1
+        if self.suppressed:
+            msg = f"{msg} (%d similar messages suppressed)"
+            args = (*args, self.suppressed)
+            self.suppressed = 0
+        self.logger.log(level, msg, *args)
+        return True
+
+    def warning(self, msg: str, *args: object) -> bool:
+        return self.log(logging.WARNING, msg, *args)
 
 
 class CappedFileHandler(logging.Handler):

@@ -405,6 +405,10 @@ class Report:
     unrepairable: int = 0
     bytes: int = 0
     seconds: float = 0.0
+    #: Target: restored TCP sockets waiting for :func:`activate` (state record, socket state,
+    #: socket).
+    pending: list[tuple[Any, tcp_repair.TcpSockState, socket.socket]] = field(
+        default_factory=list)
 
 
 # ---- source ----
@@ -485,8 +489,11 @@ class Source:
                       repair.how() if repair else "no repair control", len(socks),
                       ", ".join(repr(f) for f, _ in socks))
             return
-        for _flow, sock in socks:
-            tcp_repair.freeze(sock)
+        unfrozen = sum(1 for _flow, sock in socks if tcp_repair.freeze(sock) < 0)
+        if unfrozen:
+            log.warning("migration: %d TCP sockets could not be frozen (socket filter refused): "
+                        "data arriving after the save may be acknowledged here and lost",
+                        unfrozen)
         rc = repair.set([s for _, s in socks], tcp_repair.TCP_REPAIR_ON)
         if rc < 0:
             for _flow, sock in socks:
@@ -895,6 +902,12 @@ def _apply_tcp(ctx: MigrationContext, out: Loaded, report: Report) -> None:
             sock.close()                 # still in repair mode: nothing reaches the peer
             _restore_failed(ks, e, report)
             continue
+        except (ValueError, OverflowError, struct.error) as e:
+            # A value the record codec let through but the kernel interface cannot carry:
+            # this connection alone is lost, the others are still restored.
+            sock.close()
+            _restore_failed(ks, tcp_repair.RepairError(errno.EINVAL, "record", str(e)), report)
+            continue
         built.append((st, ks, sock))
     rc = control.set([sock for _, _, sock in built], tcp_repair.TCP_REPAIR_OFF)
     if rc < 0:
@@ -908,19 +921,53 @@ def _apply_tcp(ctx: MigrationContext, out: Loaded, report: Report) -> None:
         try:
             tcp_repair.finish(sock, ks)
             sock.setblocking(False)
-            ctx.tcp.adopt(st, sock)
-        except (FlowRefused, OSError, ValueError) as e:
-            log.error("migration: TCP connection [%s]:%d -> [%s]:%d not adopted (%s): reset",
-                      ks.local_addr, ks.local_port, ks.peer_addr, ks.peer_port, e)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            except OSError:
-                pass
-            ctx.loop.remove(sock.fileno())
-            sock.close()
-            report.failed += 1
+        except OSError as e:
+            _drop_restored(ctx, ks, sock, e, report)
             continue
         report.tcp += 1
+        report.pending.append((st, ks, sock))
+
+
+def activate(ctx: MigrationContext, report: Report) -> None:
+    """Target post: hand the restored TCP sockets to the TCP handler.
+
+    Done once the guest link is up (the rings run), so the handler's resynchronisation (our
+    window, data the guest has not acknowledged) reaches the guest instead of being dropped
+    by a device that is not started yet. Until then the kernel keeps what the peers send.
+    """
+    pending, report.pending = report.pending, []
+    adopted = 0
+    for st, ks, sock in pending:
+        try:
+            ctx.tcp.adopt(st, sock)
+            adopted += 1
+        except (FlowRefused, OSError, ValueError) as e:
+            report.tcp -= 1
+            _drop_restored(ctx, ks, sock, e, report)
+    if pending:
+        log.info("migration: %d of %d restored TCP connections handed to the guest", adopted,
+                 len(pending))
+
+
+def discard(ctx: MigrationContext, report: Report) -> None:
+    """The guest went away before :func:`activate`: reset what was restored for it."""
+    pending, report.pending = report.pending, []
+    for _st, ks, sock in pending:
+        _drop_restored(ctx, ks, sock, OSError(errno.ENOTCONN, "the guest is gone"), report)
+
+
+def _drop_restored(ctx: MigrationContext, ks: tcp_repair.TcpSockState, sock: socket.socket,
+                   e: Exception, report: Report) -> None:
+    """A rebuilt connection we cannot serve: reset it so the peer does not wait forever."""
+    log.error("migration: TCP connection [%s]:%d -> [%s]:%d not adopted (%s): reset",
+              ks.local_addr, ks.local_port, ks.peer_addr, ks.peer_port, e)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    ctx.loop.remove(sock.fileno())
+    sock.close()
+    report.failed += 1
 
 
 def _restore_failed(ks: tcp_repair.TcpSockState, e: tcp_repair.RepairError,
@@ -1053,7 +1100,9 @@ def load_bytes(ctx: MigrationContext, data: bytes) -> Report:
                 w = -1
             if reader.pump(r):
                 break
-        return apply_stream(ctx, parse_stream(ctx, reader))
+        report = apply_stream(ctx, parse_stream(ctx, reader))
+        activate(ctx, report)
+        return report
     finally:
         os.close(r)
         if w >= 0:
@@ -1140,6 +1189,16 @@ class Transfer:
                  "flows restored, %d failed", self.reader.total,
                  1000 * (time.perf_counter() - self._t0), r.ping, r.udp, r.tcp, r.failed)
         self._finish(0)
+
+    def activate(self) -> None:
+        """Target post, once the guest link is up: see :func:`activate`."""
+        if self.report is not None and self.report.pending:
+            activate(self.ctx, self.report)
+
+    def discard(self) -> None:
+        """The front-end left before the link came up: see :func:`discard`."""
+        if self.report is not None and self.report.pending:
+            discard(self.ctx, self.report)
 
     def _fail(self, code: int, stage: str, message: str) -> None:
         log.error("migration %s failed at stage %s: %s", "save" if self.save else "load",

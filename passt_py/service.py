@@ -264,6 +264,9 @@ class Service:
                 self._exit_timer.cancel()
                 self._exit_timer = None
             source.rollback()
+        if self._transfer is not None and not self._transfer.save:
+            # Target post: TCP connections go live now that frames reach the guest.
+            self._transfer.activate()
         if self.link.ndp is not None:
             self.link.ndp.reset()
         self._arp_probes_left = ARP_PROBE_COUNT if self.view.ip4 is not None else 0
@@ -344,6 +347,8 @@ class Service:
 
     def _frontend_gone(self, fd: int) -> None:
         log.info("front-end disconnected")
+        if self._transfer is not None and not self._transfer.save:
+            self._transfer.discard()
         self.loop.remove(fd)
         for kick in self._kick_fds.values():
             self.loop.remove(kick)

@@ -81,10 +81,12 @@ _FIN_SENT = frozenset({FIN_WAIT1, FIN_WAIT2, CLOSING, LAST_ACK})
 _FIN_RECEIVED = frozenset({CLOSE_WAIT, LAST_ACK, CLOSING})
 
 #: Upper bound for each queue we save or accept (the kernel's default tcp_wmem/rmem maxima
-#: are 4 and 6 MiB; a larger queue is refused rather than allocated).
-MAX_QUEUE = 8 << 20
+#: are 4 and 6 MiB, tuned hosts go higher; a larger queue is refused rather than allocated).
+MAX_QUEUE = 32 << 20
 #: Bytes per send() when refilling a queue in repair mode (halved on ENOMEM).
 FILL_CHUNK = 64 << 10
+#: Largest MSS TCP_MAXSEG accepts (MAX_TCP_WINDOW).
+USER_MSS_MAX = 32767
 #: Descriptors per helper command (SCM_MAX_FD).
 HELPER_MAX_FDS = 253
 #: How long we wait for the helper's echo.
@@ -175,8 +177,11 @@ class TcpSockState:
         if snd_len > max_queue or rcv_len > max_queue:
             raise ValueError(f"TCP socket record: queue of {max(snd_len, rcv_len)} bytes "
                              f"exceeds the limit of {max_queue}")
-        if not (-1 <= snd_ws <= 14 and -1 <= rcv_ws <= 14) or not 0 < mss <= 65535:
-            raise ValueError("TCP socket record: bad MSS or window scale")
+        if not 0 < mss <= 65535:
+            raise ValueError(f"TCP socket record: bad MSS {mss}")
+        # Window scaling is negotiated for both directions or for neither (RFC 7323 2.2).
+        if not (snd_ws == rcv_ws == -1 or (0 <= snd_ws <= 14 and 0 <= rcv_ws <= 14)):
+            raise ValueError(f"TCP socket record: bad window scales {snd_ws}/{rcv_ws}")
         alen = 4 if v == 4 else 16
         off = cls._FIXED.size
         if len(data) != off + 2 * alen + snd_len + rcv_len:
@@ -236,7 +241,8 @@ def freeze(sock: socket.socket) -> int:
     Repair mode only stops the socket from sending: the kernel still accepts and acknowledges
     data that arrives, and after the state was saved such data would be lost for the target.
     A socket filter returning 0 discards segments before TCP processing, so nothing is acked
-    and the peer retransmits it to whoever holds the connection next. Needs no privileges.
+    and the peer retransmits it to whoever holds the connection next. Usually needs no
+    privileges, but some kernels refuse it (EPERM) to a process without capabilities.
     """
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, _DROP_PROG)
@@ -569,7 +575,7 @@ def _grow_buffers(sock: socket.socket, state: TcpSockState) -> None:
                              (socket.SO_RCVBUF, SO_RCVBUFFORCE, len(state.rcv_queue))):
         if size <= 0:
             continue
-        want = 2 * size + 65536
+        want = size + 65536          # the kernel doubles it: room for the data and overhead
         try:
             if sock.getsockopt(socket.SOL_SOCKET, opt) >= want:
                 continue
@@ -585,7 +591,10 @@ def restore_in_repair(sock: socket.socket, state: TcpSockState) -> None:
     """Rebuild ``state`` on ``sock``, which must be fresh and already in repair mode.
 
     Leaves the socket in repair mode; :func:`finish` takes it out. Raises RepairError.
+    The socket is frozen while it is rebuilt: once connect() has hashed it, a segment from
+    the peer would otherwise land before the saved receive queue is back in place.
     """
+    frozen = freeze(sock) == 0       # best effort: some kernels refuse it without privileges
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)   # see guard()
@@ -595,6 +604,14 @@ def restore_in_repair(sock: socket.socket, state: TcpSockState) -> None:
     except OSError as e:
         raise RepairError(e.errno or errno.EIO, "socket options") from None
     _grow_buffers(sock, state)
+    # The MSS option set later (TCP_REPAIR_OPTIONS) only clamps: the segment size the send
+    # queue is cut into comes from the MSS computed at connect(), which would otherwise be the
+    # 536-byte default; thousands of tiny "unacknowledged" segments then crawl out in loss
+    # recovery. A user MSS (at most MAX_TCP_WINDOW) makes connect() start from a real one.
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, min(state.mss, USER_MSS_MAX))
+    except OSError:
+        pass
     _setint(sock, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "select send queue")
     _setint(sock, TCP_QUEUE_SEQ, _signed(state.snd_seq), "set send sequence")
     _setint(sock, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "select receive queue")
@@ -609,6 +626,10 @@ def restore_in_repair(sock: socket.socket, state: TcpSockState) -> None:
     except OSError as e:
         raise RepairError(e.errno or errno.EIO, "connect",
                           f"to {state.peer_addr} port {state.peer_port}: {e.strerror}") from None
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 0)    # no lasting user clamp
+    except OSError:
+        pass
     opts = [_OPT.pack(TCPOPT_MSS, state.mss)]
     if state.snd_wscale >= 0:
         opts.append(_OPT.pack(TCPOPT_WINDOW, state.snd_wscale | state.rcv_wscale << 16))
@@ -633,6 +654,8 @@ def restore_in_repair(sock: socket.socket, state: TcpSockState) -> None:
                         _WINDOW.pack(w.snd_wl1, w.snd_wnd, w.max_window, w.rcv_wnd, w.rcv_wup))
     except OSError as e:
         raise RepairError(e.errno or errno.EIO, "window") from None
+    if frozen and thaw(sock) < 0:
+        raise RepairError(errno.EIO, "thaw")
 
 
 def finish(sock: socket.socket, state: TcpSockState) -> None:

@@ -129,6 +129,42 @@ def test_frontend_disconnect_closes_the_guests_flows(passt):
     assert proc.poll() is None
 
 
+def test_flow_table_is_empty_after_the_frontend_leaves(tmp_path):
+    """In-process service: UDP, ping and TCP flows of a guest are all gone from the flow table
+    once its front-end disconnects; the next front-end starts from nothing."""
+    import threading
+    from passt_py.conf import config_from_argv
+    from passt_py.service import Service
+    path = str(tmp_path / "svc.sock")
+    service = Service(config_from_argv(["--vhost-user", "-s", path, *ADDR[:4]]))
+    thread = threading.Thread(target=service.loop.run, daemon=True)
+    thread.start()
+    echo, port = echo_socket()
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(16)
+    try:
+        with echo, Frontend(path) as fe:
+            fe.connect_all()
+            fe.provide_rx(128)
+            for i in range(20):
+                fe.send_frame(udp_frame(24000 + i, port, b"u"))
+            for i in range(5):
+                fe.send_frame(tcp_frame(25000 + i, lsock.getsockname()[1], 0x02, 1))
+            assert wait_for(lambda: len(service.flows) >= 25), len(service.flows)
+        assert wait_for(lambda: len(service.flows) == 0), (
+            f"{len(service.flows)} flows left after the front-end went away")
+        with Frontend(path) as fe:
+            fe.connect_all()
+            fe.provide_rx(16)
+            assert guest_arp_works(fe)
+    finally:
+        lsock.close()
+        service.loop.stop(0)
+        thread.join(5)
+        service.close()
+
+
 def test_repeated_reconnects_do_not_leak(passt):
     """Twenty connect/traffic/disconnect cycles leave the descriptor count where it started."""
     path, proc = passt
@@ -220,7 +256,8 @@ def tcp_segments(fe: Frontend, port: int, timeout: float = 5.0, want: int = 0) -
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for f in fe.recv_frames(16, timeout=0.2):
-            if f[12:14] == b"\x08\x00" and f[23] == 6 and struct.unpack_from("!H", f, 36)[0] == port:
+            if (f[12:14] == b"\x08\x00" and f[23] == 6
+                    and struct.unpack_from("!H", f, 36)[0] == port):
                 got.append(f)
                 if want and f[47] & want:
                     return got

@@ -173,6 +173,13 @@ class HostWriter(threading.Thread):
             self.done.set()
 
 
+def _sockets(netns: str) -> str:
+    """TCP socket details in the namespace (windows, queues, timers), for failure messages."""
+    res = subprocess.run(["ip", "netns", "exec", netns, "ss", "-tinoe"], capture_output=True,
+                         text=True, timeout=10)
+    return res.stdout[-6000:]
+
+
 def _tcp_streams_across(guest_boot, netns: str, factory_src: BackendFactory,
                         factory_dst: BackendFactory, hops: int = 1,
                         on_backend=None) -> list[dict]:
@@ -209,8 +216,11 @@ def _tcp_streams_across(guest_boot, netns: str, factory_src: BackendFactory,
                             factory_dst if hop % 2 else factory_src, on_backend)
         infos.append(info)
         time.sleep(0.5)
-    assert writer.done.wait(120) and writer.error is None, writer.error
-    assert reader.done.wait(120) and reader.error is None, reader.error
+    ok = writer.done.wait(120) and writer.error is None
+    ok = ok and reader.done.wait(120) and reader.error is None
+    assert ok, (f"writer {writer.sent}/{size_h2g} ({writer.error}), reader "
+                f"{reader.size}/{size_g2h} ({reader.error})\n{_sockets(netns)}\n"
+                f"{guest.diagnostics()}")
     assert reader.size == size_g2h and reader.digest.hexdigest() == want_g2h
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -241,7 +251,11 @@ def test_two_migrations_in_a_row_there_and_back(guest_boot, guest_netns: str) ->
 
 def test_tcp_streams_survive_with_the_real_passt_repair(guest_boot, guest_netns: str,
                                                         tmp_path: Path) -> None:
-    """Without CAP_NET_ADMIN in passt-py, the real passt-repair helper does TCP_REPAIR."""
+    """Without CAP_NET_ADMIN in passt-py, the real passt-repair helper does TCP_REPAIR.
+
+    passt-py keeps UID 0 (--runas root) minus CAP_NET_ADMIN: this kernel refuses socket
+    filters (the freeze and the same-host guard, see passt_py.tcp_repair.freeze) to a process
+    without capabilities, and without them the same-host hand-over races with the peers."""
     repair_cmd = real_passt_repair_command()
     if repair_cmd is None:
         pytest.skip("passt-repair not available")
@@ -251,7 +265,8 @@ def test_tcp_streams_survive_with_the_real_passt_repair(guest_boot, guest_netns:
         def make(sock: Path) -> list[str]:
             # Root without CAP_NET_ADMIN: only the helper can set TCP_REPAIR.
             return ["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin",
-                    *passt_py("--repair-path", f"{sock}.repair", *extra)(sock)]
+                    *passt_py("--repair-path", f"{sock}.repair", "--runas", "root",
+                              *extra)(sock)]
         return make
 
     def start_helper(guest: Guest) -> None:

@@ -96,10 +96,6 @@ def _stream_with_tcp(patch) -> bytes:
         rig.close()
 
 
-@pytest.mark.xfail(reason="reported: tcp_repair.TcpSockState.unpack accepts window scaling on "
-                          "one side only; restore_in_repair then packs a negative value and "
-                          "struct.error escapes migrate._apply_tcp (not a MigrationError)",
-                   strict=False)
 def test_tcp_record_with_one_sided_window_scaling_is_refused(ns):
     """snd_wscale 7 with rcv_wscale -1 is refused (or that connection alone fails)."""
     body = _stream_with_tcp(lambda ks: dataclasses.replace(ks, snd_wscale=7, rcv_wscale=-1))

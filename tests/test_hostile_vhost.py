@@ -9,7 +9,6 @@ sequences) and a real passt-py process (a normal ARP exchange through the rings 
 from __future__ import annotations
 
 import os
-import queue
 import socket
 import struct
 import subprocess
@@ -35,16 +34,14 @@ def fd_count(pid: int | str = "self") -> int:
 def hostile_sequence(fe: Frontend, data: bytes) -> None:
     """Send messages decoded from ``data``; read whatever comes back without waiting long."""
     r = targets.Reader(data)
-    rig_fds = targets.VhostRig.__new__(targets.VhostRig)
-    rig_fds.memfd = fe.ram.fd
     fe.sock.settimeout(0.01)
     for _ in range(1 + r.uint(1) % 16):
         if not r.left():
             break
-        request = r.pick(targets._REQUESTS)
+        request = r.pick(targets.REQUESTS)
         flags = wire.VERSION | (wire.FLAG_NEED_REPLY if r.uint(1) & 1 else 0)
         payload = targets.vhost_payload(r, request)
-        fds = [targets.VhostRig.fd(rig_fds, r.uint(1) % 4) for _ in range(r.pick((0, 1, 1, 2, 9)))]
+        fds = [targets.new_fd(r.uint(1), fe.ram.fd) for _ in range(r.pick((0, 1, 1, 2, 9)))]
         try:
             if r.uint(1) == 0xFF:   # a lying size field in the header
                 fe.send_raw(struct.pack("=III", request, flags, r.uint(2)) + payload, fds)

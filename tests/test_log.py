@@ -95,3 +95,31 @@ def test_capped_file_truncates_at_start(tmp_path):
     path.write_text("stale\n")
     CappedFileHandler(str(path), 4096).close()
     assert path.read_text() == ""
+
+
+def test_rate_limited_logs_a_burst_then_counts_the_rest() -> None:
+    """Per-packet warnings: a burst per interval, then the suppressed count on the next one."""
+    import logging as _logging
+    from passt_py.log import RateLimited
+    now = [100.0]
+    records: list[str] = []
+
+    class Keep(_logging.Handler):
+        def emit(self, record: _logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    logger = _logging.getLogger("passt_py.test_rate_limited")
+    logger.setLevel(_logging.INFO)
+    logger.propagate = False
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        limited = RateLimited(logger, interval=1.0, burst=3, clock=lambda: now[0])
+        sent = [limited.warning("bad chain %d", i) for i in range(10)]
+        assert sent == [True] * 3 + [False] * 7
+        assert records == ["bad chain 0", "bad chain 1", "bad chain 2"]
+        now[0] += 1.0
+        assert limited.warning("bad chain %d", 10)
+        assert records[-1] == "bad chain 10 (7 similar messages suppressed)"
+    finally:
+        logger.removeHandler(handler)

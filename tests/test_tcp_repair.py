@@ -77,10 +77,15 @@ def _move(sock: socket.socket, control: tr.RepairControl | None = None) -> socke
     assert control.set([sock], tr.TCP_REPAIR_ON) == 0
     state = tr.save(sock)
     encoded = state.pack()
+    guard = tr.guard(sock)     # same host: no RST for what the peer sends meanwhile
     sock.close()
     decoded = tr.TcpSockState.unpack(encoded)
     assert decoded == state
-    return tr.restore(decoded, control)
+    try:
+        return tr.restore(decoded, control)
+    finally:
+        if guard is not None:
+            guard.close()
 
 
 @pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
@@ -392,3 +397,17 @@ def test_guard_listener_covers_the_gap_between_close_and_restore(side: str) -> N
     guard.close()
     restored.close()
     peer.close()
+
+
+def test_restored_send_queue_uses_full_sized_segments() -> None:
+    """The send queue is rebuilt in segments of the connection's MSS, not the 536-byte
+    default (thousands of tiny segments would crawl out in loss recovery)."""
+    a, b = _pair()
+    sent = _fill(a, os.urandom(8 << 20))
+    assert sent > 1 << 20
+    a2 = _move(a)
+    info = a2.getsockopt(socket.IPPROTO_TCP, tr.TCP_INFO, 104)
+    snd_mss = struct.unpack_from("=I", info, 16)[0]
+    assert snd_mss > 16000, snd_mss
+    a2.close()
+    b.close()

@@ -23,6 +23,7 @@ import stat
 from typing import Sequence
 
 from passt_py import core
+from passt_py.log import RateLimited
 from passt_py.vhost_user import wire
 from passt_py.vhost_user.session import DeviceError
 from passt_py.vhost_user.wire import LogDescription, MemoryRegion, VringAddr, bit
@@ -109,6 +110,8 @@ class NetDevice:
         self._tx_spare: core.TxBatch | None = core.TxBatch(TX_BATCH_MAX)
         self._regions: list[MemoryRegion] = []
         self.has_memory = False
+        # Guest-triggered ring errors can come once per packet: a few log lines per second.
+        self._ring_log = RateLimited(log)
 
     # ---- what the network layer uses ----
     @property
@@ -203,10 +206,10 @@ class NetDevice:
             batch = self.rings[TX].pop_tx(max_frames, self.hdr_len, spare)
         except core.CoreError as exc:
             self._tx_spare = spare or core.TxBatch(TX_BATCH_MAX)
-            log.warning("TX ring unusable: %s", exc)
+            self._ring_log.warning("TX ring unusable: %s", exc)
             return None
         if batch.bad:
-            log.warning("TX: dropped bad chains %s", batch.bad_chains())
+            self._ring_log.warning("TX: dropped bad chains %s", batch.bad_chains())
         if batch.count and self._enabled[TX]:
             return batch
         if batch.count or batch.bad:
@@ -232,7 +235,7 @@ class NetDevice:
         try:
             return self.rings[RX].push_rx(frames, self.hdr_len, self.mergeable)
         except core.CoreError as exc:
-            log.warning("RX ring unusable: %s", exc)
+            self._ring_log.warning("RX ring unusable: %s", exc)
             return 0
 
     def rx_avail(self) -> int:

@@ -14,8 +14,8 @@ Targets:
   iovecs) against passt_py.ref.checksum.
 - ``iov``: readv_all/writev_all through a pipe with random slicing and resume offsets.
 - ``frames``: one guest frame through tap.GuestLink with ARP, DHCP, DHCPv6, NDP, ICMP, UDP
-  and (once passt_py/tcp.py exists) TCP handlers attached (in a private network namespace: see netns_guard), then a normal ARP
-  exchange must still work.
+  and TCP handlers attached (in a private network namespace: see netns_guard), then a normal
+  ARP exchange must still work.
 - ``migrate``: a migration stream (re-sealed with a correct checksum unless it starts with
   0xFF) loaded into a target back-end's flow table by passt_py.migrate.load_bytes.
 - ``vhost``: a sequence of vhost-user messages (any request, payload, descriptors) into a
@@ -61,7 +61,7 @@ _trap: ErrorLogTrap | None = None
 
 
 def error_trap() -> ErrorLogTrap:
-    """The process-wide trap on the ``passt_py`` logger (installed once)."""
+    """The process-wide trap on the ``passt_py`` logger (installed once), emptied."""
     global _trap
     if _trap is None:
         _trap = ErrorLogTrap()
@@ -69,6 +69,9 @@ def error_trap() -> ErrorLogTrap:
         logger.addHandler(_trap)
         if logger.level == logging.NOTSET or logger.level > logging.ERROR:
             logger.setLevel(logging.WARNING)
+    # Called at the start of each target run: what was logged before (other tests in the same
+    # process, their helper threads) is not this input's doing.
+    _trap.records.clear()
     return _trap
 
 
@@ -467,7 +470,22 @@ def fuzz_frames(data: bytes) -> None:
 
 
 # ---- vhost-user message sequences into a session over the real device ----
-_REQUESTS = list(range(0, 50))
+REQUESTS = list(range(0, 50))
+
+
+def new_fd(kind: int, memfd: int) -> int:
+    """A fresh descriptor to attach to a message: guest memory, an eventfd, the read end of a
+    closed pipe, or /dev/null (``kind`` modulo 4)."""
+    kind %= 4
+    if kind == 0:
+        return os.dup(memfd)
+    if kind == 1:
+        return os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    if kind == 2:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        os.close(w)
+        return r
+    return os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
 
 
 class VhostRig:
@@ -485,15 +503,7 @@ class VhostRig:
 
     def fd(self, kind: int) -> int:
         """A new descriptor of some kind for a message (the session takes or closes it)."""
-        if kind == 0:
-            return os.dup(self.memfd)
-        if kind == 1:
-            return os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        if kind == 2:
-            r, w = os.pipe2(os.O_CLOEXEC)
-            os.close(w)
-            return r
-        return os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+        return new_fd(kind, self.memfd)
 
     def close(self) -> None:
         self.session.reset()
@@ -546,7 +556,7 @@ def fuzz_vhost(data: bytes) -> None:
         for _ in range(1 + r.uint(1) % 24):
             if not r.left():
                 break
-            request = r.pick(_REQUESTS)
+            request = r.pick(REQUESTS)
             flags = wire.VERSION | (wire.FLAG_NEED_REPLY if r.uint(1) & 1 else 0)
             if r.uint(1) == 0xFF:
                 flags = r.uint(4)
@@ -622,10 +632,13 @@ def fuzz_migrate(data: bytes) -> None:
     rig = _migrate_rig
     trap = error_trap()
     stream = data[1:] if data[:1] == b"\xff" else seal_stream(data)
+    ctx = migrate_context(rig)
     try:
-        migrate.load_bytes(migrate_context(rig), stream)
+        report = migrate.load_bytes(ctx, stream)
     except migrate.MigrationError:
-        pass
+        report = None
+    if report is not None and hasattr(migrate, "activate"):
+        migrate.activate(ctx, report)      # target post: restored TCP sockets to the handler
     tracebacks = [r for r in trap.records if r.exc_info]
     trap.records.clear()
     if tracebacks:
@@ -638,6 +651,8 @@ def fuzz_migrate(data: bytes) -> None:
             handler.close_all()
     if len(rig.flows):
         raise Finding(f"{len(rig.flows)} flows left after close_all")
+    if report is not None and getattr(report, "pending", None):
+        raise Finding("restored TCP sockets left pending after activate")
     if not rig.arp_still_works():
         raise Finding("ARP no longer answered after a migration load")
     trap.records.clear()

@@ -81,7 +81,7 @@ class BackendProcess:
 
 def start_backend(factory: BackendFactory, workdir: Path, netns: str | None = None,
                   name: str = "backend", socket_timeout: float = 10.0) -> BackendProcess:
-    """Starts the back-end and waits (bounded) until its vhost-user socket exists."""
+    """Starts the back-end and waits (bounded) until its vhost-user socket listens."""
     sock = workdir / f"{name}.sock"
     sock.unlink(missing_ok=True)
     argv = netns_wrap(factory(sock), netns)
@@ -91,7 +91,7 @@ def start_backend(factory: BackendFactory, workdir: Path, netns: str | None = No
                                 stderr=subprocess.STDOUT)
     backend = BackendProcess(argv=argv, socket=sock, log=log, proc=proc)
     deadline = time.monotonic() + socket_timeout
-    while not sock.exists():
+    while not _listening(proc.pid, sock):
         if proc.poll() is not None:
             raise GuestError(f"back-end exited with {proc.returncode} before creating {sock}:\n"
                              f"{' '.join(argv)}\n{backend.output()}")
@@ -101,6 +101,28 @@ def start_backend(factory: BackendFactory, workdir: Path, netns: str | None = No
                              f"{backend.output()}")
         time.sleep(0.02)
     return backend
+
+
+def _listening(pid: int, sock: Path) -> bool:
+    """Whether `sock` is a listening UNIX socket in the back-end's network namespace.
+
+    The socket file appears at bind(), which comes before listen(): a QEMU started in between
+    is refused (passt prints its whole configuration between the two). /proc/PID/net/unix shows
+    the back-end's namespace; the flags column has __SO_ACCEPTCON (0x10000) once it listens.
+    If that table cannot be read, the file's existence has to do.
+    """
+    if not sock.exists():
+        return False
+    try:
+        table = Path(f"/proc/{pid}/net/unix").read_text()
+    except OSError:
+        return True
+    want = str(sock)
+    for line in table.splitlines()[1:]:
+        cols = line.split()
+        if len(cols) >= 8 and cols[7] == want and int(cols[3], 16) & 0x10000:
+            return True
+    return False
 
 
 @dataclass
