@@ -390,10 +390,14 @@ class Service:
 
 def run(config: Config) -> int:
     """Serve until SIGTERM/SIGINT (or the front-end leaves, with --one-off); exit status."""
+    # Exit signals are caught before the socket exists: whoever sees the socket may send
+    # SIGTERM right away, and it must still mean a clean exit (socket and PID file removed).
+    signals = daemon.install_exit_signals()
     try:
         service = Service(config)
     except OSError as exc:
         log.error("cannot set up the vhost-user socket: %s", exc)
+        signals.close()
         return 1
     where = config.socket_path or (f"fd {config.fd}" if config.fd is not None else None)
     log.info("listening on %s", where or service.server.path)
@@ -401,7 +405,6 @@ def run(config: Config) -> int:
         pid_file = daemon.write_pid_file(config.pid_file)
     else:
         pid_file = daemon.daemonise(config.pid_file)
-    signals = daemon.install_exit_signals()
     # Everything that needs root is open now (socket, PID file, capture, log, forwards).
     helper = getattr(service, "repair_helper", None)
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -104,10 +103,8 @@ def test_main_help_returns_zero(capsys):
     assert main(["--help"]) == 0
 
 
-HAVE_SERVICE = importlib.util.find_spec("passt_py.service") is not None
 
 
-@pytest.mark.skipif(not HAVE_SERVICE, reason="passt_py.service (the lead's event loop) is not there yet")
 def test_sigterm_exits_zero_within_one_second(tmp_path):
     """A running back-end stops with status 0 within 1 s of SIGTERM."""
     sock = tmp_path / "vu.sock"
@@ -129,7 +126,6 @@ def test_sigterm_exits_zero_within_one_second(tmp_path):
             proc.wait(timeout=5)
 
 
-@pytest.mark.skipif(not HAVE_SERVICE, reason="passt_py.service (the lead's event loop) is not there yet")
 def test_daemon_mode_returns_with_socket_and_pid_file(tmp_path):
     """Without -f the command returns 0 once the socket listens and the PID file is written."""
     sock, pid_path = tmp_path / "vu.sock", tmp_path / "p.pid"

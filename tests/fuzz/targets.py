@@ -349,13 +349,8 @@ class FrameRig:
         args = (self.loop, self.view, self.guest, self.flows, link.to_guest)
         self.icmp = link.icmp = IcmpHandler(*args)
         self.udp = link.udp = UdpHandler(*args)
-        self.tcp = None
-        try:
-            from passt_py.tcp import TcpHandler
-        except ImportError:      # TCP not there yet: the other handlers are still fuzzed
-            TcpHandler = None
-        if TcpHandler is not None:
-            self.tcp = link.tcp = TcpHandler(*args)
+        from passt_py.tcp import TcpHandler
+        self.tcp = link.tcp = TcpHandler(*args)
 
     def serve_tcp_echo(self, port: int = 9, limit: int = 256) -> None:
         """A TCP echo server on 127.0.0.1:``port`` run by the rig's loop, so guest connections
