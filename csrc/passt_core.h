@@ -14,7 +14,7 @@
 
 /* CDEF-BEGIN */
 /* Bumped whenever the C API changes; passt_py.core refuses an extension of another version. */
-enum { PC_API_VERSION = 2 };
+enum { PC_API_VERSION = 3 };
 int pc_api_version(void);
 
 /* ---- checksum.c: Internet checksum (RFC 1071) ---- */
@@ -128,7 +128,7 @@ enum {
 enum {
 	PC_PKT_OK = 0, PC_PKT_SHORT_ETH = 1, PC_PKT_OTHER = 2, PC_PKT_IP_HDR = 3,
 	PC_PKT_IP_LEN = 4, PC_PKT_IP_FRAG = 5, PC_PKT_IP_EXT = 6, PC_PKT_L4_SHORT = 7,
-	PC_PKT_TCP_DOFF = 8, PC_PKT_HDR_MAX = 256
+	PC_PKT_TCP_DOFF = 8, PC_PKT_UDP_LEN = 9, PC_PKT_HDR_MAX = 256
 };
 /* One classified frame. Offsets are from the start of the Ethernet frame (virtio-net header
  * excluded). Addresses are 16 bytes: IPv6 as is, IPv4 as ::ffff:a.b.c.d. For TCP and UDP,
@@ -152,6 +152,16 @@ struct pc_payload_ref { uint32_t frame; uint32_t off; uint32_t len; };
 int64_t pc_send_payloads(int fd, const struct pc_tx_frame *frames, unsigned nframes,
 			 const struct iovec *iov, unsigned max_iov,
 			 const struct pc_payload_ref *items, unsigned nitems);
+/* A run of a TX batch: frames [first, first + count). With data set, they are in-order data
+ * segments (ACK, maybe PSH, payload) of one connection: contiguous sequence numbers from seq,
+ * `bytes` of payload, ACK fields never going back; ack and window are the last segment's.
+ * Without data, one frame that is anything else. */
+struct pc_tcp_run {
+	uint32_t first; uint32_t count; uint32_t seq; uint32_t bytes; uint32_t ack;
+	uint16_t window; uint8_t data; uint8_t pad;
+};
+int pc_tcp_runs(const struct pc_pkt *recs, unsigned n, struct pc_payload_ref *items,
+		struct pc_tcp_run *runs, unsigned max_runs);
 /* Host -> guest. A flow's header template: guest-facing addresses (IPv4 as ::ffff:a.b.c.d),
  * our seq (of the first byte to send), ack, window field, TTL/hop limit, MSS, timestamps. */
 struct pc_tcp_flow {
@@ -188,6 +198,15 @@ int pc_tcp_ctl(struct pc_vq *vq, const struct pc_tcp_flow *f, uint8_t flags,
 	       unsigned opts, struct pc_rx_result *res);
 int pc_tcp_build(const struct pc_tcp_flow *f, uint8_t flags, const uint8_t *tcp_opts,
 		 size_t opt_len, const uint8_t *payload, size_t len, uint8_t *out, size_t out_len);
+
+/* ---- udp_path.c: guest UDP datagrams to host sockets ---- */
+/* SECTION udp_path */
+/* One datagram: bytes [off, off + len) of frame `frame` of a TX batch, for socket `fd`
+ * (connected). `err` comes back 0 when it was sent, or a negative errno. */
+struct pc_dgram_ref { int32_t fd; uint32_t frame; uint32_t off; uint32_t len; int32_t err; };
+int pc_send_datagrams(const struct pc_tx_frame *frames, unsigned nframes,
+		      const struct iovec *iov, unsigned max_iov, struct pc_dgram_ref *items,
+		      unsigned nitems);
 
 /* ---- migration helpers ---- */
 /* SECTION migrate: owned by the migration work */

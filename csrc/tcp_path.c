@@ -274,15 +274,22 @@ static uint8_t classify_l4(struct pc_pkt *p, const uint8_t *buf, size_t have, si
 	case PROTO_UDP:
 		if (l4 + 8 > end)
 			return PC_PKT_L4_SHORT;
+		if (l4 + 8 > have)
+			return PC_PKT_IP_EXT;
 		p->sport = get16(buf + l4);
 		p->dport = get16(buf + l4 + 2);
+		/* The UDP length field bounds the payload; IP padding after it is not data. */
+		if (get16(buf + l4 + 4) < 8 || get16(buf + l4 + 4) > end - l4)
+			return PC_PKT_UDP_LEN;
 		p->payload_off = (uint32_t)(l4 + 8);
-		p->payload_len = (uint32_t)(end - l4 - 8);
+		p->payload_len = (uint32_t)(get16(buf + l4 + 4) - 8);
 		return PC_PKT_OK;
 	case PROTO_ICMP:
 	case PROTO_ICMPV6:
 		if (l4 + 4 > end)
 			return PC_PKT_L4_SHORT;
+		if (l4 + 4 > have)
+			return PC_PKT_IP_EXT;
 		p->sport = buf[l4];
 		p->dport = buf[l4 + 1];
 		p->payload_off = (uint32_t)(l4 + 4);
@@ -507,6 +514,79 @@ int64_t pc_send_payloads(int fd, const struct pc_tx_frame *frames, unsigned nfra
 		total += r;
 	}
 	return total;
+}
+
+/**
+ * is_data() - whether a record is a plain in-stream data segment (ACK, maybe PSH, payload)
+ * @p:		classified frame
+ * Return: non-zero if so
+ */
+static int is_data(const struct pc_pkt *p)
+{
+	return p->valid == PC_PKT_OK && p->proto == PROTO_TCP && p->payload_len &&
+	       (p->tcp_flags & 0x3f & ~PC_TCP_PSH) == PC_TCP_ACK;
+}
+
+/**
+ * same_stream() - whether @q continues @p's run: same tuple, next sequence number, ACK not
+ *		   going back
+ * @p:		last segment of the run
+ * @q:		candidate
+ * Return: non-zero if so
+ */
+static int same_stream(const struct pc_pkt *p, const struct pc_pkt *q)
+{
+	return p->sport == q->sport && p->dport == q->dport && p->ipver == q->ipver &&
+	       !memcmp(p->src, q->src, 16) && !memcmp(p->dst, q->dst, 16) &&
+	       q->seq == p->seq + p->payload_len && (int32_t)(q->ack - p->ack) >= 0;
+}
+
+/**
+ * pc_tcp_runs() - cut a classified TX batch into runs, so Python decides per run, not per frame
+ * @recs:	records from pc_classify()
+ * @n:		number of records
+ * @items:	n entries: item i is filled with (i, payload offset, payload length), so a run's
+ *		payloads are items[first .. first + count), ready for pc_send_payloads()
+ * @runs:	output runs, in frame order (see struct pc_tcp_run)
+ * @max_runs:	entries in @runs (n is always enough)
+ *
+ * Return: number of runs, or -ENOSPC if @max_runs is too small
+ */
+int pc_tcp_runs(const struct pc_pkt *recs, unsigned n, struct pc_payload_ref *items,
+		struct pc_tcp_run *runs, unsigned max_runs)
+{
+	unsigned i, nruns = 0;
+	struct pc_tcp_run *r = NULL;
+
+	for (i = 0; i < n; i++) {
+		const struct pc_pkt *p = &recs[i];
+		int data = is_data(p);
+
+		items[i].frame = i;
+		items[i].off = p->payload_off;
+		items[i].len = p->payload_len;
+		if (data && r && r->data && same_stream(&recs[i - 1], p)) {
+			r->count++;
+			r->bytes += p->payload_len;
+			r->ack = p->ack;
+			r->window = p->window;
+			continue;
+		}
+		if (nruns == max_runs)
+			return -ENOSPC;
+		r = &runs[nruns++];
+		memset(r, 0, sizeof(*r));
+		r->first = i;
+		r->count = 1;
+		r->data = (uint8_t)data;
+		if (data) {
+			r->seq = p->seq;
+			r->bytes = p->payload_len;
+			r->ack = p->ack;
+			r->window = p->window;
+		}
+	}
+	return (int)nruns;
 }
 
 /* ---- host to guest ---- */

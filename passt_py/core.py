@@ -15,7 +15,7 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
         "passt_py's C core (passt_py._core) is not built: run 'pip install .' or "
         "'pip install -e .' from the source tree") from exc
 
-API_VERSION = 2
+API_VERSION = 3
 
 if lib.pc_api_version() != API_VERSION:  # pragma: no cover - stale builds only
     raise ImportError(
@@ -563,12 +563,13 @@ PKT_IP_FRAG = lib.PC_PKT_IP_FRAG
 PKT_IP_EXT = lib.PC_PKT_IP_EXT
 PKT_L4_SHORT = lib.PC_PKT_L4_SHORT
 PKT_TCP_DOFF = lib.PC_PKT_TCP_DOFF
+PKT_UDP_LEN = lib.PC_PKT_UDP_LEN
 PKT_HDR_MAX = lib.PC_PKT_HDR_MAX
 #: PC_PKT_* validity code -> name, for logs.
 PKT_CODES: dict[int, str] = {
     PKT_OK: "ok", PKT_SHORT_ETH: "short-ethernet", PKT_OTHER: "not-ip", PKT_IP_HDR: "ip-header",
     PKT_IP_LEN: "ip-length", PKT_IP_FRAG: "ip-fragment", PKT_IP_EXT: "ip-extension",
-    PKT_L4_SHORT: "l4-short", PKT_TCP_DOFF: "tcp-data-offset",
+    PKT_L4_SHORT: "l4-short", PKT_TCP_DOFF: "tcp-data-offset", PKT_UDP_LEN: "udp-length",
 }
 
 TCP_RX_GSO = lib.PC_TCP_RX_GSO
@@ -689,6 +690,70 @@ def send_payloads(fd: int, batch: TxBatch, items: Sequence[tuple[int, int, int]]
         refs[k].frame, refs[k].off, refs[k].len = frame, off, length
     ret = lib.pc_send_payloads(fd, batch.frames, batch.count, batch.iov, batch.max_iov, refs,
                                len(items))
+    if ret == -errno.EAGAIN:
+        return 0
+    return check(ret, "send_payloads")
+
+
+def send_datagrams(batch: TxBatch, items: Sequence[tuple[int, int, int, int]]) -> list[int]:
+    """Send (fd, frame, offset, length) UDP payloads of a batch, one datagram each.
+
+    Straight from guest memory, one sendmmsg() per run of items for the same socket. Returns
+    one code per item: 0 if sent, else a negative errno (EAGAIN, ECONNREFUSED...), so the
+    caller can deal with the failed ones alone. Raises CoreError (EINVAL) for a range outside
+    its frame, with nothing sent.
+    """
+    if not items:
+        return []
+    refs = ffi.new("struct pc_dgram_ref[]", len(items))
+    for k, (fd, frame, off, length) in enumerate(items):
+        ref = refs[k]
+        ref.fd, ref.frame, ref.off, ref.len = fd, frame, off, length
+    check(lib.pc_send_datagrams(batch.frames, batch.count, batch.iov, batch.max_iov, refs,
+                                len(items)), "send_datagrams")
+    return [refs[k].err for k in range(len(items))]
+
+
+def tcp_runs(recs: PacketRecords) -> tuple[object, int, object]:
+    """Cut a classified batch into runs (struct pc_tcp_run): (runs, how many, payload refs).
+
+    A data run is in-order data of one connection, so the TCP code decides once per run; the
+    refs array holds (frame, payload offset, length) for every frame, a run's being
+    ``refs[first:first + count]``, ready for :func:`send_payload_runs`. Arrays are reused per
+    batch object and valid until the next call.
+    """
+    batch = recs.batch
+    arrays = getattr(batch, "_tcp_runs", None)
+    if arrays is None:
+        arrays = batch._tcp_runs = (ffi.new("struct pc_tcp_run[]", batch.max_frames),
+                                    ffi.new("struct pc_payload_ref[]", batch.max_frames))
+    runs, refs = arrays
+    n = check(lib.pc_tcp_runs(recs.recs, recs.count, refs, runs, batch.max_frames), "tcp_runs")
+    return runs, n, refs
+
+
+def send_payload_runs(fd: int, batch: TxBatch, refs: object,
+                      runs: Sequence[tuple[int, int]]) -> int:
+    """:func:`send_payloads` for runs (first ref, count) of a :func:`tcp_runs` refs array.
+
+    One sendmsg() for all of them, without per-frame work in Python: a single run is passed
+    as a pointer into ``refs``; several (one connection's runs, interleaved with others') are
+    gathered into one array first.
+    """
+    if not runs:
+        return 0
+    if len(runs) == 1:
+        ptr, count = refs + runs[0][0], runs[0][1]   # type: ignore[operator]
+    else:
+        count = sum(n for _first, n in runs)
+        ptr = ffi.new("struct pc_payload_ref[]", count)
+        size = ffi.sizeof("struct pc_payload_ref")
+        at = 0
+        for first, n in runs:
+            ffi.memmove(ptr + at, refs + first, n * size)   # type: ignore[operator]
+            at += n
+    ret = lib.pc_send_payloads(fd, batch.frames, batch.count, batch.iov, batch.max_iov, ptr,
+                               count)
     if ret == -errno.EAGAIN:
         return 0
     return check(ret, "send_payloads")

@@ -21,7 +21,7 @@ import os
 import random
 import time
 
-from passt_py import arp, daemon, migrate, privileges, tcp_repair
+from passt_py import arp, core, daemon, migrate, privileges, tcp_repair
 from passt_py.conf import Config, socket_path_candidates
 from passt_py.dhcp import DhcpServer
 from passt_py.dhcpv6 import Dhcpv6Server
@@ -235,11 +235,12 @@ class Service:
             if batch is None:
                 return
             try:
-                # In-order TCP data goes to its socket straight from guest memory (zero
-                # copy); the rest is copied out for the demux. A capture sees every frame.
+                # In-order TCP data and datagrams of known UDP flows go to their sockets
+                # straight from guest memory (zero copy); the rest is copied out for the
+                # demux. A capture sees every frame.
                 rest: list[int] | range = range(batch.count)
-                if self.tcp is not None and self.pcap is None:
-                    rest = self.tcp.take_batch(batch)
+                if self.pcap is None and (self.tcp is not None or self.udp is not None):
+                    rest = self._take_fast(batch)
                 frames = [batch.frame(i) for i in rest]
                 vnets = [batch.vnet(i) for i in rest] if self.pcap else None
             finally:
@@ -247,6 +248,19 @@ class Service:
             self.link.from_guest(frames, vnets)
         # More is pending: continue after other events had their turn.
         self.loop.defer(self._drain_tx)
+
+    def _take_fast(self, batch: core.TxBatch) -> list[int] | range:
+        """Frames the zero-copy paths took; returns the indices left for the copying path."""
+        try:
+            recs = core.classify(batch)
+        except Exception:  # noqa: BLE001 - a broken batch is the copying path's business
+            return range(batch.count)
+        rest: list[int] | range = range(batch.count)
+        if self.tcp is not None:
+            rest = self.tcp.take_batch(batch, recs)
+        if self.udp is not None and rest:
+            rest = self.udp.take_batch(recs, rest)
+        return rest
 
     def _maybe_link_up(self) -> None:
         """Track whether both rings run; on the way up, probe ARP and advertise routes."""

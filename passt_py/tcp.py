@@ -36,10 +36,11 @@ Theory of operation (passt's model, RFC 9293 semantics on the guest side):
 The per-connection guest-side state is one dataclass, :class:`TcpState`: migration exports it
 (``TcpHandler.export``) and rebuilds flows around restored sockets (``TcpHandler.adopt``).
 
-Where the bytes go (Python decides per segment or per event, never per byte):
-- guest -> host: the service hands each TX batch to :meth:`TcpHandler.take_batch` first; in-
-  order data segments of established connections are written with one sendmsg() per
-  connection straight from guest memory (core.send_payloads); every other frame (handshake,
+Where the bytes go (Python decides per run of segments or per event, never per byte):
+- guest -> host: the service hands each TX batch to :meth:`TcpHandler.take_batch` first; C
+  cuts it into runs of in-order data segments per connection, and those of established
+  connections are written with one sendmsg() per connection straight from guest memory
+  (core.send_payload_runs); every other frame (handshake,
   FIN, RST, out of order, other protocols) is copied out and reaches :meth:`from_guest`
   through the demux, whose payload goes out by ``datapath.send_to_host``.
 - host -> guest: ``datapath.host_to_guest`` (passt_py.tcp_copy.TcpDataPath): the service uses
@@ -166,7 +167,7 @@ class _Conn:
 
     __slots__ = ("st", "sock", "fd", "flow", "tpl", "seg_size", "retries", "rto", "deadline",
                  "timer", "dup_acks", "recovering", "wnd_poll", "probe", "ack_due",
-                 "more_due", "last_wnd_raw", "send_full", "rx_wait", "stats")
+                 "more_due", "last_wnd_raw", "send_full", "rx_wait", "stats", "fast_key")
 
     def __init__(self, st: TcpState, sock: socket.socket) -> None:
         self.st = st
@@ -191,6 +192,8 @@ class _Conn:
         # bytes to host, bytes to guest, timeouts, fast retransmits, socket-full refusals,
         # RX-full waits, out-of-order drops
         self.stats = [0, 0, 0, 0, 0, 0, 0]
+        #: Its key in TcpHandler._fast (raw guest-side tuple), once take_batch() met it.
+        self.fast_key: tuple[bytes, int, bytes, int] | None = None
 
 
 @dataclass
@@ -232,6 +235,8 @@ class TcpHandler:
         self._idle_timeout = idle_timeout
         self._secret = os.urandom(16)
         self._scratch = bytearray(DISCARD_CHUNK)
+        #: take_batch(): raw (src16, sport, dst16, dport) of guest segments -> their flow.
+        self._fast: dict[tuple[bytes, int, bytes, int], Flow] = {}
         self._listeners: list[_Listener] = []
         self._acks: list[_Conn] = []
         self._rx_waiting: list[_Conn] = []
@@ -655,57 +660,79 @@ class TcpHandler:
         self._queue_ack(c)
 
     # ---- guest data straight from the TX batch (zero copy) ----
-    def take_batch(self, batch: core.TxBatch) -> list[int]:
+    def take_batch(self, batch: core.TxBatch,
+                   recs: core.PacketRecords | None = None) -> list[int]:
         """Send in-order guest data of established connections straight from ``batch``.
 
-        One C call classifies the batch; every segment carrying only data (ACK, maybe PSH)
-        for an established connection, at exactly the next expected sequence number, is
-        gathered per connection and written with one sendmsg() from guest memory
-        (core.send_payloads), its ACK field and window processed as usual. Everything else
+        C classifies the batch (unless ``recs`` already holds that) and cuts it into runs of
+        in-order data segments (ACK, maybe PSH) of one connection (core.tcp_runs), so the
+        work here is per run, not per frame: a run of an established connection at exactly
+        the next expected sequence number is written with one sendmsg() from guest memory
+        (core.send_payload_runs), its last ACK field and window processed as usual. Everything else
         (control segments, other protocols, anything out of order) is left for the copying
         path: returns those frame indices, in order. Once a connection has a frame left
         there, its later frames in the batch are left too, so its segments keep their order.
         Never raises: on any error the whole batch goes to the copying path.
         """
+        if recs is None:
+            try:
+                recs = core.classify(batch)
+            except Exception:  # noqa: BLE001 - a broken batch is the copying path's business
+                return list(range(batch.count))
         try:
-            recs = core.classify(batch)
-        except Exception:  # noqa: BLE001 - a broken batch is the copying path's business
+            runs, nruns, refs = core.tcp_runs(recs)
+        except Exception:  # noqa: BLE001
             return list(range(batch.count))
         rest: list[int] = []
         groups: dict[int, tuple[_Conn, list[tuple[int, int, int]]]] = {}
         held: set[int] = set()
-        for i in range(recs.count):
-            r = recs[i]
-            if r.valid != core.PKT_OK or r.proto != IPPROTO_TCP or not r.payload_len \
-                    or r.tcp_flags & 0x3F & ~PSH != ACK:
-                rest.append(i)
+        for k in range(nruns):
+            run = runs[k]
+            first, count = run.first, run.count
+            if not run.data:
+                rest.append(first)
                 continue
-            try:
-                tap = FlowSide(Pif.TAP, recs.src(i), r.sport, recs.dst(i), r.dport)
-            except ValueError:
-                rest.append(i)
-                continue
-            flow = self._flows.lookup(FlowType.TCP, tap)
+            flow = self._fast_flow(recs, first)
             c = flow.data if flow is not None else None
             if c is None or flow.id in held or c.st.phase != Phase.ESTABLISHED \
                     or c.st.guest_fin or c.send_full:
                 if flow is not None:
                     held.add(flow.id)
-                rest.append(i)
+                rest.extend(range(first, first + count))
                 continue
             group = groups.get(flow.id)
-            items = group[1] if group is not None else []
-            expected = seq_add(c.st.seq_from_guest, sum(it[2] for it in items))
-            if r.seq != expected or not self._take_ack(c, r.ack, r.window):
+            taken = group[1] if group is not None else []
+            expected = seq_add(c.st.seq_from_guest, sum(t[2] for t in taken))
+            if run.seq != expected or not self._take_ack(c, run.ack, run.window):
                 held.add(flow.id)
-                rest.append(i)
+                rest.extend(range(first, first + count))
                 continue
-            items.append((i, r.payload_off, r.payload_len))
+            taken.append((first, count, run.bytes))
             if group is None:
-                groups[flow.id] = (c, items)
-        for c, items in groups.values():
-            self._send_items(c, batch, items)
+                groups[flow.id] = (c, taken)
+        for c, taken in groups.values():
+            self._send_runs(c, batch, refs, taken)
         return rest
+
+    def _fast_flow(self, recs: core.PacketRecords, i: int) -> Flow | None:
+        """The flow of segment i, found by its raw tuple (no address objects per segment)."""
+        key = recs.key(i)
+        flow = self._fast.get(key)
+        if flow is not None and not flow.closed:
+            return flow
+        r = recs[i]
+        try:
+            tap = FlowSide(Pif.TAP, recs.src(i), r.sport, recs.dst(i), r.dport)
+        except ValueError:
+            return None
+        flow = self._flows.lookup(FlowType.TCP, tap)
+        if flow is not None and flow.data is not None:
+            c: _Conn = flow.data  # type: ignore[assignment]
+            if c.fast_key is not None:
+                self._fast.pop(c.fast_key, None)
+            c.fast_key = key
+            self._fast[key] = flow
+        return flow
 
     def _take_ack(self, c: _Conn, ack: int, wnd: int) -> bool:
         """The ACK field and window of a data segment taken from a batch; False: leave it."""
@@ -723,12 +750,13 @@ class TcpHandler:
                     c.probe = False
         return True
 
-    def _send_items(self, c: _Conn, batch: core.TxBatch,
-                    items: list[tuple[int, int, int]]) -> None:
+    def _send_runs(self, c: _Conn, batch: core.TxBatch, refs: object,
+                   taken: list[tuple[int, int, int]]) -> None:
+        """One sendmsg() of a connection's runs (first frame, frames, bytes) of this batch."""
         st = c.st
-        total = sum(it[2] for it in items)
+        total = sum(t[2] for t in taken)
         try:
-            n = core.send_payloads(c.fd, batch, items)
+            n = core.send_payload_runs(c.fd, batch, refs, [(t[0], t[1]) for t in taken])
         except OSError as e:
             trace(log, "TCP flow %s: host send failed: %s", self._fid(c), e)
             self._reset(c)
@@ -916,6 +944,9 @@ class TcpHandler:
     def _on_close(self, flow: Flow) -> None:
         """Flow table close (idle expiry, close_all): reset both sides if still open."""
         c: _Conn = flow.data  # type: ignore[assignment]
+        if c.fast_key is not None:
+            self._fast.pop(c.fast_key, None)
+            c.fast_key = None
         if c.st.phase != Phase.CLOSED:
             self._reset(c)
 

@@ -30,13 +30,14 @@ datagram that could not be one IP packet is impossible, and the kernel never ret
 from __future__ import annotations
 
 import ipaddress
+import errno
 import logging
 import socket
 import struct
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from passt_py import fwd, icmp
+from passt_py import core, fwd, icmp
 from passt_py.flow import Flow, FlowRefused, FlowSide, FlowTable, FlowTableFull, FlowType, Pif
 from passt_py.ip import IPPROTO_UDP, IpPacket, UdpDatagram, udp_frame, udp_segment
 from passt_py.log import trace
@@ -73,11 +74,13 @@ _RELAY_TYPES6 = {icmp.ICMPV6_DEST_UNREACH, icmp.ICMPV6_PKT_TOOBIG, icmp.ICMPV6_T
 class _UdpState:
     """A UDP flow's socket; ``peer`` is set (and the socket shared) for forwarded flows."""
 
-    __slots__ = ("sock", "peer")
+    __slots__ = ("sock", "peer", "fast_key")
 
     def __init__(self, sock: socket.socket, peer: tuple[object, ...] | None) -> None:
         self.sock = sock
         self.peer = peer
+        #: Its key in UdpHandler._fast (raw addresses and ports), once the fast path knows it.
+        self.fast_key: tuple[bytes, int, bytes, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,8 @@ class UdpHandler:
         self._buf = bytearray(RECV_SIZE)
         self._listeners: list[_Listener] = []
         self.dropped = 0
+        #: Fast path: raw (src16, sport, dst16, dport) of a guest datagram -> its outbound flow.
+        self._fast: dict[tuple[bytes, int, bytes, int], Flow] = {}
 
     # ---- from the guest ----
     def from_guest(self, pkt: IpPacket, dgram: UdpDatagram) -> None:
@@ -150,6 +155,87 @@ class UdpHandler:
             self._from_guest(pkt, dgram)
         except Exception:  # noqa: BLE001 - malformed input must never escape
             log.exception("error handling a UDP datagram from the guest")
+
+    def take_batch(self, recs: "core.PacketRecords", frames: Iterable[int]) -> list[int]:
+        """Send datagrams of known outbound flows straight from guest memory.
+
+        ``frames`` are indices into ``recs`` (a classified TX batch) not taken by anyone yet.
+        A well-formed, unsegmented UDP datagram whose flow exists and owns a connected socket
+        goes out with the others in one C call (sendmmsg, no copy); everything else, and any
+        later datagram of a tuple that had one left, is returned in order for the copying
+        path, which creates flows, answers DHCP and relays errors. Never raises.
+        """
+        if not self._view.udp:
+            return list(frames)
+        rest: list[int] = []
+        items: list[tuple[int, int, int, int]] = []
+        owners: list[tuple[int, Flow]] = []
+        held: set[tuple[bytes, int, bytes, int]] = set()
+        try:
+            for i in frames:
+                r = recs[i]
+                if r.valid != core.PKT_OK or r.proto != IPPROTO_UDP or r.gso_type:
+                    rest.append(i)
+                    continue
+                key = recs.key(i)
+                flow = None if key in held else self._fast_flow(recs, i, key)
+                if flow is None:
+                    held.add(key)
+                    rest.append(i)
+                    continue
+                state: _UdpState = flow.data  # type: ignore[assignment]
+                items.append((state.sock.fileno(), i, r.payload_off, r.payload_len))
+                owners.append((i, flow))
+            codes = core.send_datagrams(recs.batch, items)
+        except Exception:  # noqa: BLE001 - a broken batch is the copying path's business
+            log.exception("UDP fast path failed: batch left to the copying path")
+            return list(frames)
+        touched: set[int] = set()
+        for (i, flow), code, item in zip(owners, codes, items):
+            if code == -errno.ECONNREFUSED:
+                # A pending error from an earlier ICMP message, cleared by this send: retry.
+                code = self._resend(flow, recs.read(i, item[2], item[3]))
+            if code:
+                self.dropped += 1
+                trace(log, "UDP flow %d: send failed: %s", flow.id, errno.errorcode.get(-code))
+            elif flow.id not in touched:
+                touched.add(flow.id)
+                self._activity(flow, Pif.TAP)
+        return rest
+
+    def _fast_flow(self, recs: "core.PacketRecords", i: int,
+                   key: tuple[bytes, int, bytes, int]) -> Flow | None:
+        """The outbound flow of datagram i if the fast path may send it (cached by raw key)."""
+        flow = self._fast.get(key)
+        if flow is not None:
+            if not flow.closed:
+                return flow
+            del self._fast[key]
+        r = recs[i]
+        if not r.sport or not r.dport:
+            return None
+        try:
+            tap = FlowSide(Pif.TAP, recs.src(i), r.sport, recs.dst(i), r.dport)
+        except ValueError:
+            return None
+        flow = self._flows.lookup(FlowType.UDP, tap)
+        if flow is None or flow.closed:
+            return None
+        state: _UdpState = flow.data  # type: ignore[assignment]
+        if state.peer is not None:        # forwarded: sendto() through the listener
+            return None
+        state.fast_key = key
+        self._fast[key] = flow
+        return flow
+
+    def _resend(self, flow: Flow, payload: bytes) -> int:
+        """One more send of a datagram whose first attempt met a stale error: 0 or -errno."""
+        state: _UdpState = flow.data  # type: ignore[assignment]
+        try:
+            state.sock.send(payload)
+        except OSError as e:
+            return -(e.errno or errno.EIO)
+        return 0
 
     def _from_guest(self, pkt: IpPacket, dgram: UdpDatagram) -> None:
         if not self._view.udp or pkt.src.is_multicast or pkt.src.is_unspecified:
@@ -266,7 +352,7 @@ class UdpHandler:
                     self._drain_errors(flow, state.sock)
                     continue
                 frames.append(udp_frame(self._guest.mac, self._view.our_mac, tap.oaddr,
-                                        tap.eaddr, tap.oport, tap.eport, bytes(self._buf[:n])))
+                                        tap.eaddr, tap.oport, tap.eport, memoryview(self._buf)[:n]))
             if frames:
                 self._activity(flow, Pif.HOST)
                 self._to_guest(frames)
@@ -321,6 +407,8 @@ class UdpHandler:
 
     def _on_close(self, flow: Flow) -> None:
         state: _UdpState = flow.data  # type: ignore[assignment]
+        if state.fast_key is not None:
+            self._fast.pop(state.fast_key, None)
         if state.peer is None:          # forwarded flows share their listener's socket
             self._loop.remove(state.sock.fileno())
             state.sock.close()
@@ -402,7 +490,7 @@ class UdpHandler:
                 continue
             tap = flow.side(Pif.TAP)
             frames.append(udp_frame(self._guest.mac, self._view.our_mac, tap.oaddr, tap.eaddr,
-                                    tap.oport, tap.eport, bytes(self._buf[:n])))
+                                    tap.oport, tap.eport, memoryview(self._buf)[:n]))
             self._activity(flow, Pif.HOST)
         if frames:
             self._to_guest(frames)

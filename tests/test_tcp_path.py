@@ -352,6 +352,70 @@ def test_classify_keeps_tx_offload_header(rig):
 
 
 # ---- guest to host -----------------------------------------------------------------------------
+def test_udp_length_field_bounds_the_payload(rig):
+    """UDP payload_len follows the UDP length field; a field past the packet or below 8 is
+    PKT_UDP_LEN (IP padding after a shorter datagram is not data)."""
+    r = rig()
+    good = raw(E() / IP(src="10.0.0.2", dst="10.0.0.1") / UDP(sport=1, dport=2) / (b"d" * 40))
+    def with_len(n: int) -> bytes:
+        b = bytearray(good)
+        struct.pack_into("!H", b, 14 + 20 + 4, n)
+        return bytes(b)
+    recs = classify_frames(r, [good, with_len(8 + 10), with_len(8 + 41), with_len(7)])
+    assert [recs[i].valid for i in range(4)] == [core.PKT_OK, core.PKT_OK, core.PKT_UDP_LEN,
+                                                 core.PKT_UDP_LEN]
+    assert (recs[0].payload_len, recs[1].payload_len) == (40, 10)
+
+
+def _seg(sport: int, seq: int, ack: int, flags: str = "A", n: int = 100) -> bytes:
+    return raw(E() / IP(src="10.0.0.2", dst="10.0.0.1") /
+               TCP(sport=sport, dport=80, seq=seq, ack=ack, flags=flags, window=500) / (b"p" * n))
+
+
+def test_tcp_runs_cut_where_order_or_connection_changes(rig):
+    """Runs: contiguous data of one connection (PSH allowed) with ACKs not going back; a new
+    run at a gap, another connection, an older ACK, or any non-data frame (alone)."""
+    r = rig()
+    frames = [
+        _seg(1, 1000, 5), _seg(1, 1100, 6, "PA"), _seg(1, 1200, 6),     # run A: 3 frames
+        _seg(2, 7000, 9),                                               # run B
+        _seg(1, 1300, 7),                                               # run A again
+        _seg(1, 1500, 7),                                               # gap: new run
+        _seg(1, 1600, 6),                                               # ACK went back
+        _seg(1, 1700, 6, "FA"),                                         # FIN: not data
+        _seg(1, 1800, 6, "A", 0),                                       # pure ACK: not data
+        raw(E() / IP(src="10.0.0.2", dst="10.0.0.1") / UDP(sport=1, dport=2) / b"u"),
+        _seg(1, 0xFFFFFFC0, 8, "A", 0x40), _seg(1, 0, 8),              # across the wrap
+    ]
+    batch = send_tx(r, frames)
+    recs = core.classify(batch)
+    runs, n, refs = core.tcp_runs(recs)
+    got = [(runs[k].first, runs[k].count, runs[k].data, runs[k].seq, runs[k].bytes,
+            runs[k].ack) for k in range(n)]
+    assert got == [(0, 3, 1, 1000, 300, 6), (3, 1, 1, 7000, 100, 9), (4, 1, 1, 1300, 100, 7),
+                   (5, 1, 1, 1500, 100, 7), (6, 1, 1, 1600, 100, 6), (7, 1, 0, 0, 0, 0),
+                   (8, 1, 0, 0, 0, 0), (9, 1, 0, 0, 0, 0),
+                   (10, 2, 1, 0xFFFFFFC0, 0x40 + 100, 8)]
+    assert [(refs[i].frame, refs[i].off, refs[i].len) for i in range(3)] == \
+        [(i, recs[i].payload_off, 100) for i in range(3)]
+
+
+def test_send_payload_runs_gathers_interleaved_runs_in_order(rig, tcp_pair):
+    """Two runs of one connection separated by another's frames go out as one stream."""
+    r = rig()
+    ours, peer = tcp_pair()
+    payloads = [os.urandom(n) for n in (10, 2000, 7, 300, 4000)]
+    frames = [raw(E() / IP() / TCP() / p) for p in payloads]
+    batch = send_tx(r, frames, splits=[None, [HDR, 500], None, None, [HDR, 54, 1000]])
+    recs = core.classify(batch)
+    _runs, _n, refs = core.tcp_runs(recs)
+    sent = core.send_payload_runs(ours.fileno(), batch, refs, [(0, 2), (3, 2)])
+    expect = payloads[0] + payloads[1] + payloads[3] + payloads[4]
+    assert sent == len(expect)
+    assert hashlib.sha256(_recv_all(peer, len(expect))).digest() == \
+        hashlib.sha256(expect).digest()
+
+
 
 def _recv_all(sock: socket.socket, n: int) -> bytes:
     buf = bytearray()
@@ -968,3 +1032,76 @@ def test_stop_publishes_deferred_used_elements(rig, tcp_pair):
     assert r.rx.used_idx == 0
     assert r.rxq.stop() == 1
     assert r.rx.used_idx == 1
+
+
+def test_send_datagrams_one_per_item_with_per_item_errors(rig):
+    """Each item is one datagram from guest memory (slices crossed); a refused one gets its own
+    error code and the others still go; a range outside its frame sends nothing."""
+    r = rig()
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.settimeout(5)
+    good = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    good.connect(sink.getsockname())
+    gone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(("127.0.0.1", 0))
+    gone.connect(closed.getsockname())
+    closed.close()
+    gone.send(b"x")                      # earns a pending ECONNREFUSED
+    import select
+    poller = select.poll()
+    poller.register(gone, select.POLLERR)
+    assert poller.poll(2000), "no ICMP error on loopback"
+    payloads = [os.urandom(n) for n in (1, 3000, 20000)]
+    frames = [raw(E() / IP() / UDP() / p) for p in payloads]
+    batch = send_tx(r, frames, splits=[None, [HDR, 100, 1000], [HDR, 42, 5000]])
+    recs = core.classify(batch)
+    items = [(good.fileno(), 0, recs[0].payload_off, 1),
+             (gone.fileno(), 1, recs[1].payload_off, 3000),
+             (good.fileno(), 1, recs[1].payload_off, 3000),
+             (good.fileno(), 2, recs[2].payload_off, 20000)]
+    codes = core.send_datagrams(batch, items)
+    assert codes == [0, -errno.ECONNREFUSED, 0, 0]
+    assert [sink.recv(70000) for _ in range(3)] == [payloads[0], payloads[1], payloads[2]]
+    with pytest.raises(CoreError):
+        core.send_datagrams(batch, [(good.fileno(), 0, recs[0].payload_off, 2)])
+    for s in (sink, good, gone):
+        s.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(spec=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 3), st.integers(0, 300),
+                               st.sampled_from(["A", "PA", "S", "FA", "R"])),
+                     min_size=1, max_size=24))
+def test_tcp_runs_property_cover_the_batch_and_hold_only_in_order_data(spec):
+    """Any mix of segments: runs cover every frame once, in order; a data run is one
+    connection's contiguous data with ACKs not going back, and its sums are right."""
+    r = Rig(num=64)
+    frames, seq = [], {0: 1000, 1: 5000, 2: 9000}
+    for conn, jump, n, flags in spec:
+        seq[conn] += jump * 50            # jump 0: in order; otherwise a gap
+        frames.append(_seg(conn + 1, seq[conn], 10 + jump, flags, n))
+        seq[conn] += n
+    batch = send_tx(r, frames)
+    recs = core.classify(batch)
+    runs, count, refs = core.tcp_runs(recs)
+    covered = []
+    for k in range(count):
+        run = runs[k]
+        idx = list(range(run.first, run.first + run.count))
+        covered += idx
+        if not run.data:
+            assert run.count == 1
+            p = recs[run.first]
+            assert not (p.payload_len and p.tcp_flags & 0x3F & ~0x08 == 0x10)
+            continue
+        assert run.bytes == sum(recs[i].payload_len for i in idx)
+        assert run.seq == recs[idx[0]].seq and run.ack == recs[idx[-1]].ack
+        for a, b in zip(idx, idx[1:]):
+            assert recs[a].sport == recs[b].sport
+            assert recs[b].seq == (recs[a].seq + recs[a].payload_len) & 0xFFFFFFFF
+            assert (recs[b].ack - recs[a].ack) & 0xFFFFFFFF < 1 << 31
+    assert covered == list(range(len(frames)))
+    assert all(refs[i].frame == i and refs[i].len == recs[i].payload_len
+               for i in range(len(frames)))
