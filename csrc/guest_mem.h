@@ -79,4 +79,9 @@ static inline int pc_mem_log_active(const struct pc_mem *m)
 	return m->log_on && m->log;
 }
 
+/* tcp_path.c: whether bytes [off, off + len) of TX frame @frame are inside that frame (and the
+ * frame's slices inside the batch's @max_iov slices); shared with udp_path.c. */
+int pc_tx_range_ok(const struct pc_tx_frame *frames, unsigned nframes, unsigned max_iov,
+		   uint32_t frame, uint32_t off, uint32_t len);
+
 #endif /* PASST_GUEST_MEM_H */

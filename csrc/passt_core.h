@@ -108,6 +108,9 @@ int pc_vq_release(struct pc_vq *vq, const struct pc_tx_frame *frames, unsigned n
 int pc_vq_push_rx(struct pc_vq *vq, const uint8_t *data, const uint32_t *lens, unsigned nframes,
 		  size_t hdr_len, int mergeable, const uint8_t *vnet_hdr,
 		  struct pc_rx_result *res);
+int pc_vq_push_rx_ptrs(struct pc_vq *vq, const uint8_t *const *frames, const uint32_t *lens,
+		       unsigned nframes, size_t hdr_len, int mergeable, const uint8_t *vnet_hdr,
+		       struct pc_rx_result *res);
 
 /* ---- tcp_path.c: the established-TCP data path ---- */
 /* SECTION tcp_path: owned by the TCP data-path work */

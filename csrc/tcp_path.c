@@ -440,6 +440,28 @@ static ssize_t send_iov(int fd, struct iovec *iov, size_t n)
 }
 
 /**
+ * pc_tx_range_ok() - check a payload range against its TX frame
+ * @frames:	the batch's frames
+ * @nframes:	number of frames
+ * @max_iov:	slices in the batch
+ * @frame:	frame index
+ * @off:	offset in the frame
+ * @len:	length
+ * Return: 1 if the frame exists, the range is inside it and its slices inside the batch
+ */
+int pc_tx_range_ok(const struct pc_tx_frame *frames, unsigned nframes, unsigned max_iov,
+		   uint32_t frame, uint32_t off, uint32_t len)
+{
+	const struct pc_tx_frame *f;
+
+	if (frame >= nframes)
+		return 0;
+	f = &frames[frame];
+	return (uint64_t)off + len <= f->len && f->first <= max_iov &&
+	       f->nslices <= max_iov - f->first;
+}
+
+/**
  * pc_send_payloads() - send payload ranges of TX frames to one socket, from guest memory
  * @fd:		connected stream socket (the flow's host side)
  * @frames:	the batch's frames
@@ -467,13 +489,8 @@ int64_t pc_send_payloads(int fd, const struct pc_tx_frame *frames, unsigned nfra
 	unsigned i;
 
 	for (i = 0; i < nitems; i++) {
-		const struct pc_tx_frame *f;
-
-		if (items[i].frame >= nframes)
-			return -EINVAL;
-		f = &frames[items[i].frame];
-		if ((uint64_t)items[i].off + items[i].len > f->len || f->first > max_iov ||
-		    f->nslices > max_iov - f->first)
+		if (!pc_tx_range_ok(frames, nframes, max_iov, items[i].frame, items[i].off,
+				    items[i].len))
 			return -EINVAL;
 	}
 	for (i = 0; i < nitems; i++) {

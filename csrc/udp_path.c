@@ -7,14 +7,13 @@
  * space. A datagram the kernel refuses gets its own error code and does not hold up the
  * others: UDP has no stream order to keep across datagrams.
  */
-#define _GNU_SOURCE
 #include <errno.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
-#include "passt_core.h"
+#include "guest_mem.h"
 
 /* Messages and iovec entries per sendmmsg() call. */
 enum { UDP_MSGS = 64, UDP_IOV = 512 };
@@ -100,13 +99,8 @@ int pc_send_datagrams(const struct pc_tx_frame *frames, unsigned nframes,
 	int fd = -1;
 
 	for (i = 0; i < nitems; i++) {
-		const struct pc_tx_frame *f;
-
-		if (items[i].frame >= nframes)
-			return -EINVAL;
-		f = &frames[items[i].frame];
-		if ((uint64_t)items[i].off + items[i].len > f->len || f->first > max_iov ||
-		    f->nslices > max_iov - f->first)
+		if (!pc_tx_range_ok(frames, nframes, max_iov, items[i].frame, items[i].off,
+				    items[i].len))
 			return -EINVAL;
 	}
 	for (i = 0; i < nitems; i++) {

@@ -747,6 +747,10 @@ static size_t src_copy(struct src *s, uint8_t *dst, size_t room)
 	return done;
 }
 
+static int push_rx(struct pc_vq *vq, const uint8_t *data, const uint8_t *const *ptrs,
+		   const uint32_t *lens, unsigned nframes, size_t hdr_len, int mergeable,
+		   const uint8_t *vnet_hdr, struct pc_rx_result *res);
+
 /**
  * pc_vq_push_rx() - place a batch of frames into an RX ring, whole frames only
  * @vq:		ring
@@ -773,6 +777,47 @@ static size_t src_copy(struct src *s, uint8_t *dst, size_t room)
 int pc_vq_push_rx(struct pc_vq *vq, const uint8_t *data, const uint32_t *lens, unsigned nframes,
 		  size_t hdr_len, int mergeable, const uint8_t *vnet_hdr,
 		  struct pc_rx_result *res)
+{
+	return push_rx(vq, data, NULL, lens, nframes, hdr_len, mergeable, vnet_hdr, res);
+}
+
+/**
+ * pc_vq_push_rx_ptrs() - pc_vq_push_rx() for frames that are not back to back
+ * @vq:		ring
+ * @frames:	pointer to each frame's bytes
+ * @lens:	length of each frame
+ * @nframes:	number of frames
+ * @hdr_len:	as for pc_vq_push_rx()
+ * @mergeable:	as for pc_vq_push_rx()
+ * @vnet_hdr:	as for pc_vq_push_rx()
+ * @res:	as for pc_vq_push_rx()
+ *
+ * Large frames built separately reach the guest without first being joined into one buffer.
+ * Return: as for pc_vq_push_rx()
+ */
+int pc_vq_push_rx_ptrs(struct pc_vq *vq, const uint8_t *const *frames, const uint32_t *lens,
+		       unsigned nframes, size_t hdr_len, int mergeable, const uint8_t *vnet_hdr,
+		       struct pc_rx_result *res)
+{
+	return push_rx(vq, NULL, frames, lens, nframes, hdr_len, mergeable, vnet_hdr, res);
+}
+
+/**
+ * push_rx() - the body of pc_vq_push_rx() and pc_vq_push_rx_ptrs()
+ * @vq:		ring
+ * @data:	frames back to back, or NULL if @ptrs is given
+ * @ptrs:	pointer to each frame, or NULL
+ * @lens:	length of each frame
+ * @nframes:	number of frames
+ * @hdr_len:	virtio-net header length
+ * @mergeable:	VIRTIO_NET_F_MRG_RXBUF
+ * @vnet_hdr:	header bytes, or NULL
+ * @res:	counts
+ * Return: as for pc_vq_push_rx()
+ */
+static int push_rx(struct pc_vq *vq, const uint8_t *data, const uint8_t *const *ptrs,
+		   const uint32_t *lens, unsigned nframes, size_t hdr_len, int mergeable,
+		   const uint8_t *vnet_hdr, struct pc_rx_result *res)
 {
 	uint8_t hdr[PC_VQ_MAX_HDR];
 	uint16_t start = vq->last_avail, avail_idx;
@@ -858,7 +903,7 @@ int pc_vq_push_rx(struct pc_vq *vq, const uint8_t *data, const uint32_t *lens, u
 		}
 		s.hdr = hdr;
 		s.hdr_len = hdr_len;
-		s.data = data + off;
+		s.data = ptrs ? ptrs[f] : data + off;
 		s.len = lens[f];
 		s.pos = 0;
 		for (c = 0; c < nch; c++) {

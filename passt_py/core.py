@@ -357,6 +357,11 @@ class RxResult:
                 f"notified={self.notified})")
 
 
+#: Up to this many bytes, push_rx() joins a batch's frames (one buffer, one pointer);
+#: above it the frames are passed by pointer.
+PUSH_RX_JOIN_MAX = 64 << 10
+
+
 class Virtqueue:
     """One split virtqueue in guest memory, device side; batch calls, one C call each.
 
@@ -504,14 +509,20 @@ class Virtqueue:
         if not frames:
             self.last_rx = RxResult()
             return 0
-        data = b"".join(frames)
         lens = array.array("I", map(len, frames))
         res = self._rx_res
-        n = check(lib.pc_vq_push_rx(self._vq, ffi.from_buffer(data),
+        hdr = ffi.from_buffer(vnet_hdr) if vnet_hdr else ffi.NULL
+        if len(frames) == 1 or sum(lens) >= PUSH_RX_JOIN_MAX:
+            # Big frames go by pointer: joining them first would copy megabytes once more.
+            bufs = [ffi.from_buffer(f) for f in frames]
+            ret = lib.pc_vq_push_rx_ptrs(self._vq, ffi.new("uint8_t *[]", bufs),
+                                         ffi.from_buffer("uint32_t[]", lens), len(lens),
+                                         hdr_len, 1 if mergeable else 0, hdr, res)
+        else:
+            ret = lib.pc_vq_push_rx(self._vq, ffi.from_buffer(b"".join(frames)),
                                     ffi.from_buffer("uint32_t[]", lens), len(lens), hdr_len,
-                                    1 if mergeable else 0,
-                                    ffi.from_buffer(vnet_hdr) if vnet_hdr else ffi.NULL, res),
-                  "push_rx")
+                                    1 if mergeable else 0, hdr, res)
+        n = check(ret, "push_rx")
         self.last_rx = RxResult(res.placed, res.dropped, res.bad, bool(res.notified))
         self.rx_bad_total += res.bad
         return n

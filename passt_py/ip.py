@@ -148,29 +148,43 @@ def ip_frame(dst_mac: bytes, src_mac: bytes, src: IPAddr, dst: IPAddr, proto: in
             + ipv6_header(src, dst, proto, len(l4), ttl) + l4)       # type: ignore[arg-type]
 
 
-def udp_frame(dst_mac: bytes, src_mac: bytes, src: IPAddr, dst: IPAddr, sport: int,
-              dport: int, payload: bytes | bytearray | memoryview, ttl: int = 255) -> bytearray:
-    """An Ethernet frame carrying one UDP datagram with valid checksums.
+#: Room before a UDP payload for the largest headers udp_frame_into() writes (IPv6).
+UDP_FRAME_ROOM = ETH_HLEN + IPV6_HLEN + UDP_HLEN
 
-    Built in one buffer: the payload is copied once (datagrams reach 64 KiB, and every extra
-    copy of them showed in profiles), headers are packed in place in front of it.
+
+def udp_frame(dst_mac: bytes, src_mac: bytes, src: IPAddr, dst: IPAddr, sport: int,
+              dport: int, payload: bytes | bytearray | memoryview,
+              ttl: int = 255) -> bytes:
+    """An Ethernet frame carrying one UDP datagram with valid checksums."""
+    buf = bytearray(UDP_FRAME_ROOM + len(payload))
+    buf[UDP_FRAME_ROOM:] = payload
+    return bytes(udp_frame_into(buf, len(payload), dst_mac, src_mac, src, dst, sport, dport,
+                                ttl))
+
+
+def udp_frame_into(buf: bytearray, n: int, dst_mac: bytes, src_mac: bytes, src: IPAddr,
+                   dst: IPAddr, sport: int, dport: int, ttl: int = 255) -> memoryview:
+    """Complete a UDP frame around the ``n`` payload bytes at ``buf[UDP_FRAME_ROOM:]``.
+
+    Headers are written just before the payload, so a datagram received straight into
+    ``buf`` becomes a frame without being copied (they reach 64 KiB, and copies of them
+    showed in profiles). Returns the view of ``buf`` that is the frame.
     """
-    n = len(payload)
     ip_hlen = IPV4_HLEN if src.version == 4 else IPV6_HLEN
-    l4 = ETH_HLEN + ip_hlen
-    frame = bytearray(l4 + UDP_HLEN + n)
-    frame[l4 + UDP_HLEN:] = payload
+    start = UDP_FRAME_ROOM - UDP_HLEN - ip_hlen - ETH_HLEN
+    l3 = start + ETH_HLEN
+    l4 = l3 + ip_hlen
+    end = UDP_FRAME_ROOM + n
     if src.version == 4:
-        _HDR_ETH.pack_into(frame, 0, dst_mac, src_mac, ETH_P_IP)
-        _IPV4.pack_into(frame, ETH_HLEN, 0x45, 0, IPV4_HLEN + UDP_HLEN + n, 0, 0x4000, ttl,
+        _HDR_ETH.pack_into(buf, start, dst_mac, src_mac, ETH_P_IP)
+        _IPV4.pack_into(buf, l3, 0x45, 0, IPV4_HLEN + UDP_HLEN + n, 0, 0x4000, ttl,
                         IPPROTO_UDP, 0, src.packed, dst.packed)
-        struct.pack_into("!H", frame, ETH_HLEN + 10,
-                         core.csum_ipv4_header(memoryview(frame)[ETH_HLEN:l4]))
+        struct.pack_into("!H", buf, l3 + 10, core.csum_ipv4_header(memoryview(buf)[l3:l4]))
     else:
-        _HDR_ETH.pack_into(frame, 0, dst_mac, src_mac, ETH_P_IPV6)
-        _IPV6.pack_into(frame, ETH_HLEN, 6 << 28, UDP_HLEN + n, IPPROTO_UDP, ttl, src.packed,
+        _HDR_ETH.pack_into(buf, start, dst_mac, src_mac, ETH_P_IPV6)
+        _IPV6.pack_into(buf, l3, 6 << 28, UDP_HLEN + n, IPPROTO_UDP, ttl, src.packed,
                         dst.packed)
-    _UDP.pack_into(frame, l4, sport, dport, UDP_HLEN + n, 0)
-    csum = l4_checksum(src, dst, IPPROTO_UDP, memoryview(frame)[l4:]) or 0xFFFF
-    struct.pack_into("!H", frame, l4 + 6, csum)
-    return frame
+    _UDP.pack_into(buf, l4, sport, dport, UDP_HLEN + n, 0)
+    csum = l4_checksum(src, dst, IPPROTO_UDP, memoryview(buf)[l4:end]) or 0xFFFF
+    struct.pack_into("!H", buf, l4 + 6, csum)
+    return memoryview(buf)[start:end]

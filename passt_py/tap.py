@@ -83,7 +83,8 @@ class GuestLink:
 
     # ---- towards the guest ----
     def to_guest(self, frames: list[bytes]) -> None:
-        """Queue frames for the guest; they are pushed once at the end of this batch."""
+        """Queue frames (bytes-like) for the guest; they are pushed once at the end of this
+        batch."""
         if not frames:
             return
         if not self._out:

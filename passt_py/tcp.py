@@ -67,13 +67,13 @@ from typing import Callable, Iterable
 
 from passt_py import core, fwd
 from passt_py.flow import Flow, FlowRefused, FlowSide, FlowTable, FlowType, Pif
-from passt_py.ip import IPPROTO_TCP, IpPacket
+from passt_py.ip import IpPacket
 from passt_py.log import trace
 from passt_py.loop import ERR, HUP, IN, OUT, EventLoop, Timer
 from passt_py.netview import GuestState, NetView
 from passt_py.portspec import Forward, PortForwards
 from passt_py.tcp_copy import STOP_EOF, STOP_NOBUFS, STOP_WINDOW, CopyingDataPath, TcpDataPath
-from passt_py.tcp_seg import (ACK, FIN, MSS_DEFAULT4, MSS_DEFAULT6, PSH, RST, SYN, FrameTemplate,
+from passt_py.tcp_seg import (ACK, FIN, MSS_DEFAULT4, MSS_DEFAULT6, RST, SYN, FrameTemplate,
                               TcpSegment, parse_tcp, rst_reply, seq_add, seq_diff, syn_options)
 
 log = logging.getLogger(__name__)

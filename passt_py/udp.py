@@ -39,7 +39,8 @@ from typing import Callable, Iterable
 
 from passt_py import core, fwd, icmp
 from passt_py.flow import Flow, FlowRefused, FlowSide, FlowTable, FlowTableFull, FlowType, Pif
-from passt_py.ip import IPPROTO_UDP, IpPacket, UdpDatagram, udp_frame, udp_segment
+from passt_py.ip import (IPPROTO_UDP, UDP_FRAME_ROOM, IpPacket, UdpDatagram, udp_frame,
+                         udp_frame_into, udp_segment)
 from passt_py.log import trace
 from passt_py.loop import ERR, HUP, IN, EventLoop
 from passt_py.netview import GuestState, NetView
@@ -54,6 +55,9 @@ UDP_TIMEOUT_BIDIR = 120.0
 RECV_BATCH = 64          # datagrams read per readiness event (bounded work per event)
 ERRQUEUE_BATCH = 16      # error-queue entries drained per event
 RECV_SIZE = 65536
+#: Datagrams from this size on become frames in the buffer they were received into (which
+#: is then replaced); smaller ones are copied out into a frame of their own size.
+RX_IN_PLACE_MIN = 16 << 10
 MAX_PAYLOAD4 = 65507
 MAX_PAYLOAD6 = 65527
 
@@ -80,7 +84,7 @@ class _UdpState:
         self.sock = sock
         self.peer = peer
         #: Its key in UdpHandler._fast (raw addresses and ports), once the fast path knows it.
-        self.fast_key: tuple[bytes, int, bytes, int] | None = None
+        self.fast_key: tuple[object, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -142,11 +146,12 @@ class UdpHandler:
         self._to_guest = to_guest
         self._timeout = timeout
         self._timeout_bidir = timeout_bidir
-        self._buf = bytearray(RECV_SIZE)
+        self._rx = bytearray(UDP_FRAME_ROOM + RECV_SIZE)   # headroom, then the datagram
         self._listeners: list[_Listener] = []
         self.dropped = 0
-        #: Fast path: raw (src16, sport, dst16, dport) of a guest datagram -> its outbound flow.
-        self._fast: dict[tuple[bytes, int, bytes, int], Flow] = {}
+        #: Fast paths: raw (src16, sport, dst16, dport) of a guest datagram -> its outbound
+        #: flow; (listener fd, peer sockaddr) of a host datagram -> its forwarded flow.
+        self._fast: dict[tuple[object, ...], Flow] = {}
 
     # ---- from the guest ----
     def from_guest(self, pkt: IpPacket, dgram: UdpDatagram) -> None:
@@ -343,7 +348,7 @@ class UdpHandler:
             tap = flow.side(Pif.TAP)
             for _ in range(RECV_BATCH):
                 try:
-                    n = state.sock.recv_into(self._buf)
+                    n = state.sock.recv_into(memoryview(self._rx)[UDP_FRAME_ROOM:])
                 except BlockingIOError:
                     break
                 except OSError as e:
@@ -351,11 +356,19 @@ class UdpHandler:
                     trace(log, "UDP flow %d: receive error %s", flow.id, e)
                     self._drain_errors(flow, state.sock)
                     continue
-                frames.append(udp_frame(self._guest.mac, self._view.our_mac, tap.oaddr,
-                                        tap.eaddr, tap.oport, tap.eport, memoryview(self._buf)[:n]))
+                frames.append(self._rx_frame(n, tap))
             if frames:
                 self._activity(flow, Pif.HOST)
                 self._to_guest(frames)
+
+    def _rx_frame(self, n: int, tap: FlowSide) -> bytes | memoryview:
+        """The frame for the ``n``-byte datagram just received into the receive buffer."""
+        if n >= RX_IN_PLACE_MIN:
+            buf, self._rx = self._rx, bytearray(UDP_FRAME_ROOM + RECV_SIZE)
+            return udp_frame_into(buf, n, self._guest.mac, self._view.our_mac, tap.oaddr,
+                                  tap.eaddr, tap.oport, tap.eport)
+        return udp_frame(self._guest.mac, self._view.our_mac, tap.oaddr, tap.eaddr, tap.oport,
+                         tap.eport, memoryview(self._rx)[UDP_FRAME_ROOM:UDP_FRAME_ROOM + n])
 
     def _drain_errors(self, flow: Flow, sock: socket.socket) -> None:
         """Read the socket's error queue and relay ICMP errors to the guest."""
@@ -478,7 +491,7 @@ class UdpHandler:
         frames = []
         for _ in range(RECV_BATCH):
             try:
-                n, peer = lst.sock.recvfrom_into(self._buf)
+                n, peer = lst.sock.recvfrom_into(memoryview(self._rx)[UDP_FRAME_ROOM:])
             except BlockingIOError:
                 break
             except OSError as e:
@@ -489,14 +502,26 @@ class UdpHandler:
                 self.dropped += 1
                 continue
             tap = flow.side(Pif.TAP)
-            frames.append(udp_frame(self._guest.mac, self._view.our_mac, tap.oaddr, tap.eaddr,
-                                    tap.oport, tap.eport, memoryview(self._buf)[:n]))
+            frames.append(self._rx_frame(n, tap))
             self._activity(flow, Pif.HOST)
         if frames:
             self._to_guest(frames)
 
     def _forward_flow(self, lst: _Listener, peer: tuple[object, ...]) -> Flow | None:
         """The flow for datagrams from ``peer`` to ``lst``, created if new (None: drop)."""
+        key = (lst.sock.fileno(), peer)          # cached: no address parsing per datagram
+        flow = self._fast.get(key)               # type: ignore[call-overload]
+        if flow is not None and not flow.closed:
+            return flow
+        flow = self._forward_flow_slow(lst, peer)
+        if flow is not None:
+            state: _UdpState = flow.data  # type: ignore[assignment]
+            if state.fast_key is None:
+                state.fast_key = key             # type: ignore[assignment]
+                self._fast[key] = flow           # type: ignore[index]
+        return flow
+
+    def _forward_flow_slow(self, lst: _Listener, peer: tuple[object, ...]) -> Flow | None:
         try:
             peer_addr = ipaddress.ip_address(str(peer[0]).partition("%")[0])
             peer_port = int(peer[1])  # type: ignore[call-overload]

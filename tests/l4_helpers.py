@@ -46,7 +46,8 @@ class Sink:
         self.frames: list[bytes] = []
 
     def __call__(self, frames: list[bytes]) -> None:
-        self.frames.extend(frames)
+        # Frames are bytes-like (big UDP frames are views of their receive buffer).
+        self.frames.extend(bytes(f) for f in frames)
 
 
 def pump(loop: EventLoop, cond: Callable[[], bool], timeout: float = 3.0) -> bool:

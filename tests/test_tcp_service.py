@@ -15,38 +15,20 @@ import time
 
 import pytest
 
-from passt_py.conf import config_from_argv
 from passt_py.ethernet import parse_header
 from passt_py.ip import parse_ip
-from passt_py.service import Service
 from passt_py.tcp_seg import (ACK, FIN, RST, SYN, FrameTemplate, parse_tcp, seq_add, seq_diff,
                               syn_options)
 from tests.frontend import Frontend
+from tests.service_rig import GUEST, GUEST_MAC, GW, OUR_MAC, service_with_frontend
 
-import ipaddress
 
-GUEST = ipaddress.IPv4Address("10.9.8.7")
-GW = ipaddress.IPv4Address("10.9.8.1")
-GUEST_MAC = bytes.fromhex("525400abcdef")
-OUR_MAC = bytes.fromhex("9a559a559a55")
 
 
 @pytest.fixture()
 def backend(tmp_path):
-    path = str(tmp_path / "vu.sock")
-    config = config_from_argv(["--vhost-user", "-s", path, "-a", "10.9.8.7/24", "-g", "10.9.8.1",
-                               "-4", "-i", "lo", "--no-dhcp", "--no-ndp", "--no-dhcpv6",
-                               "--no-ra"])
-    service = Service(config)
-    thread = threading.Thread(target=service.loop.run, daemon=True)
-    thread.start()
-    fe = Frontend(path).connect_all()
-    fe.provide_rx(200, 4096)
-    yield service, fe
-    fe.close()
-    service.loop.stop(0)
-    thread.join(5)
-    service.close()
+    with service_with_frontend(tmp_path, 200) as rig:
+        yield rig
 
 
 class Guest:

@@ -8,42 +8,23 @@ and frames the fast path must not take (bad length field, new flows) are still h
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import os
 import socket
 import struct
-import threading
 import time
 
 import pytest
 
-from passt_py.conf import config_from_argv
 from passt_py.ip import udp_frame
-from passt_py.service import Service
 from tests.frontend import Frontend
+from tests.service_rig import GUEST, GUEST_MAC, GW, OUR_MAC, service_with_frontend
 
-GUEST = ipaddress.IPv4Address("10.9.8.7")
-GW = ipaddress.IPv4Address("10.9.8.1")
-GUEST_MAC = bytes.fromhex("525400abcdef")
-OUR_MAC = bytes.fromhex("9a559a559a55")
 
 
 @pytest.fixture()
 def backend(tmp_path):
-    path = str(tmp_path / "vu.sock")
-    config = config_from_argv(["--vhost-user", "-s", path, "-a", "10.9.8.7/24", "-g", "10.9.8.1",
-                               "-4", "-i", "lo", "--no-dhcp", "--no-ndp", "--no-dhcpv6",
-                               "--no-ra"])
-    service = Service(config)
-    thread = threading.Thread(target=service.loop.run, daemon=True)
-    thread.start()
-    fe = Frontend(path, mem_size=64 << 20).connect_all()
-    fe.provide_rx(64, 4096)
-    yield service, fe
-    fe.close()
-    service.loop.stop(0)
-    thread.join(5)
-    service.close()
+    with service_with_frontend(tmp_path, 64, mem_size=64 << 20) as rig:
+        yield rig
 
 
 def _sink() -> socket.socket:

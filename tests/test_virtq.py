@@ -795,10 +795,21 @@ def test_tx_agrees_with_reference(spec, max_frames, max_iov, hdr_len):
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=hostile_rings(write_bias=True),
        frames=st.lists(st.binary(min_size=0, max_size=300), min_size=1, max_size=6),
-       mergeable=st.booleans(), hdr_len=st.sampled_from([0, 10, 12]))
-def test_rx_agrees_with_reference(spec, frames, mergeable, hdr_len):
+       mergeable=st.booleans(), hdr_len=st.sampled_from([0, 10, 12]),
+       by_pointer=st.booleans())
+def test_rx_agrees_with_reference(spec, frames, mergeable, hdr_len, by_pointer):
     """On random hostile rings C and the reference place, drop and reject alike, and leave
-    byte-identical guest memory and the same dirty pages."""
+    byte-identical guest memory and the same dirty pages: frames joined into one buffer or
+    passed by pointer (pc_vq_push_rx_ptrs) alike."""
+    join_max = core.PUSH_RX_JOIN_MAX
+    core.PUSH_RX_JOIN_MAX = 0 if by_pointer else 1 << 30
+    try:
+        _rx_agrees_with_reference(spec, frames, mergeable, hdr_len)
+    finally:
+        core.PUSH_RX_JOIN_MAX = join_max
+
+
+def _rx_agrees_with_reference(spec, frames, mergeable, hdr_len) -> None:
     ram, ring = _build(spec)
     logfd = os.memfd_create("log")
     os.ftruncate(logfd, PAGE)

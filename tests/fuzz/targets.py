@@ -399,7 +399,7 @@ class FrameRig:
         self.loop.add(lsock.fileno(), IN, on_accept)
 
     def _deliver(self, frames: list[bytes]) -> int:
-        self.out.extend(frames)
+        self.out.extend(bytes(f) for f in frames)    # bytes-like: keep copies
         return len(frames)
 
     def feed(self, frames: list[bytes], spins: int = 2) -> list[bytes]:
