@@ -67,7 +67,7 @@ from typing import Callable, Iterable
 
 from passt_py import core, fwd
 from passt_py.flow import Flow, FlowRefused, FlowSide, FlowTable, FlowType, Pif
-from passt_py.ip import IpPacket
+from passt_py.ip import IPPROTO_TCP, IpPacket
 from passt_py.log import trace
 from passt_py.loop import ERR, HUP, IN, OUT, EventLoop, Timer
 from passt_py.netview import GuestState, NetView
@@ -77,6 +77,8 @@ from passt_py.tcp_seg import (ACK, FIN, MSS_DEFAULT4, MSS_DEFAULT6, RST, SYN, Fr
                               TcpSegment, parse_tcp, rst_reply, seq_add, seq_diff, syn_options)
 
 log = logging.getLogger(__name__)
+
+_NO_PAYLOAD = memoryview(b"")
 
 IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -690,7 +692,8 @@ class TcpHandler:
             run = runs[k]
             first, count = run.first, run.count
             if not run.data:
-                rest.append(first)
+                if not self._take_pure_ack(recs, first, groups, held):
+                    rest.append(first)
                 continue
             flow = self._fast_flow(recs, first)
             c = flow.data if flow is not None else None
@@ -713,6 +716,36 @@ class TcpHandler:
         for c, taken in groups.values():
             self._send_runs(c, batch, refs, taken)
         return rest
+
+    def _take_pure_ack(self, recs: core.PacketRecords, i: int, groups: dict, held: set) -> bool:
+        """Handle frame i here if it is a bare ACK of an established connection.
+
+        The guest's ACKs for host data come one per RX batch or so; each would otherwise be
+        copied out of the ring and parsed again. It gets exactly the copying path's handling
+        (touch, then the established state's ACK processing, duplicate ACKs included) from
+        the classified record. Not taken (returns False, and the connection's later frames
+        wait too) when anything of the connection was left or taken earlier in this batch,
+        so its segments keep their order.
+        """
+        r = recs[i]
+        if r.valid != core.PKT_OK or r.proto != IPPROTO_TCP or r.payload_len \
+                or r.tcp_flags & 0x3F != ACK:
+            return False
+        flow = self._fast_flow(recs, i)
+        if flow is None:
+            return False
+        c: _Conn = flow.data  # type: ignore[assignment]
+        if flow.id in held or flow.id in groups or c.st.phase != Phase.ESTABLISHED:
+            held.add(flow.id)
+            return False
+        seg = TcpSegment(r.sport, r.dport, r.seq, r.ack, r.tcp_flags, r.window, None, None,
+                         False, False, _NO_PAYLOAD)
+        self._flows.touch(flow)
+        try:
+            self._established(c, seg)
+        except Exception:  # noqa: BLE001 - as in the demux: one bad frame, not the batch
+            log.exception("error handling a TCP ACK from the guest")
+        return True
 
     def _fast_flow(self, recs: core.PacketRecords, i: int) -> Flow | None:
         """The flow of segment i, found by its raw tuple (no address objects per segment)."""

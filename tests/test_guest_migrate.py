@@ -180,6 +180,18 @@ def _sockets(netns: str) -> str:
     return res.stdout[-6000:]
 
 
+def _migration_lines(guests: list[Guest]) -> str:
+    """What every hop's back-end said about migration and TCP flows (failure messages)."""
+    keys = ("migration", "TCP flow", "ERROR", "WARNING", "repair")
+    out = []
+    for g in guests:
+        if g.backend is None:
+            continue
+        lines = [ln for ln in g.backend.output().splitlines() if any(k in ln for k in keys)]
+        out.append(f"--- {g.backend.log.name} ---\n" + "\n".join(lines[-40:]))
+    return "\n".join(out)
+
+
 def _tcp_streams_across(guest_boot, netns: str, factory_src: BackendFactory,
                         factory_dst: BackendFactory, hops: int = 1,
                         on_backend=None) -> list[dict]:
@@ -210,17 +222,19 @@ def _tcp_streams_across(guest_boot, netns: str, factory_src: BackendFactory,
     time.sleep(1.0)
     infos = []
     guest = source
+    guests = [source]
     for hop in range(1, hops + 1):
         assert reader.size < size_g2h and writer.sent < size_h2g, "streams ended too early"
         guest, info = _move(guest_boot, netns, guest, f"hop{hop}",
                             factory_dst if hop % 2 else factory_src, on_backend)
+        guests.append(guest)
         infos.append(info)
         time.sleep(0.5)
     ok = writer.done.wait(120) and writer.error is None
     ok = ok and reader.done.wait(120) and reader.error is None
     assert ok, (f"writer {writer.sent}/{size_h2g} ({writer.error}), reader "
                 f"{reader.size}/{size_g2h} ({reader.error})\n{_sockets(netns)}\n"
-                f"{guest.diagnostics()}")
+                f"{_migration_lines(guests)}\n{guest.diagnostics()}")
     assert reader.size == size_g2h and reader.digest.hexdigest() == want_g2h
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
