@@ -258,3 +258,20 @@ def test_no_file_wider_than_needed_even_with_umask_zero(tmp_path):
         assert modes == {"-p": 0o600, "-l": 0o600, "-P": 0o644}
     finally:
         assert stop(proc) == 0
+
+
+@pytest.mark.skipif(not unshare_ok(), reason="user namespaces unavailable (unshare -rn)")
+def test_tcp_connections_move_rootless_directly_and_through_the_helper():
+    """Migration's TCP part works without real privileges: inside unshare -rn (root only in
+    its own user namespace, which owns the private network namespace) connections with data
+    queued both ways are saved and rebuilt with TCP_REPAIR, directly and through the
+    passt-repair helper protocol, and socket filters (the freeze) are allowed."""
+    tests = ("test_queued_data_both_ways_survives_a_move or test_move_through_the_helper_protocol"
+             " or test_frozen_socket_acks_nothing_and_thaws")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run(["unshare", "-rn", "sh", "-c",
+                          'ip link set lo up && exec "$0" -m pytest -q -p no:cacheprovider '
+                          'tests/test_tcp_repair.py -k "$1"', sys.executable, tests],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "4 passed" in out.stdout, out.stdout[-2000:]
