@@ -699,8 +699,13 @@ def send_payloads(fd: int, batch: TxBatch, items: Sequence[tuple[int, int, int]]
     refs = ffi.new("struct pc_payload_ref[]", len(items))
     for k, (frame, off, length) in enumerate(items):
         refs[k].frame, refs[k].off, refs[k].len = frame, off, length
+    return _send_refs(fd, batch, refs, len(items))
+
+
+def _send_refs(fd: int, batch: TxBatch, refs: object, count: int) -> int:
+    """pc_send_payloads() of ``count`` refs: bytes taken (0 on EAGAIN), CoreError otherwise."""
     ret = lib.pc_send_payloads(fd, batch.frames, batch.count, batch.iov, batch.max_iov, refs,
-                               len(items))
+                               count)
     if ret == -errno.EAGAIN:
         return 0
     return check(ret, "send_payloads")
@@ -763,11 +768,7 @@ def send_payload_runs(fd: int, batch: TxBatch, refs: object,
         for first, n in runs:
             ffi.memmove(ptr + at, refs + first, n * size)   # type: ignore[operator]
             at += n
-    ret = lib.pc_send_payloads(fd, batch.frames, batch.count, batch.iov, batch.max_iov, ptr,
-                               count)
-    if ret == -errno.EAGAIN:
-        return 0
-    return check(ret, "send_payloads")
+    return _send_refs(fd, batch, ptr, count)
 
 
 class TcpTemplate:

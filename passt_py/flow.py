@@ -87,7 +87,8 @@ TGT = 1   # index of the target side
 class Flow:
     """One entry of the table; ``data`` belongs to the protocol that created it."""
 
-    __slots__ = ("id", "type", "sides", "timeout", "deadline", "on_close", "data", "closed")
+    __slots__ = ("id", "type", "sides", "timeout", "deadline", "on_close", "data", "closed",
+                 "aliases")
 
     def __init__(self, fid: int, ftype: FlowType, ini: FlowSide, tgt: FlowSide,
                  timeout: float, deadline: float,
@@ -100,6 +101,7 @@ class Flow:
         self.on_close = on_close
         self.data = data
         self.closed = False
+        self.aliases: list[tuple[FlowType, tuple]] = []   # see FlowTable.add_alias
 
     def side(self, pif: Pif) -> FlowSide:
         """The side on ``pif`` (the initiating one if both are on the same interface)."""
@@ -126,6 +128,7 @@ class FlowTable:
         self._clock = clock
         self._flows: dict[int, Flow] = {}
         self._index: dict[tuple[FlowType, FlowSide], Flow] = {}
+        self._aliases: dict[tuple[FlowType, tuple], Flow] = {}
         self._free: list[int] = []           # heap of released ids below _next_id
         self._next_id = 0
         self._expiry: list[tuple[float, int, Flow]] = []
@@ -155,7 +158,42 @@ class FlowTable:
         """The flow of type ``ftype`` having ``side`` as one of its sides."""
         return self._index.get((ftype, side))
 
+    def lookup_alias(self, ftype: FlowType, key: tuple) -> Flow | None:
+        """The flow indexed under ``key`` by :meth:`add_alias`."""
+        return self._aliases.get((ftype, key))
+
+    def lookup_packet(self, ftype: FlowType, recs, i: int) -> Flow | None:
+        """The flow of guest packet ``i`` of a classified TX batch (core.PacketRecords).
+
+        Data paths look a flow up per packet: after the first packet, the packet's raw tuple
+        (recs.key: address bytes and ports) finds the flow in one dict lookup, without the
+        address objects a FlowSide needs.
+        """
+        key = recs.key(i)
+        flow = self._aliases.get((ftype, key))
+        if flow is not None:
+            return flow
+        r = recs[i]
+        try:
+            side = FlowSide(Pif.TAP, recs.src(i), r.sport, recs.dst(i), r.dport)
+        except ValueError:
+            return None
+        flow = self._index.get((ftype, side))
+        if flow is not None:
+            self.add_alias(flow, key)
+        return flow
+
     # ---- changes ----
+    def add_alias(self, flow: Flow, key: tuple) -> None:
+        """Index ``flow`` also under ``key``, a cheap stand-in for one of its sides that the
+        caller meets per packet (raw packet bytes, a socket and its peer's address); the
+        alias goes with the flow when it is closed."""
+        entry = (flow.type, key)
+        if flow.closed or entry in self._aliases:
+            return
+        self._aliases[entry] = flow
+        flow.aliases.append(entry)
+
     def new(self, ftype: FlowType, ini: FlowSide, tgt: FlowSide, timeout: float,
             on_close: Callable[[Flow], None] | None = None, data: object = None) -> Flow:
         """Create and index a flow expiring ``timeout`` s after its last touch.
@@ -211,6 +249,9 @@ class FlowTable:
             key = (flow.type, side)
             if self._index.get(key) is flow:
                 del self._index[key]
+        for alias in flow.aliases:
+            if self._aliases.get(alias) is flow:
+                del self._aliases[alias]
         heapq.heappush(self._free, flow.id)
         if len(self._expiry) > 2 * len(self._flows) + 64:
             # Entries of flows closed early pile up: rebuild from the live flows (amortised).

@@ -25,7 +25,6 @@ _IPV6_FRAGMENT = 44
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")
 _IPV6 = struct.Struct("!IHBB16s16s")
 _UDP = struct.Struct("!HHHH")
-_HDR_ETH = struct.Struct("!6s6sH")
 UDP_HLEN = 8
 IPV4_HLEN = 20
 IPV6_HLEN = 40
@@ -132,10 +131,18 @@ def l4_checksum(src: IPAddr, dst: IPAddr, proto: int,
 
 def udp_segment(src: IPAddr, dst: IPAddr, sport: int, dport: int, payload: bytes) -> bytes:
     """A UDP header plus payload with a valid checksum (0 sent as 0xffff, RFC 768)."""
-    seg = bytearray(_UDP.pack(sport, dport, UDP_HLEN + len(payload), 0) + payload)
-    csum = l4_checksum(src, dst, IPPROTO_UDP, seg) or 0xFFFF
-    struct.pack_into("!H", seg, 6, csum)
+    seg = bytearray(UDP_HLEN + len(payload))
+    seg[UDP_HLEN:] = payload
+    _udp_header_into(seg, 0, len(seg), src, dst, sport, dport)
     return bytes(seg)
+
+
+def _udp_header_into(buf: bytearray, l4: int, end: int, src: IPAddr, dst: IPAddr, sport: int,
+                     dport: int) -> None:
+    """Write the UDP header of the datagram at buf[l4:end], checksum included."""
+    _UDP.pack_into(buf, l4, sport, dport, end - l4, 0)
+    csum = l4_checksum(src, dst, IPPROTO_UDP, memoryview(buf)[l4:end]) or 0xFFFF
+    struct.pack_into("!H", buf, l4 + 6, csum)
 
 
 def ip_frame(dst_mac: bytes, src_mac: bytes, src: IPAddr, dst: IPAddr, proto: int,
@@ -170,21 +177,15 @@ def udp_frame_into(buf: bytearray, n: int, dst_mac: bytes, src_mac: bytes, src: 
     ``buf`` becomes a frame without being copied (they reach 64 KiB, and copies of them
     showed in profiles). Returns the view of ``buf`` that is the frame.
     """
-    ip_hlen = IPV4_HLEN if src.version == 4 else IPV6_HLEN
-    start = UDP_FRAME_ROOM - UDP_HLEN - ip_hlen - ETH_HLEN
-    l3 = start + ETH_HLEN
-    l4 = l3 + ip_hlen
-    end = UDP_FRAME_ROOM + n
     if src.version == 4:
-        _HDR_ETH.pack_into(buf, start, dst_mac, src_mac, ETH_P_IP)
-        _IPV4.pack_into(buf, l3, 0x45, 0, IPV4_HLEN + UDP_HLEN + n, 0, 0x4000, ttl,
-                        IPPROTO_UDP, 0, src.packed, dst.packed)
-        struct.pack_into("!H", buf, l3 + 10, core.csum_ipv4_header(memoryview(buf)[l3:l4]))
+        ip_hdr = ipv4_header(src, dst, IPPROTO_UDP, UDP_HLEN + n, ttl)  # type: ignore[arg-type]
+        eth_hdr = build_header(dst_mac, src_mac, ETH_P_IP)
     else:
-        _HDR_ETH.pack_into(buf, start, dst_mac, src_mac, ETH_P_IPV6)
-        _IPV6.pack_into(buf, l3, 6 << 28, UDP_HLEN + n, IPPROTO_UDP, ttl, src.packed,
-                        dst.packed)
-    _UDP.pack_into(buf, l4, sport, dport, UDP_HLEN + n, 0)
-    csum = l4_checksum(src, dst, IPPROTO_UDP, memoryview(buf)[l4:end]) or 0xFFFF
-    struct.pack_into("!H", buf, l4 + 6, csum)
+        ip_hdr = ipv6_header(src, dst, IPPROTO_UDP, UDP_HLEN + n, ttl)  # type: ignore[arg-type]
+        eth_hdr = build_header(dst_mac, src_mac, ETH_P_IPV6)
+    l4 = UDP_FRAME_ROOM - UDP_HLEN
+    start = l4 - len(ip_hdr) - ETH_HLEN
+    end = UDP_FRAME_ROOM + n
+    buf[start:l4] = eth_hdr + ip_hdr
+    _udp_header_into(buf, l4, end, src, dst, sport, dport)
     return memoryview(buf)[start:end]

@@ -257,7 +257,7 @@ class Service:
             return range(batch.count)
         rest: list[int] | range = range(batch.count)
         if self.tcp is not None:
-            rest = self.tcp.take_batch(batch, recs)
+            rest = self.tcp.take_batch(recs)
         if self.udp is not None and rest:
             rest = self.udp.take_batch(recs, rest)
         return rest

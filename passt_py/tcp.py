@@ -169,7 +169,7 @@ class _Conn:
 
     __slots__ = ("st", "sock", "fd", "flow", "tpl", "seg_size", "retries", "rto", "deadline",
                  "timer", "dup_acks", "recovering", "wnd_poll", "probe", "ack_due",
-                 "more_due", "last_wnd_raw", "send_full", "rx_wait", "stats", "fast_key")
+                 "more_due", "last_wnd_raw", "send_full", "rx_wait", "stats")
 
     def __init__(self, st: TcpState, sock: socket.socket) -> None:
         self.st = st
@@ -194,8 +194,6 @@ class _Conn:
         # bytes to host, bytes to guest, timeouts, fast retransmits, socket-full refusals,
         # RX-full waits, out-of-order drops
         self.stats = [0, 0, 0, 0, 0, 0, 0]
-        #: Its key in TcpHandler._fast (raw guest-side tuple), once take_batch() met it.
-        self.fast_key: tuple[bytes, int, bytes, int] | None = None
 
 
 @dataclass
@@ -237,8 +235,6 @@ class TcpHandler:
         self._idle_timeout = idle_timeout
         self._secret = os.urandom(16)
         self._scratch = bytearray(DISCARD_CHUNK)
-        #: take_batch(): raw (src16, sport, dst16, dport) of guest segments -> their flow.
-        self._fast: dict[tuple[bytes, int, bytes, int], Flow] = {}
         self._listeners: list[_Listener] = []
         self._acks: list[_Conn] = []
         self._rx_waiting: list[_Conn] = []
@@ -662,28 +658,24 @@ class TcpHandler:
         self._queue_ack(c)
 
     # ---- guest data straight from the TX batch (zero copy) ----
-    def take_batch(self, batch: core.TxBatch,
-                   recs: core.PacketRecords | None = None) -> list[int]:
-        """Send in-order guest data of established connections straight from ``batch``.
+    def take_batch(self, recs: core.PacketRecords) -> list[int]:
+        """Send in-order guest data of established connections straight from the TX batch.
 
-        C classifies the batch (unless ``recs`` already holds that) and cuts it into runs of
-        in-order data segments (ACK, maybe PSH) of one connection (core.tcp_runs), so the
-        work here is per run, not per frame: a run of an established connection at exactly
-        the next expected sequence number is written with one sendmsg() from guest memory
-        (core.send_payload_runs), its last ACK field and window processed as usual. Everything else
+        ``recs`` is the classified batch; C cuts it into runs of in-order data segments (ACK,
+        maybe PSH) of one connection (core.tcp_runs), so the work here is per run, not per
+        frame: a run of an established connection at exactly the next expected sequence
+        number is written with one sendmsg() from guest memory (core.send_payload_runs), its
+        last ACK field and window processed as usual; bare ACKs are handled from their
+        records (:meth:`_take_pure_ack`). Everything else
         (control segments, other protocols, anything out of order) is left for the copying
         path: returns those frame indices, in order. Once a connection has a frame left
         there, its later frames in the batch are left too, so its segments keep their order.
         Never raises: on any error the whole batch goes to the copying path.
         """
-        if recs is None:
-            try:
-                recs = core.classify(batch)
-            except Exception:  # noqa: BLE001 - a broken batch is the copying path's business
-                return list(range(batch.count))
+        batch = recs.batch
         try:
             runs, nruns, refs = core.tcp_runs(recs)
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - a broken batch is the copying path's business
             return list(range(batch.count))
         rest: list[int] = []
         groups: dict[int, tuple[_Conn, list[tuple[int, int, int]]]] = {}
@@ -695,7 +687,7 @@ class TcpHandler:
                 if not self._take_pure_ack(recs, first, groups, held):
                     rest.append(first)
                 continue
-            flow = self._fast_flow(recs, first)
+            flow = self._flows.lookup_packet(FlowType.TCP, recs, first)
             c = flow.data if flow is not None else None
             if c is None or flow.id in held or c.st.phase != Phase.ESTABLISHED \
                     or c.st.guest_fin or c.send_full:
@@ -717,7 +709,8 @@ class TcpHandler:
             self._send_runs(c, batch, refs, taken)
         return rest
 
-    def _take_pure_ack(self, recs: core.PacketRecords, i: int, groups: dict, held: set) -> bool:
+    def _take_pure_ack(self, recs: core.PacketRecords, i: int, groups: dict[int, object],
+                       held: set[int]) -> bool:
         """Handle frame i here if it is a bare ACK of an established connection.
 
         The guest's ACKs for host data come one per RX batch or so; each would otherwise be
@@ -731,7 +724,7 @@ class TcpHandler:
         if r.valid != core.PKT_OK or r.proto != IPPROTO_TCP or r.payload_len \
                 or r.tcp_flags & 0x3F != ACK:
             return False
-        flow = self._fast_flow(recs, i)
+        flow = self._flows.lookup_packet(FlowType.TCP, recs, i)
         if flow is None:
             return False
         c: _Conn = flow.data  # type: ignore[assignment]
@@ -746,26 +739,6 @@ class TcpHandler:
         except Exception:  # noqa: BLE001 - as in the demux: one bad frame, not the batch
             log.exception("error handling a TCP ACK from the guest")
         return True
-
-    def _fast_flow(self, recs: core.PacketRecords, i: int) -> Flow | None:
-        """The flow of segment i, found by its raw tuple (no address objects per segment)."""
-        key = recs.key(i)
-        flow = self._fast.get(key)
-        if flow is not None and not flow.closed:
-            return flow
-        r = recs[i]
-        try:
-            tap = FlowSide(Pif.TAP, recs.src(i), r.sport, recs.dst(i), r.dport)
-        except ValueError:
-            return None
-        flow = self._flows.lookup(FlowType.TCP, tap)
-        if flow is not None and flow.data is not None:
-            c: _Conn = flow.data  # type: ignore[assignment]
-            if c.fast_key is not None:
-                self._fast.pop(c.fast_key, None)
-            c.fast_key = key
-            self._fast[key] = flow
-        return flow
 
     def _take_ack(self, c: _Conn, ack: int, wnd: int) -> bool:
         """The ACK field and window of a data segment taken from a batch; False: leave it."""
@@ -977,9 +950,6 @@ class TcpHandler:
     def _on_close(self, flow: Flow) -> None:
         """Flow table close (idle expiry, close_all): reset both sides if still open."""
         c: _Conn = flow.data  # type: ignore[assignment]
-        if c.fast_key is not None:
-            self._fast.pop(c.fast_key, None)
-            c.fast_key = None
         if c.st.phase != Phase.CLOSED:
             self._reset(c)
 

@@ -592,8 +592,16 @@ def restore_in_repair(sock: socket.socket, state: TcpSockState) -> None:
 
     Leaves the socket in repair mode; :func:`finish` takes it out. Raises RepairError.
     The socket is frozen while it is rebuilt: once connect() has hashed it, a segment from
-    the peer would otherwise land before the saved receive queue is back in place.
+    the peer would otherwise land before the saved receive queue is back in place. A value
+    of the record that the kernel interface cannot carry is a RepairError too (EINVAL).
     """
+    try:
+        _restore_in_repair(sock, state)
+    except (ValueError, OverflowError, struct.error) as e:
+        raise RepairError(errno.EINVAL, "record", str(e)) from None
+
+
+def _restore_in_repair(sock: socket.socket, state: TcpSockState) -> None:
     frozen = freeze(sock) == 0       # best effort: some kernels refuse it without privileges
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -29,13 +29,13 @@ datagram that could not be one IP packet is impossible, and the kernel never ret
 """
 from __future__ import annotations
 
-import ipaddress
 import errno
+import ipaddress
 import logging
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 from passt_py import core, fwd, icmp
 from passt_py.flow import Flow, FlowRefused, FlowSide, FlowTable, FlowTableFull, FlowType, Pif
@@ -78,13 +78,11 @@ _RELAY_TYPES6 = {icmp.ICMPV6_DEST_UNREACH, icmp.ICMPV6_PKT_TOOBIG, icmp.ICMPV6_T
 class _UdpState:
     """A UDP flow's socket; ``peer`` is set (and the socket shared) for forwarded flows."""
 
-    __slots__ = ("sock", "peer", "fast_key")
+    __slots__ = ("sock", "peer")
 
     def __init__(self, sock: socket.socket, peer: tuple[object, ...] | None) -> None:
         self.sock = sock
         self.peer = peer
-        #: Its key in UdpHandler._fast (raw addresses and ports), once the fast path knows it.
-        self.fast_key: tuple[object, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -149,9 +147,6 @@ class UdpHandler:
         self._rx = bytearray(UDP_FRAME_ROOM + RECV_SIZE)   # headroom, then the datagram
         self._listeners: list[_Listener] = []
         self.dropped = 0
-        #: Fast paths: raw (src16, sport, dst16, dport) of a guest datagram -> its outbound
-        #: flow; (listener fd, peer sockaddr) of a host datagram -> its forwarded flow.
-        self._fast: dict[tuple[object, ...], Flow] = {}
 
     # ---- from the guest ----
     def from_guest(self, pkt: IpPacket, dgram: UdpDatagram) -> None:
@@ -161,45 +156,44 @@ class UdpHandler:
         except Exception:  # noqa: BLE001 - malformed input must never escape
             log.exception("error handling a UDP datagram from the guest")
 
-    def take_batch(self, recs: "core.PacketRecords", frames: Iterable[int]) -> list[int]:
+    def take_batch(self, recs: "core.PacketRecords", frames: Sequence[int]) -> list[int]:
         """Send datagrams of known outbound flows straight from guest memory.
 
         ``frames`` are indices into ``recs`` (a classified TX batch) not taken by anyone yet.
         A well-formed, unsegmented UDP datagram whose flow exists and owns a connected socket
-        goes out with the others in one C call (sendmmsg, no copy); everything else, and any
-        later datagram of a tuple that had one left, is returned in order for the copying
-        path, which creates flows, answers DHCP and relays errors. Never raises.
+        goes out with the others in one C call (sendmmsg, no copy). Everything else is
+        returned, in order, for the copying path, which creates flows, answers DHCP and
+        relays errors; a tuple without a flow stays without one for the whole batch, so its
+        datagrams all go there. Never raises.
         """
         if not self._view.udp:
             return list(frames)
         rest: list[int] = []
         items: list[tuple[int, int, int, int]] = []
-        owners: list[tuple[int, Flow]] = []
-        held: set[tuple[bytes, int, bytes, int]] = set()
+        owners: list[Flow] = []
         try:
             for i in frames:
                 r = recs[i]
                 if r.valid != core.PKT_OK or r.proto != IPPROTO_UDP or r.gso_type:
                     rest.append(i)
                     continue
-                key = recs.key(i)
-                flow = None if key in held else self._fast_flow(recs, i, key)
-                if flow is None:
-                    held.add(key)
+                flow = self._flows.lookup_packet(FlowType.UDP, recs, i)
+                # A forwarded flow's replies leave through its listener with sendto().
+                state: _UdpState | None = flow.data if flow is not None else None
+                if state is None or state.peer is not None:
                     rest.append(i)
                     continue
-                state: _UdpState = flow.data  # type: ignore[assignment]
                 items.append((state.sock.fileno(), i, r.payload_off, r.payload_len))
-                owners.append((i, flow))
+                owners.append(flow)
             codes = core.send_datagrams(recs.batch, items)
         except Exception:  # noqa: BLE001 - a broken batch is the copying path's business
             log.exception("UDP fast path failed: batch left to the copying path")
             return list(frames)
         touched: set[int] = set()
-        for (i, flow), code, item in zip(owners, codes, items):
+        for flow, code, (_fd, i, off, length) in zip(owners, codes, items):
             if code == -errno.ECONNREFUSED:
                 # A pending error from an earlier ICMP message, cleared by this send: retry.
-                code = self._resend(flow, recs.read(i, item[2], item[3]))
+                code = self._resend(flow, recs.read(i, off, length))
             if code:
                 self.dropped += 1
                 trace(log, "UDP flow %d: send failed: %s", flow.id, errno.errorcode.get(-code))
@@ -207,31 +201,6 @@ class UdpHandler:
                 touched.add(flow.id)
                 self._activity(flow, Pif.TAP)
         return rest
-
-    def _fast_flow(self, recs: "core.PacketRecords", i: int,
-                   key: tuple[bytes, int, bytes, int]) -> Flow | None:
-        """The outbound flow of datagram i if the fast path may send it (cached by raw key)."""
-        flow = self._fast.get(key)
-        if flow is not None:
-            if not flow.closed:
-                return flow
-            del self._fast[key]
-        r = recs[i]
-        if not r.sport or not r.dport:
-            return None
-        try:
-            tap = FlowSide(Pif.TAP, recs.src(i), r.sport, recs.dst(i), r.dport)
-        except ValueError:
-            return None
-        flow = self._flows.lookup(FlowType.UDP, tap)
-        if flow is None or flow.closed:
-            return None
-        state: _UdpState = flow.data  # type: ignore[assignment]
-        if state.peer is not None:        # forwarded: sendto() through the listener
-            return None
-        state.fast_key = key
-        self._fast[key] = flow
-        return flow
 
     def _resend(self, flow: Flow, payload: bytes) -> int:
         """One more send of a datagram whose first attempt met a stale error: 0 or -errno."""
@@ -420,8 +389,6 @@ class UdpHandler:
 
     def _on_close(self, flow: Flow) -> None:
         state: _UdpState = flow.data  # type: ignore[assignment]
-        if state.fast_key is not None:
-            self._fast.pop(state.fast_key, None)
         if state.peer is None:          # forwarded flows share their listener's socket
             self._loop.remove(state.sock.fileno())
             state.sock.close()
@@ -509,19 +476,17 @@ class UdpHandler:
 
     def _forward_flow(self, lst: _Listener, peer: tuple[object, ...]) -> Flow | None:
         """The flow for datagrams from ``peer`` to ``lst``, created if new (None: drop)."""
-        key = (lst.sock.fileno(), peer)          # cached: no address parsing per datagram
-        flow = self._fast.get(key)               # type: ignore[call-overload]
-        if flow is not None and not flow.closed:
-            return flow
-        flow = self._forward_flow_slow(lst, peer)
-        if flow is not None:
-            state: _UdpState = flow.data  # type: ignore[assignment]
-            if state.fast_key is None:
-                state.fast_key = key             # type: ignore[assignment]
-                self._fast[key] = flow           # type: ignore[index]
+        # Per datagram, (listener, peer sockaddr) finds a known flow without address parsing.
+        key = (lst.sock.fileno(), peer)
+        flow = self._flows.lookup_alias(FlowType.UDP, key)
+        if flow is None:
+            flow = self._find_or_create_forward(lst, peer)
+            if flow is not None:
+                self._flows.add_alias(flow, key)
         return flow
 
-    def _forward_flow_slow(self, lst: _Listener, peer: tuple[object, ...]) -> Flow | None:
+    def _find_or_create_forward(self, lst: _Listener,
+                                peer: tuple[object, ...]) -> Flow | None:
         try:
             peer_addr = ipaddress.ip_address(str(peer[0]).partition("%")[0])
             peer_port = int(peer[1])  # type: ignore[call-overload]

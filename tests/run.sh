@@ -11,7 +11,8 @@ if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
 elif ! qemu-system-x86_64 --version | awk 'NR==1 {split($4, v, "."); exit !(v[1] >= 10)}'; then
     need_system=1
 fi
-for tool in ip depmod modprobe; do
+# Everything .ci/install-system.sh provides: one missing tool means install them all.
+for tool in ip depmod modprobe xz cpio ethtool ps iperf3; do
     command -v "$tool" >/dev/null 2>&1 || need_system=1
 done
 if [ "$need_system" = 1 ]; then

@@ -169,3 +169,50 @@ def test_invalid_max_flows(loop: EventLoop) -> None:
     """A table must hold at least one flow."""
     with pytest.raises(ValueError):
         FlowTable(loop, max_flows=0)
+
+
+class _Records:
+    """What FlowTable.lookup_packet reads of core.PacketRecords, for one guest packet."""
+
+    class _Rec:
+        def __init__(self, sport: int, dport: int) -> None:
+            self.sport, self.dport = sport, dport
+
+    def __init__(self, tap: FlowSide) -> None:
+        self.tap = tap
+        self.calls = 0
+
+    def key(self, i: int) -> tuple:
+        return (self.tap.eaddr.packed, self.tap.eport, self.tap.oaddr.packed, self.tap.oport)
+
+    def __getitem__(self, i: int) -> "_Records._Rec":
+        self.calls += 1                  # only the slow lookup reads the record
+        return self._Rec(self.tap.eport, self.tap.oport)
+
+    def src(self, i: int):
+        return self.tap.eaddr
+
+    def dst(self, i: int):
+        return self.tap.oaddr
+
+
+def test_packet_lookup_aliases_the_raw_tuple_until_the_flow_closes(loop: EventLoop) -> None:
+    """The first packet finds the flow through its FlowSide and adds a raw-tuple alias; the
+    next ones use the alias alone; closing the flow drops it, and a new flow on the same
+    tuple is found, not the closed one."""
+    table = FlowTable(loop)
+    tap, host = sides(1)
+    flow = table.new(FlowType.UDP, tap, host, 30.0)
+    recs = _Records(tap)
+    assert table.lookup_packet(FlowType.UDP, recs, 0) is flow and recs.calls == 1
+    assert table.lookup_packet(FlowType.UDP, recs, 0) is flow and recs.calls == 1
+    assert table.lookup_packet(FlowType.TCP, recs, 0) is None          # per flow type
+    table.add_alias(flow, ("listener", 7))
+    assert table.lookup_alias(FlowType.UDP, ("listener", 7)) is flow
+    table.close(flow)
+    assert table.lookup_alias(FlowType.UDP, ("listener", 7)) is None
+    again = table.new(FlowType.UDP, tap, host, 30.0)
+    assert table.lookup_packet(FlowType.UDP, recs, 0) is again
+    table.close(again)
+    table.add_alias(again, ("late", 1))                 # a closed flow gets no alias
+    assert table.lookup_alias(FlowType.UDP, ("late", 1)) is None
