@@ -447,23 +447,34 @@ def _ioctl_int(sock: socket.socket, req: int, step: str) -> int:
     return _INT.unpack(buf)[0]
 
 
+#: Room for acknowledged bytes still at the head of the send queue's first buffer.
+ACKED_HEAD_MAX = 1 << 20
+
+
 def _peek_queue(sock: socket.socket, queue: int, length: int, step: str) -> bytes:
-    """The whole of the selected queue (repair mode), checked against its expected length."""
+    """The last ``length`` bytes of the selected queue (repair mode).
+
+    The send queue is peeked whole buffer by buffer: when the peer acknowledged part of the
+    first one, those bytes (before the unacknowledged ``length`` that SIOCOUTQ counts) come
+    too, so the queue's data is its tail. Anything else than ``length`` (plus such a head,
+    for the send queue) is an error.
+    """
     if length < 0 or length > MAX_QUEUE:
         raise RepairError(errno.EFBIG, step, f"queue of {length} bytes exceeds {MAX_QUEUE}")
     _setint(sock, TCP_REPAIR_QUEUE, queue, step)
     if length == 0:
         return b""
-    buf = bytearray(length + 1)
+    room = length + (ACKED_HEAD_MAX if queue == TCP_SEND_QUEUE else 1)
+    buf = bytearray(room)
     try:
-        n = sock.recv_into(buf, length + 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        n = sock.recv_into(buf, room, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     except BlockingIOError:
         n = 0
     except OSError as e:
         raise RepairError(e.errno or errno.EIO, step) from None
-    if n != length:
+    if n < length or n >= room or (n > length and queue != TCP_SEND_QUEUE):
         raise RepairError(errno.EIO, step, f"peeked {n} bytes of {length}")
-    return bytes(buf[:n])
+    return bytes(buf[n - length:n])
 
 
 def _addr(sa: tuple) -> tuple[IPAddr, int]:
