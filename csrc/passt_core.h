@@ -14,7 +14,7 @@
 
 /* CDEF-BEGIN */
 /* Bumped whenever the C API changes; passt_py.core refuses an extension of another version. */
-enum { PC_API_VERSION = 3 };
+enum { PC_API_VERSION = 4 };
 int pc_api_version(void);
 
 /* ---- checksum.c: Internet checksum (RFC 1071) ---- */
@@ -212,7 +212,10 @@ int pc_send_datagrams(const struct pc_tx_frame *frames, unsigned nframes,
 		      unsigned nitems);
 
 /* ---- migration helpers ---- */
-/* SECTION migrate: owned by the migration work */
+/* sock_filter.c: a loaded eBPF socket filter that drops every packet (fd, or -errno). Loaded
+ * while the process may still call bpf(); any process holding the fd can then attach it with
+ * SO_ATTACH_BPF, even on kernels that refuse classic filters without CAP_NET_ADMIN. */
+int pc_drop_all_filter(void);
 
 /* CDEF-END */
 

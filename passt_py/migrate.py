@@ -334,6 +334,7 @@ class MigrationContext:
     udp: Any = None
     tcp: Any = None
     repair: tcp_repair.RepairControl | None = None
+    drop: tcp_repair.DropFilter = tcp_repair.CLASSIC    # the freeze (see DropFilter)
     udp_forwards: Any = None
     tcp_forwards: Any = None
     migrate_exit: bool = False
@@ -489,7 +490,7 @@ class Source:
                       repair.how() if repair else "no repair control", len(socks),
                       ", ".join(repr(f) for f, _ in socks))
             return
-        unfrozen = sum(1 for _flow, sock in socks if tcp_repair.freeze(sock) < 0)
+        unfrozen = sum(1 for _flow, sock in socks if tcp_repair.freeze(sock, ctx.drop) < 0)
         if unfrozen:
             log.warning("migration: %d TCP sockets could not be frozen (socket filter refused): "
                         "data arriving after the save may be acknowledged here and lost",
@@ -503,6 +504,8 @@ class Source:
                       "NOT survive the migration: %s", repair.how(), os.strerror(-rc),
                       len(socks), ", ".join(repr(f) for f, _ in socks))
             return
+        log.info("migration: %d TCP connection(s) frozen, in repair mode %s", len(socks),
+                 repair.how())
         self._tcp = socks
         self._repaired = True
 
@@ -565,13 +568,20 @@ class Source:
             # In repair mode close() sends nothing: the peers never notice. A guard listener
             # takes over the address meanwhile, so what the peers send before the target has
             # the connection is dropped quietly rather than answered with an RST.
+            unguarded = 0
             for flow, sock in self._tcp:
-                g = tcp_repair.guard(sock)
+                g = tcp_repair.guard(sock, self.ctx.drop)
                 if g is not None:
                     self._guards.append(g)
+                else:
+                    unguarded += 1
                 self.ctx.loop.remove(sock.fileno())
                 self.ctx.flows.close(flow)
             self._tcp = []
+            if unguarded:
+                log.warning("migration: no guard listener for %d closed TCP connection(s): "
+                            "on this host, what their peers send before the target restores "
+                            "them is answered with an RST", unguarded)
         log.info("migration: source done; %d TCP connection(s) %s", self.report.tcp,
                  "closed quietly" if self.ctx.migrate_exit
                  else "kept frozen in repair mode (no RST)")
@@ -897,7 +907,7 @@ def _apply_tcp(ctx: MigrationContext, out: Loaded, report: Report) -> None:
     built: list[tuple[Any, tcp_repair.TcpSockState, socket.socket]] = []
     for st, ks, sock in fresh:
         try:
-            tcp_repair.restore_in_repair(sock, ks)
+            tcp_repair.restore_in_repair(sock, ks, ctx.drop)
         except tcp_repair.RepairError as e:
             sock.close()                 # still in repair mode: nothing reaches the peer
             _restore_failed(ks, e, report)

@@ -166,6 +166,8 @@ class Service:
         if self.repair_helper is not None:
             self.loop.add(self.repair_helper.listen_fd, IN, self._on_repair_listen)
         self.repair = tcp_repair.RepairControl(self.repair_helper)
+        # Loaded now, while privileges last: see tcp_repair.DropFilter.
+        self.drop_filter = tcp_repair.DropFilter.load()
 
     def _on_repair_listen(self, _mask: int) -> None:
         helper = self.repair_helper
@@ -185,6 +187,7 @@ class Service:
         return migrate.MigrationContext(
             loop=self.loop, view=self.view, guest=self.guest, flows=self.flows,
             icmp=self.icmp, udp=self.udp, tcp=self.tcp, repair=self.repair,
+            drop=self.drop_filter,
             udp_forwards=self.config.udp_forwards, tcp_forwards=self.config.tcp_forwards,
             migrate_exit=self.config.migrate_exit)
 
@@ -395,6 +398,7 @@ class Service:
             self.tcp.stop_forwards()
         if self.repair_helper is not None:
             self.repair_helper.close()
+        self.drop_filter.close()
         self.server.close()
         self.device.reset()
         if self.pcap is not None:

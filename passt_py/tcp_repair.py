@@ -231,24 +231,65 @@ def direct_repair_allowed() -> bool:
 # ---- freezing: no segment reaches a socket being moved ----
 SO_ATTACH_FILTER = 26
 SO_DETACH_FILTER = 27
+SO_ATTACH_BPF = 50
 _DROP_ALL = ctypes.create_string_buffer(struct.pack("=HBBI", 0x06, 0, 0, 0))   # BPF "ret #0"
 _DROP_PROG = struct.pack("=HxxxxxxQ", 1, ctypes.addressof(_DROP_ALL))      # struct sock_fprog
 
 
-def freeze(sock: socket.socket) -> int:
+class DropFilter:
+    """A socket filter that drops every segment, attachable after privileges are gone.
+
+    A classic filter needs no privileges on most kernels, but some refuse it (EPERM) to a
+    process without CAP_NET_ADMIN, which passt-py gives up when a repair helper does
+    TCP_REPAIR. An eBPF program loaded while still privileged (:meth:`load`) is a file
+    descriptor anyone holding it may attach, so the freeze keeps working there.
+    """
+
+    def __init__(self, prog_fd: int | None = None) -> None:
+        self.prog_fd = prog_fd
+
+    @classmethod
+    def load(cls) -> DropFilter:
+        """Load the eBPF program if this process may (root, CAP_BPF); else classic only."""
+        from passt_py import core
+        fd = core.lib.pc_drop_all_filter()
+        return cls(fd if fd >= 0 else None)
+
+    def attach(self, sock: socket.socket) -> int:
+        """Attach to ``sock``: 0, or negative errno of the classic attempt."""
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, _DROP_PROG)
+            return 0
+        except OSError as e:
+            err = e.errno or errno.EIO
+        if self.prog_fd is None:
+            return -err
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_BPF, self.prog_fd)
+        except OSError:
+            return -err
+        return 0
+
+    def close(self) -> None:
+        """Release the loaded program (sockets it is attached to keep their copy)."""
+        if self.prog_fd is not None:
+            os.close(self.prog_fd)
+            self.prog_fd = None
+
+
+#: Classic filter only: what a process gets that could not load the eBPF program.
+CLASSIC = DropFilter()
+
+
+def freeze(sock: socket.socket, drop: DropFilter = CLASSIC) -> int:
     """Drop every segment for ``sock`` before TCP sees it: 0, or negative errno.
 
     Repair mode only stops the socket from sending: the kernel still accepts and acknowledges
     data that arrives, and after the state was saved such data would be lost for the target.
     A socket filter returning 0 discards segments before TCP processing, so nothing is acked
-    and the peer retransmits it to whoever holds the connection next. Usually needs no
-    privileges, but some kernels refuse it (EPERM) to a process without capabilities.
+    and the peer retransmits it to whoever holds the connection next.
     """
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, _DROP_PROG)
-    except OSError as e:
-        return -(e.errno or errno.EIO)
-    return 0
+    return drop.attach(sock)
 
 
 def thaw(sock: socket.socket) -> int:
@@ -260,7 +301,7 @@ def thaw(sock: socket.socket) -> int:
     return 0
 
 
-def guard(sock: socket.socket) -> socket.socket | None:
+def guard(sock: socket.socket, drop: DropFilter = CLASSIC) -> socket.socket | None:
     """A listening socket on ``sock``'s local address and port that silently drops everything.
 
     For a source that closes its frozen sockets (--migrate-exit) on the host that also runs
@@ -282,7 +323,8 @@ def guard(sock: socket.socket) -> socket.socket | None:
         g.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             g.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        g.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, _DROP_PROG)
+        if drop.attach(g) < 0:
+            raise OSError(errno.EPERM, "drop filter refused")
         g.bind(_sockaddr(local[0], local[1]))
         g.listen(1)
     except OSError:
@@ -388,7 +430,16 @@ class RepairControl:
 
     def __init__(self, helper: RepairHelper | None = None, direct: bool | None = None) -> None:
         self.helper = helper
-        self.direct = direct_repair_allowed() if direct is None else direct
+        self._direct = direct
+
+    @property
+    def direct(self) -> bool:
+        """TCP_REPAIR is allowed to this process now (given, or probed on every call).
+
+        Probed late on purpose: the back-end is set up as root and then drops privileges, so
+        what was true at start-up says nothing about the migration.
+        """
+        return direct_repair_allowed() if self._direct is None else self._direct
 
     @property
     def available(self) -> bool:
@@ -598,7 +649,8 @@ def _grow_buffers(sock: socket.socket, state: TcpSockState) -> None:
                 pass
 
 
-def restore_in_repair(sock: socket.socket, state: TcpSockState) -> None:
+def restore_in_repair(sock: socket.socket, state: TcpSockState,
+                      drop: DropFilter = CLASSIC) -> None:
     """Rebuild ``state`` on ``sock``, which must be fresh and already in repair mode.
 
     Leaves the socket in repair mode; :func:`finish` takes it out. Raises RepairError.
@@ -607,13 +659,13 @@ def restore_in_repair(sock: socket.socket, state: TcpSockState) -> None:
     of the record that the kernel interface cannot carry is a RepairError too (EINVAL).
     """
     try:
-        _restore_in_repair(sock, state)
+        _restore_in_repair(sock, state, drop)
     except (ValueError, OverflowError, struct.error) as e:
         raise RepairError(errno.EINVAL, "record", str(e)) from None
 
 
-def _restore_in_repair(sock: socket.socket, state: TcpSockState) -> None:
-    frozen = freeze(sock) == 0       # best effort: some kernels refuse it without privileges
+def _restore_in_repair(sock: socket.socket, state: TcpSockState, drop: DropFilter) -> None:
+    frozen = freeze(sock, drop) == 0     # best effort (see DropFilter)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)   # see guard()

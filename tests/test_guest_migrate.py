@@ -244,6 +244,10 @@ def _tcp_streams_across(guest_boot, netns: str, factory_src: BackendFactory,
         time.sleep(0.5)
     got = guest.check("sha256sum /tmp/h2g").split()[0]
     assert got == writer.digest.hexdigest(), guest.diagnostics()
+    unfrozen = [ln for g in guests if g.backend is not None
+                for ln in g.backend.output().splitlines()
+                if "could not be frozen" in ln or "no guard listener" in ln]
+    assert not unfrozen, "every hop must freeze and guard its sockets:\n" + "\n".join(unfrozen)
     h2g.close()
     lst.close()
     return infos
@@ -267,23 +271,25 @@ def test_tcp_streams_survive_with_the_real_passt_repair(guest_boot, guest_netns:
                                                         tmp_path: Path) -> None:
     """Without CAP_NET_ADMIN in passt-py, the real passt-repair helper does TCP_REPAIR.
 
-    passt-py keeps UID 0 (--runas root) minus CAP_NET_ADMIN: this kernel refuses socket
-    filters (the freeze and the same-host guard, see passt_py.tcp_repair.freeze) to a process
-    without capabilities, and without them the same-host hand-over races with the peers."""
+    passt-py runs as nobody without capabilities. Some kernels (this one) refuse
+    classic socket filters without CAP_NET_ADMIN; the freeze and the same-host guard then use
+    the eBPF filter loaded at start (passt_py.tcp_repair.DropFilter), and the check in
+    _tcp_streams_across fails if any hop could not freeze or guard its sockets."""
     repair_cmd = real_passt_repair_command()
     if repair_cmd is None:
         pytest.skip("passt-repair not available")
     helpers: list[subprocess.Popen] = []
+    served: list[Guest] = []
 
     def factory(*extra: str) -> BackendFactory:
         def make(sock: Path) -> list[str]:
-            # Root without CAP_NET_ADMIN: only the helper can set TCP_REPAIR.
-            return ["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin",
-                    *passt_py("--repair-path", f"{sock}.repair", "--runas", "root",
-                              *extra)(sock)]
+            # With a helper path passt-py drops to nobody with no capabilities at all:
+            # only the helper can set TCP_REPAIR.
+            return passt_py("--repair-path", f"{sock}.repair", *extra)(sock)
         return make
 
     def start_helper(guest: Guest) -> None:
+        served.append(guest)
         path = f"{guest.backend.socket}.repair"
         log = open(guest.workdir / "passt-repair.log", "wb")
         helpers.append(subprocess.Popen(["ip", "netns", "exec", guest_netns, *repair_cmd, path],
@@ -294,6 +300,9 @@ def test_tcp_streams_survive_with_the_real_passt_repair(guest_boot, guest_netns:
         infos = _tcp_streams_across(guest_boot, guest_netns, factory("-t", "5001"), factory(),
                                     on_backend=start_helper)
         assert infos[0]["status"] == "completed"
+        source_log = served[0].backend.output()
+        assert "in repair mode through the helper" in source_log, \
+            "the source must have used the helper, not CAP_NET_ADMIN"
     finally:
         for proc in helpers:
             if proc.poll() is None:
