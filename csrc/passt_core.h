@@ -210,6 +210,34 @@ struct pc_dgram_ref { int32_t fd; uint32_t frame; uint32_t off; uint32_t len; in
 int pc_send_datagrams(const struct pc_tx_frame *frames, unsigned nframes,
 		      const struct iovec *iov, unsigned max_iov, struct pc_dgram_ref *items,
 		      unsigned nitems);
+/* Host -> guest: the header template of one flow's datagrams (guest-facing addresses, IPv4
+ * as ::ffff:a.b.c.d) and, on a socket several flows share, the host peer it takes datagrams
+ * from (any_peer: every datagram of the socket). count goes up per datagram delivered. */
+struct pc_udp_flow {
+	uint8_t eth_dst[6]; uint8_t eth_src[6];
+	uint8_t src[16]; uint8_t dst[16]; uint8_t peer[16];
+	uint16_t sport; uint16_t dport; uint16_t peer_port;
+	uint8_t ipver; uint8_t ttl; uint8_t any_peer; uint8_t pad[3];
+	uint32_t count;
+};
+enum {
+	PC_UDP_RX_CSUM_PARTIAL = 1, PC_UDP_RX_DATA_VALID = 2, PC_UDP_RX_NO_FLUSH = 4,
+	PC_UDP_STOP_DRAINED = 1, PC_UDP_STOP_NOBUFS = 2, PC_UDP_STOP_LIMIT = 3,
+	PC_UDP_STOP_UNKNOWN = 4, PC_UDP_STOP_STOPPED = 5, PC_UDP_STOP_ERROR = 6
+};
+/* What one pc_udp_rx() call did: datagrams and payload bytes delivered, RX chains used, bad
+ * chains returned, datagrams dropped (undeliverable), notification due, why it stopped, the
+ * socket error (STOP_ERROR), and the datagram left in the spill buffer (STOP_UNKNOWN): its
+ * length and its peer (family 4 or 6, address as ::ffff:a.b.c.d for IPv4, port). */
+struct pc_udp_rx_result {
+	uint32_t dgrams; uint32_t bytes; uint32_t bufs; uint32_t bad; uint32_t dropped;
+	uint32_t notified; uint32_t stop; int32_t err;
+	uint32_t spill_len; uint16_t spill_port; uint8_t spill_family; uint8_t pad;
+	uint8_t spill_addr[16];
+};
+int pc_udp_rx(struct pc_vq *vq, int fd, struct pc_udp_flow *flows, unsigned nflows,
+	      size_t hdr_len, int mergeable, unsigned max_dgrams, unsigned opts, uint8_t *spill,
+	      size_t spill_len, struct pc_udp_rx_result *res);
 
 /* ---- migration helpers ---- */
 /* sock_filter.c: a loaded eBPF socket filter that drops every packet (fd, or -errno). Loaded

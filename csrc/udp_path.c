@@ -1,4 +1,6 @@
-/* udp_path.c - guest UDP datagrams to host sockets, straight from guest memory.
+/* udp_path.c - UDP datagrams between host sockets and guest memory, both ways.
+ *
+ * Guest to host (pc_send_datagrams):
  *
  * Python finds the flow of each datagram (pc_classify() gives addresses, ports and the
  * payload range); this file sends them: one sendmmsg() per run of consecutive datagrams for
@@ -6,14 +8,23 @@
  * pc_vq_pop_tx() already bounds-checked against guest memory. Nothing is copied in user
  * space. A datagram the kernel refuses gets its own error code and does not hold up the
  * others: UDP has no stream order to keep across datagrams.
+ *
+ * Host to guest (pc_udp_rx): each datagram is received straight into the guest's RX chains,
+ * after room for the virtio-net, Ethernet, IP and UDP headers, which are then written in front
+ * of it: one copy, by the kernel. The socket tells the size of its next datagram (FIONREAD),
+ * so only the chains it needs are taken. A datagram from a peer no template of the call
+ * covers (a new peer of a -u listener) is handed back to the caller in a spill buffer instead.
  */
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
 #include "guest_mem.h"
+#include "wire.h"
 
 /* Messages and iovec entries per sendmmsg() call. */
 enum { UDP_MSGS = 64, UDP_IOV = 512 };
@@ -127,4 +138,442 @@ int pc_send_datagrams(const struct pc_tx_frame *frames, unsigned nframes,
 	if (nmsg)
 		flush(fd, msgs, nmsg, owner);
 	return (int)nitems;
+}
+
+/* ---- host to guest ---- */
+
+/* Chains and slices one datagram may take (64 KiB in buffers of at least 1 KiB fits). */
+enum { RX_CHAINS = 80, RX_SLICES = 256 };
+
+/**
+ * struct rx_plan - the RX chains popped for one datagram
+ * @slice:	their device-writable slices, chain after chain
+ * @gpa:	guest-physical address of each slice (dirty logging)
+ * @head:	head index of each chain
+ * @first:	index of each chain's first slice
+ * @n:		slices of each chain (0 for a bad chain)
+ * @total:	bytes of each chain (0 for a bad chain)
+ * @pos:	avail position after each chain (to give back what follows it)
+ * @nch:	chains popped
+ * @nsl:	slices used
+ * @have:	bytes in the good chains
+ * @good:	good chains
+ */
+struct rx_plan {
+	struct iovec slice[RX_SLICES];
+	uint64_t gpa[RX_SLICES];
+	uint32_t head[RX_CHAINS];
+	uint32_t first[RX_CHAINS];
+	uint32_t n[RX_CHAINS];
+	uint64_t total[RX_CHAINS];
+	uint16_t pos[RX_CHAINS];
+	unsigned nch, nsl, good;
+	uint64_t have;
+};
+
+/**
+ * plan_chains() - pop RX chains until they hold @need bytes (one chain without mergeable
+ *		   buffers)
+ * @vq:		RX ring, in a pc_vq_rx_begin() call
+ * @avail_idx:	avail idx from pc_vq_rx_begin()
+ * @p:		plan, filled here
+ * @need:	bytes wanted
+ * @mergeable:	VIRTIO_NET_F_MRG_RXBUF negotiated
+ * Return: 0 if they hold @need, -ENOBUFS if the ring ran out, -EMSGSIZE if they cannot
+ *	   (a chain too small without mergeable buffers, or more chains or slices than a
+ *	   datagram may take)
+ */
+static int plan_chains(struct pc_vq *vq, uint16_t avail_idx, struct rx_plan *p, uint64_t need,
+		       int mergeable)
+{
+	p->nch = p->nsl = p->good = 0;
+	p->have = 0;
+	while (p->have < need || !p->good) {
+		unsigned n = 0;
+		uint64_t total = 0;
+		uint32_t head = 0;
+		int kind;
+
+		if (p->nch == RX_CHAINS)
+			return -EMSGSIZE;
+		kind = pc_vq_rx_pop(vq, avail_idx, p->slice + p->nsl, p->gpa + p->nsl,
+				    RX_SLICES - p->nsl, &n, &total, &head);
+		if (kind == -ENOBUFS)
+			return -ENOBUFS;
+		if (kind == PC_VQ_ERR_IOV && p->nsl)
+			return -EMSGSIZE;
+		if (kind == PC_VQ_ERR_IOV)	/* too many slices even alone: bad */
+			pc_vq_rx_seek(vq, (uint16_t)(pc_vq_rx_mark(vq) + 1));
+		p->head[p->nch] = head;
+		p->first[p->nch] = p->nsl;
+		p->n[p->nch] = kind == PC_VQ_OK ? n : 0;
+		p->total[p->nch] = kind == PC_VQ_OK ? total : 0;
+		p->pos[p->nch] = pc_vq_rx_mark(vq);
+		p->nch++;
+		if (kind != PC_VQ_OK)
+			continue;
+		p->nsl += n;
+		p->have += total;
+		p->good++;
+		if (!mergeable)
+			return p->have >= need ? 0 : -EMSGSIZE;
+	}
+	return 0;
+}
+
+/**
+ * peer_of() - a peer's address (IPv4 as ::ffff:a.b.c.d) and port, from recvmsg()
+ * @sa:		the address recvmsg() returned
+ * @addr:	16 bytes
+ * @port:	set to the port
+ * Return: 4 or 6, or 0 for another family
+ */
+static int peer_of(const struct sockaddr_storage *sa, uint8_t *addr, uint16_t *port)
+{
+	if (sa->ss_family == AF_INET) {
+		const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
+
+		memset(addr, 0, 10);
+		addr[10] = addr[11] = 0xff;
+		memcpy(addr + 12, &s4->sin_addr, 4);
+		*port = ntohs(s4->sin_port);
+		return 4;
+	}
+	if (sa->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+
+		memcpy(addr, &s6->sin6_addr, 16);
+		*port = ntohs(s6->sin6_port);
+		return 6;
+	}
+	return 0;
+}
+
+/**
+ * match_flow() - the template covering datagrams from a peer
+ * @flows:	templates
+ * @nflows:	their number
+ * @addr:	the peer's address, from peer_of()
+ * @port:	its port
+ * Return: index in @flows, or -1
+ */
+static int match_flow(const struct pc_udp_flow *flows, unsigned nflows, const uint8_t *addr,
+		      uint16_t port)
+{
+	unsigned k;
+
+	for (k = 0; k < nflows; k++) {
+		if (flows[k].any_peer ||
+		    (flows[k].peer_port == port && !memcmp(flows[k].peer, addr, 16)))
+			return (int)k;
+	}
+	return -1;
+}
+
+/**
+ * udp_headers() - virtio-net, Ethernet, IP and UDP headers of one datagram
+ * @f:		template
+ * @payload:	the datagram's slices (for the full checksum)
+ * @npay:	their number
+ * @len:	payload bytes
+ * @hdr_len:	virtio-net header length
+ * @nbuf:	chains the frame takes (num_buffers)
+ * @opts:	PC_UDP_RX_CSUM_PARTIAL or PC_UDP_RX_DATA_VALID, or 0
+ * @out:	VNET_MAX + ETH_HLEN + IP6_HLEN + UDP_HLEN bytes
+ * Return: bytes written
+ */
+static size_t udp_headers(const struct pc_udp_flow *f, const struct iovec *payload,
+			  unsigned npay, size_t len, size_t hdr_len, unsigned nbuf, unsigned opts,
+			  uint8_t *out)
+{
+	size_t l3 = f->ipver == 4 ? IP4_HLEN : IP6_HLEN;
+	uint8_t *vnet = out, *eth = out + hdr_len, *ip = eth + ETH_HLEN, *uh = ip + l3;
+	uint16_t ulen = (uint16_t)(UDP_HLEN + len);
+	uint32_t psum;
+
+	memset(vnet, 0, hdr_len);
+	if (hdr_len >= 12)
+		put16le(vnet + 10, (uint16_t)nbuf);
+	memcpy(eth, f->eth_dst, 6);
+	memcpy(eth + 6, f->eth_src, 6);
+	if (f->ipver == 4) {
+		put16(eth + 12, ETH_P_IP);
+		memset(ip, 0, IP4_HLEN);
+		ip[0] = 0x45;
+		put16(ip + 2, (uint16_t)(IP4_HLEN + ulen));
+		put16(ip + 6, 0x4000);				/* DF, ID 0 */
+		ip[8] = f->ttl;
+		ip[9] = PROTO_UDP;
+		memcpy(ip + 12, f->src + 12, 4);
+		memcpy(ip + 16, f->dst + 12, 4);
+		put16(ip + 10, (uint16_t)pc_csum_ipv4_header(ip, IP4_HLEN));
+		psum = pc_csum_pseudo_ipv4(f->src + 12, f->dst + 12, PROTO_UDP, ulen);
+	} else {
+		put16(eth + 12, ETH_P_IPV6);
+		put32(ip, 0x60000000);
+		put16(ip + 4, ulen);
+		ip[6] = PROTO_UDP;
+		ip[7] = f->ttl;
+		memcpy(ip + 8, f->src, 16);
+		memcpy(ip + 24, f->dst, 16);
+		psum = pc_csum_pseudo_ipv6(f->src, f->dst, PROTO_UDP, ulen);
+	}
+	put16(uh, f->sport);
+	put16(uh + 2, f->dport);
+	put16(uh + 4, ulen);
+	if (opts & PC_UDP_RX_CSUM_PARTIAL) {
+		vnet[0] = PC_VNET_F_NEEDS_CSUM;
+		put16le(vnet + 6, (uint16_t)(ETH_HLEN + l3));
+		put16le(vnet + 8, 6);
+		put16(uh + 6, (uint16_t)psum);
+	} else {
+		uint32_t sum;
+		uint16_t csum;
+
+		put16(uh + 6, 0);
+		sum = pc_csum_partial(uh, UDP_HLEN, psum);
+		csum = pc_csum_fold(pc_csum_iov(payload, npay, sum));
+		put16(uh + 6, csum ? csum : 0xffff);		/* RFC 768: 0 means none */
+		if (opts & PC_UDP_RX_DATA_VALID)
+			vnet[0] = PC_VNET_F_DATA_VALID;
+	}
+	return hdr_len + ETH_HLEN + l3 + UDP_HLEN;
+}
+
+/**
+ * write_front() - copy @len bytes to the start of a plan's slices
+ * @p:		plan
+ * @src:	bytes
+ * @len:	their number, at most what the good chains hold
+ */
+static void write_front(struct rx_plan *p, const uint8_t *src, size_t len)
+{
+	unsigned k;
+
+	for (k = 0; k < p->nsl && len; k++) {
+		size_t take = p->slice[k].iov_len < len ? p->slice[k].iov_len : len;
+
+		memcpy(p->slice[k].iov_base, src, take);
+		src += take;
+		len -= take;
+	}
+}
+
+/**
+ * give_used() - return a datagram's chains: bad ones empty, good ones with what they hold
+ * @vq:		RX ring
+ * @p:		plan
+ * @len:	frame bytes, virtio-net header included
+ * Return: index after the last chain the frame reached (later ones are given back unused)
+ */
+static unsigned give_used(struct pc_vq *vq, const struct rx_plan *p, uint64_t len)
+{
+	uint64_t left = len;
+	unsigned c, k, last = 0;
+
+	for (c = 0; c < p->nch && left; c++) {
+		if (!p->n[c])
+			continue;
+		last = c;
+		left -= p->total[c] < left ? p->total[c] : left;
+	}
+	for (c = 0; c <= last; c++) {	/* bad chains first: the frame's must be consecutive */
+		if (!p->n[c])
+			pc_vq_rx_put_used(vq, p->head[c], 0);
+	}
+	left = len;
+	for (c = 0; c <= last; c++) {
+		uint64_t written = 0;
+
+		if (!p->n[c])
+			continue;
+		for (k = p->first[c]; k < p->first[c] + p->n[c] && left; k++) {
+			uint64_t take = p->slice[k].iov_len < left ? p->slice[k].iov_len : left;
+
+			pc_vq_log_write(vq, p->gpa[k], take);
+			written += take;
+			left -= take;
+		}
+		pc_vq_rx_put_used(vq, p->head[c], (uint32_t)written);
+	}
+	return last + 1;
+}
+
+/**
+ * good_chains() - chains of a plan that hold bytes of the first @len
+ * @p:		plan
+ * @len:	frame bytes
+ * Return: their number (num_buffers of the frame)
+ */
+static unsigned good_chains(const struct rx_plan *p, uint64_t len)
+{
+	unsigned c, n = 0;
+
+	for (c = 0; c < p->nch && len; c++) {
+		if (!p->n[c])
+			continue;
+		n++;
+		len -= p->total[c] < len ? p->total[c] : len;
+	}
+	return n;
+}
+
+/**
+ * discard() - drop the socket's next datagram (it cannot be delivered)
+ * @fd:		socket
+ */
+static void discard(int fd)
+{
+	char byte;
+
+	while (recv(fd, &byte, 1, MSG_DONTWAIT | MSG_TRUNC) < 0 && errno == EINTR)
+		;
+}
+
+/**
+ * pc_udp_rx() - receive datagrams from a host socket straight into the guest's RX buffers
+ * @vq:		RX ring
+ * @fd:		UDP socket (connected to one peer, or a -u listener shared by several flows)
+ * @flows:	header templates, all of one IP version (the guest side's); a datagram takes the
+ *		first whose peer matches, or with any_peer set; each one's count goes up by the
+ *		datagrams delivered for it
+ * @nflows:	number of templates (at least 1)
+ * @hdr_len:	virtio-net header length (10 or 12)
+ * @mergeable:	VIRTIO_NET_F_MRG_RXBUF negotiated
+ * @max_dgrams:	most datagrams to take from the socket
+ * @opts:	PC_UDP_RX_CSUM_PARTIAL (guest negotiated GUEST_CSUM: pseudo-header sum and
+ *		NEEDS_CSUM), PC_UDP_RX_DATA_VALID (full checksum and DATA_VALID), PC_UDP_RX_NO_FLUSH
+ *		(leave the used elements for pc_vq_flush())
+ * @spill:	where a datagram from a peer no template covers goes (with its address in
+ *		@res), at least 65535 bytes
+ * @spill_len:	its size
+ * @res:	what the call did and why it stopped (PC_UDP_STOP_*)
+ *
+ * Datagrams that cannot be delivered at all (larger than an IP packet of the guest's
+ * version, or than the guest's buffers can ever hold) are dropped and counted. A socket error
+ * (an ICMP error reported through recv) stops the call with res->err set: the caller reads
+ * the error queue and calls again.
+ *
+ * Return: datagrams delivered, or -EINVAL for bad arguments, or a ring error
+ */
+int pc_udp_rx(struct pc_vq *vq, int fd, struct pc_udp_flow *flows, unsigned nflows,
+	      size_t hdr_len, int mergeable, unsigned max_dgrams, unsigned opts, uint8_t *spill,
+	      size_t spill_len, struct pc_udp_rx_result *res)
+{
+	uint8_t hdr[VNET_MAX + ETH_HLEN + IP6_HLEN + UDP_HLEN];
+	struct iovec pay[RX_SLICES];
+	struct rx_plan p;
+	uint16_t avail_idx, start;
+	size_t l3, room, max_payload;
+	unsigned d, k;
+	int ret;
+
+	memset(res, 0, sizeof(*res));
+	if (!nflows || hdr_len < 10 || hdr_len > VNET_MAX || spill_len < 65535)
+		return -EINVAL;
+	for (k = 0; k < nflows; k++) {
+		if (flows[k].ipver != flows[0].ipver || (flows[k].ipver != 4 && flows[k].ipver != 6))
+			return -EINVAL;
+	}
+	l3 = flows[0].ipver == 4 ? IP4_HLEN : IP6_HLEN;
+	room = hdr_len + ETH_HLEN + l3 + UDP_HLEN;
+	max_payload = 65535 - UDP_HLEN - (flows[0].ipver == 4 ? IP4_HLEN : 0);
+	ret = pc_vq_rx_begin(vq, &avail_idx);
+	if (ret <= 0) {
+		res->stop = PC_UDP_STOP_STOPPED;
+		return ret;
+	}
+	start = pc_vq_rx_mark(vq);
+	for (d = 0; d < max_dgrams && !res->stop; d++) {
+		uint16_t mark = pc_vq_rx_mark(vq);
+		struct sockaddr_storage sa;
+		uint8_t addr[16] = { 0 };
+		uint16_t port = 0;
+		struct msghdr mh;
+		int inq = 0, npay, fi, family;
+		ssize_t got;
+		size_t hl;
+
+		if (ioctl(fd, FIONREAD, &inq) < 0 || inq < 0)
+			inq = 0;
+		if ((size_t)inq > max_payload) {	/* cannot be one IP packet for the guest */
+			discard(fd);
+			res->dropped++;
+			continue;
+		}
+		ret = plan_chains(vq, avail_idx, &p, room + (size_t)inq, mergeable);
+		if (ret == -ENOBUFS) {
+			pc_vq_rx_seek(vq, mark);
+			res->stop = PC_UDP_STOP_NOBUFS;
+			break;
+		}
+		npay = ret ? -1 : range_iov(p.slice, p.nsl, room, (uint64_t)inq + 1, pay, RX_SLICES);
+		if (npay < 0) {				/* the guest's buffers can never hold it */
+			pc_vq_rx_seek(vq, mark);
+			discard(fd);
+			res->dropped++;
+			continue;
+		}
+		memset(&mh, 0, sizeof(mh));
+		mh.msg_name = &sa;
+		mh.msg_namelen = sizeof(sa);
+		mh.msg_iov = pay;
+		mh.msg_iovlen = (size_t)npay;
+		do
+			got = recvmsg(fd, &mh, MSG_DONTWAIT);
+		while (got < 0 && errno == EINTR);
+		if (got < 0) {
+			pc_vq_rx_seek(vq, mark);
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				res->stop = PC_UDP_STOP_DRAINED;
+			} else {
+				res->err = -errno;
+				res->stop = PC_UDP_STOP_ERROR;
+			}
+			break;
+		}
+		if ((mh.msg_flags & MSG_TRUNC) || (size_t)got > max_payload) {
+			pc_vq_rx_seek(vq, mark);	/* grew since FIONREAD: cannot happen */
+			res->dropped++;
+			continue;
+		}
+		family = peer_of(&sa, addr, &port);
+		fi = nflows == 1 && flows[0].any_peer ? 0 : match_flow(flows, nflows, addr, port);
+		if (fi < 0) {				/* copy it out, give the chains back */
+			size_t at = 0;
+
+			for (k = 0; k < (unsigned)npay && at < (size_t)got; k++) {
+				size_t take = pay[k].iov_len < (size_t)got - at ? pay[k].iov_len
+										: (size_t)got - at;
+
+				memcpy(spill + at, pay[k].iov_base, take);
+				at += take;
+			}
+			res->spill_len = (uint32_t)got;
+			res->spill_family = (uint8_t)family;
+			res->spill_port = port;
+			memcpy(res->spill_addr, addr, 16);
+			pc_vq_rx_seek(vq, mark);
+			res->stop = PC_UDP_STOP_UNKNOWN;
+			break;
+		}
+		npay = range_iov(p.slice, p.nsl, room, (uint64_t)got, pay, RX_SLICES);
+		hl = udp_headers(&flows[fi], pay, (unsigned)npay, (size_t)got, hdr_len,
+				 good_chains(&p, room + (uint64_t)got), opts, hdr);
+		write_front(&p, hdr, hl);
+		k = give_used(vq, &p, room + (uint64_t)got);
+		for (unsigned c = 0; c < k; c++) {
+			res->bufs += p.n[c] != 0;
+			res->bad += p.n[c] == 0;
+		}
+		pc_vq_rx_seek(vq, p.pos[k - 1]);	/* chains it did not reach go back */
+		flows[fi].count++;
+		res->dgrams++;
+		res->bytes += (uint32_t)got;
+	}
+	if (!res->stop)
+		res->stop = PC_UDP_STOP_LIMIT;
+	res->notified = (uint32_t)pc_vq_rx_end(vq, start, res->stop == PC_UDP_STOP_NOBUFS,
+						!(opts & PC_UDP_RX_NO_FLUSH));
+	return (int)res->dgrams;
 }

@@ -500,18 +500,41 @@ static void vq_log_used(struct pc_vq *vq, uint64_t off, uint64_t len)
 }
 
 /**
- * vq_set_avail_event() - tell the driver (EVENT_IDX) to kick when it passes our position
+ * vq_set_avail_event_to() - write the avail event (EVENT_IDX): kick when avail idx passes @idx
  * @vq:		running, translated ring
+ * @idx:	the index
  */
-static void vq_set_avail_event(struct pc_vq *vq)
+static void vq_set_avail_event_to(struct pc_vq *vq, uint16_t idx)
 {
 	uint64_t off = 4 + 8 * (uint64_t)vq->num;
 
 	if (!vq->event_idx)
 		return;
-	st16(vq->used + off, vq->last_avail, __ATOMIC_RELAXED);
+	st16(vq->used + off, idx, __ATOMIC_RELAXED);
 	vq_log_used(vq, off, 2);
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
+/**
+ * vq_set_avail_event() - tell the driver (EVENT_IDX) to kick when it passes our position
+ * @vq:		running, translated ring
+ */
+static void vq_set_avail_event(struct pc_vq *vq)
+{
+	vq_set_avail_event_to(vq, vq->last_avail);
+}
+
+/**
+ * vq_want_buffers() - ask for a kick on the next buffer the driver adds (EVENT_IDX)
+ * @vq:		running, translated ring
+ *
+ * For a device that stopped because the chains left are not enough for its next frame: the
+ * event goes to the driver's current avail idx, not to where we stopped, which the driver
+ * is already past (it would never kick for buffers added after the ones we left).
+ */
+static void vq_want_buffers(struct pc_vq *vq)
+{
+	vq_set_avail_event_to(vq, ld16_acquire(vq->avail + 2));
 }
 
 /**
@@ -922,7 +945,9 @@ static int push_rx(struct pc_vq *vq, const uint8_t *data, const uint8_t *const *
 		res->placed++;
 	}
 done:
-	if (vq->last_avail != start)
+	if (f < nframes)		/* stopped for buffers: kick us when there are more */
+		vq_want_buffers(vq);
+	else if (vq->last_avail != start)
 		vq_set_avail_event(vq);
 	res->notified = (uint32_t)vq_flush(vq);
 	return (int)(res->placed + res->dropped);
@@ -1035,7 +1060,9 @@ void pc_vq_rx_put_used(struct pc_vq *vq, uint32_t head, uint32_t len)
  */
 int pc_vq_rx_end(struct pc_vq *vq, uint16_t start, int want_kick, int flush)
 {
-	if (vq->last_avail != start || want_kick)
+	if (want_kick)
+		vq_want_buffers(vq);
+	else if (vq->last_avail != start)
 		vq_set_avail_event(vq);
 	return flush ? vq_flush(vq) : 0;
 }

@@ -35,6 +35,7 @@ from passt_py.tap import GuestLink
 from passt_py.tcp import TcpHandler
 from passt_py.tcp_ring import RingDataPath
 from passt_py.udp import UdpHandler
+from passt_py.udp_ring import UdpRingPath
 from passt_py.vhost_user.device import RX, TX, NetDevice
 from passt_py.vhost_user.events import (DeviceStateTransfer, Event, FrontendConnected,
                                         FrontendDisconnected, RingEnabled, RingKickFd,
@@ -136,7 +137,9 @@ class Service:
                 link.ndp = NdpResponder(view)
         args = (self.loop, view, self.guest, self.flows, link.to_guest)
         self.icmp = IcmpHandler(*args) if view.icmp else None
-        self.udp = UdpHandler(*args) if view.udp else None
+        # Datagrams to the guest go straight into RX buffers (C) unless a capture must see them.
+        udp_path = None if self.pcap is not None else UdpRingPath(self.device, self.loop.defer)
+        self.udp = UdpHandler(*args, rx_path=udp_path) if view.udp else None
         link.icmp, link.udp = self.icmp, self.udp
         if self.udp is not None and self.config.udp_forwards.forwards:
             bound = self.udp.start_forwards(self.config.udp_forwards)
@@ -231,6 +234,8 @@ class Service:
             self.link.flush()
             if self.tcp is not None:
                 self.tcp.rx_ready()
+            if self.udp is not None:
+                self.udp.rx_ready()
 
     def _drain_tx(self) -> None:
         for _ in range(TX_BATCHES_PER_KICK):

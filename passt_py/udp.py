@@ -34,8 +34,8 @@ import ipaddress
 import logging
 import socket
 import struct
-from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from passt_py import core, fwd, icmp
 from passt_py.flow import Flow, FlowRefused, FlowSide, FlowTable, FlowTableFull, FlowType, Pif
@@ -45,6 +45,9 @@ from passt_py.log import trace
 from passt_py.loop import ERR, HUP, IN, EventLoop
 from passt_py.netview import GuestState, NetView
 from passt_py.portspec import Forward, PortForwards
+
+if TYPE_CHECKING:
+    from passt_py.udp_ring import UdpRingPath
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,9 @@ RECV_SIZE = 65536
 #: Datagrams from this size on become frames in the buffer they were received into (which
 #: is then replaced); smaller ones are copied out into a frame of their own size.
 RX_IN_PLACE_MIN = 16 << 10
+#: Host peers of a -u listener whose datagrams the ring path places itself (most recent
+#: first); a datagram from another peer comes back to Python once, which moves it in front.
+LISTENER_TEMPLATES = 8
 MAX_PAYLOAD4 = 65507
 MAX_PAYLOAD6 = 65527
 
@@ -70,6 +76,13 @@ SO_EE_ORIGIN_ICMP = 2
 SO_EE_ORIGIN_ICMP6 = 3
 _EXTENDED_ERR = struct.Struct("=IBBBBII")   # ee_errno, origin, type, code, pad, info, data
 
+#: Template arguments (src, dst, sport, dport, peer) no datagram matches: the unspecified
+#: address and port 0 as the peer.
+_NO_PEER = {4: (ipaddress.IPv4Address(0), ipaddress.IPv4Address(0), 0, 0,
+                (ipaddress.IPv4Address(0), 0)),
+            6: (ipaddress.IPv6Address(0), ipaddress.IPv6Address(0), 0, 0,
+                (ipaddress.IPv6Address(0), 0))}
+
 _RELAY_TYPES4 = {icmp.ICMP_DEST_UNREACH, icmp.ICMP_TIME_EXCEEDED, icmp.ICMP_PARAMETERPROB}
 _RELAY_TYPES6 = {icmp.ICMPV6_DEST_UNREACH, icmp.ICMPV6_PKT_TOOBIG, icmp.ICMPV6_TIME_EXCEED,
                  icmp.ICMPV6_PARAMPROB}
@@ -78,11 +91,12 @@ _RELAY_TYPES6 = {icmp.ICMPV6_DEST_UNREACH, icmp.ICMPV6_PKT_TOOBIG, icmp.ICMPV6_T
 class _UdpState:
     """A UDP flow's socket; ``peer`` is set (and the socket shared) for forwarded flows."""
 
-    __slots__ = ("sock", "peer")
+    __slots__ = ("sock", "peer", "tmpls")
 
     def __init__(self, sock: socket.socket, peer: tuple[object, ...] | None) -> None:
         self.sock = sock
         self.peer = peer
+        self.tmpls: tuple[bytes, core.UdpTemplates] | None = None   # (guest MAC, template)
 
 
 @dataclass(frozen=True)
@@ -110,6 +124,9 @@ class _Listener:
     oaddr: IPAddr          # the bound address (unspecified for a wildcard bind)
     port: int
     target_port: int
+    ring_flows: list[Flow] = field(default_factory=list)   # see LISTENER_TEMPLATES
+    tmpls: core.UdpTemplates | None = None
+    tmpl_mac: bytes = b""
 
 
 def _sockaddr(addr: IPAddr, port: int) -> tuple[object, ...]:
@@ -136,7 +153,8 @@ class UdpHandler:
 
     def __init__(self, loop: EventLoop, view: NetView, guest: GuestState, flows: FlowTable,
                  to_guest: Callable[[list[bytes]], None], timeout: float = UDP_TIMEOUT,
-                 timeout_bidir: float = UDP_TIMEOUT_BIDIR) -> None:
+                 timeout_bidir: float = UDP_TIMEOUT_BIDIR,
+                 rx_path: UdpRingPath | None = None) -> None:
         self._loop = loop
         self._view = view
         self._guest = guest
@@ -146,6 +164,8 @@ class UdpHandler:
         self._timeout_bidir = timeout_bidir
         self._rx = bytearray(UDP_FRAME_ROOM + RECV_SIZE)   # headroom, then the datagram
         self._listeners: list[_Listener] = []
+        self._rx_path = rx_path
+        self._rx_waiting: list[socket.socket] = []   # muted until the guest adds RX buffers
         self.dropped = 0
 
     # ---- from the guest ----
@@ -313,6 +333,9 @@ class UdpHandler:
         if mask & (ERR | HUP):
             self._drain_errors(flow, state.sock)
         if mask & IN and not flow.closed:
+            if self._rx_path is not None and self._rx_path.active:
+                self._ring_flow(flow, state)
+                return
             frames = []
             tap = flow.side(Pif.TAP)
             for _ in range(RECV_BATCH):
@@ -329,6 +352,107 @@ class UdpHandler:
             if frames:
                 self._activity(flow, Pif.HOST)
                 self._to_guest(frames)
+
+    def _ring_flow(self, flow: Flow, state: _UdpState) -> None:
+        """A flow socket's datagrams straight into the guest's RX buffers (udp_ring)."""
+        mac = self._guest.mac
+        if state.tmpls is None or state.tmpls[0] != mac:
+            tap = flow.side(Pif.TAP)
+            tmpls = core.UdpTemplates(1)
+            tmpls.set(0, mac, self._view.our_mac, tap.oaddr, tap.eaddr, tap.oport, tap.eport)
+            tmpls.n = 1
+            state.tmpls = (mac, tmpls)
+        path = self._rx_path
+        assert path is not None
+        n = path.deliver(state.sock.fileno(), state.tmpls[1], RECV_BATCH)
+        res = path.last
+        self.dropped += res.dropped
+        if n:
+            self._activity(flow, Pif.HOST)
+        if res.stop == core.UDP_STOP_ERROR:
+            # An ICMP error reported through recv (also queued): relay it.
+            trace(log, "UDP flow %d: receive error %s", flow.id, errno.errorcode.get(-res.err))
+            self._drain_errors(flow, state.sock)
+        elif res.stop == core.UDP_STOP_NOBUFS:
+            self._wait_rx(state.sock)
+
+    def _ring_listener(self, lst: _Listener) -> None:
+        """A -u listener's datagrams straight into the guest's RX buffers (udp_ring).
+
+        The C call covers the listener's recent peers; a datagram from another one comes
+        back (spilled), takes the copying route once and its flow joins the recent ones.
+        """
+        path = self._rx_path
+        assert path is not None
+        for _ in range(RECV_BATCH):          # bounded: each round takes at least a datagram
+            tmpls = self._listener_templates(lst)
+            path.deliver(lst.sock.fileno(), tmpls, RECV_BATCH)
+            res = path.last
+            self.dropped += res.dropped
+            for i, flow in enumerate(lst.ring_flows):
+                if tmpls.take_count(i):
+                    self._activity(flow, Pif.HOST)
+            if res.stop == core.UDP_STOP_NOBUFS:
+                self._wait_rx(lst.sock)
+            if res.stop != core.UDP_STOP_UNKNOWN:
+                return
+            payload, addr, port = path.spilled()
+            flow = self._forward_flow(lst, _sockaddr(addr, port))
+            if flow is None:
+                self.dropped += 1
+                continue
+            self._activity(flow, Pif.HOST)
+            self._rx[UDP_FRAME_ROOM:UDP_FRAME_ROOM + len(payload)] = payload
+            frame = self._rx_frame(len(payload), flow.side(Pif.TAP))
+            if not path.push(frame):
+                self._to_guest([frame])     # queued for the guest's next RX buffers
+            if flow in lst.ring_flows:
+                lst.ring_flows.remove(flow)
+            lst.ring_flows.insert(0, flow)
+            del lst.ring_flows[LISTENER_TEMPLATES:]
+            lst.tmpls = None
+
+    def _listener_templates(self, lst: _Listener) -> core.UdpTemplates:
+        """The C templates of a listener's recent flows, rebuilt when they changed."""
+        mac = self._guest.mac
+        if lst.tmpls is not None and lst.tmpl_mac == mac and \
+                not any(f.closed for f in lst.ring_flows):
+            return lst.tmpls
+        lst.ring_flows = [f for f in lst.ring_flows if not f.closed]
+        tmpls = core.UdpTemplates(LISTENER_TEMPLATES)
+        for i, flow in enumerate(lst.ring_flows):
+            tap, host = flow.side(Pif.TAP), flow.side(Pif.HOST)
+            tmpls.set(i, mac, self._view.our_mac, tap.oaddr, tap.eaddr, tap.oport, tap.eport,
+                      peer=(host.eaddr, host.eport))
+        tmpls.n = len(lst.ring_flows)
+        if not tmpls.n:
+            # No peer yet: a template no datagram can match sends the first one back.
+            tmpls.set(0, mac, self._view.our_mac, *_NO_PEER[lst.version])
+            tmpls.n = 1
+        lst.tmpls, lst.tmpl_mac = tmpls, mac
+        return tmpls
+
+    def _wait_rx(self, sock: socket.socket) -> None:
+        """The guest's RX ring is full: stop reading ``sock`` until it adds buffers; what
+        arrives meanwhile waits in the socket (the kernel drops only beyond its buffer)."""
+        if any(s is sock for s in self._rx_waiting):
+            return
+        try:
+            self._loop.modify(sock.fileno(), 0)
+        except (OSError, ValueError, KeyError):
+            return
+        self._rx_waiting.append(sock)
+
+    def rx_ready(self) -> None:
+        """The guest added RX buffers: read the sockets that were waiting for them again."""
+        waiting, self._rx_waiting = self._rx_waiting, []
+        for sock in waiting:
+            if sock.fileno() < 0:
+                continue                    # its flow closed meanwhile
+            try:
+                self._loop.modify(sock.fileno(), IN)
+            except (OSError, ValueError, KeyError):
+                pass
 
     def _rx_frame(self, n: int, tap: FlowSide) -> bytes | memoryview:
         """The frame for the ``n``-byte datagram just received into the receive buffer."""
@@ -455,6 +579,9 @@ class UdpHandler:
                 lst.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             except OSError:
                 pass
+        if mask & IN and self._rx_path is not None and self._rx_path.active:
+            self._ring_listener(lst)
+            return
         frames = []
         for _ in range(RECV_BATCH):
             try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from passt_py.conf import config_from_argv
 from passt_py.service import Service
@@ -23,11 +23,12 @@ ARGS = ["-a", "10.9.8.7/24", "-g", "10.9.8.1", "-4", "-i", "lo", "--no-dhcp", "-
 
 
 @contextmanager
-def service_with_frontend(tmp_path: Path, rx_buffers: int,
-                          mem_size: int = 32 << 20) -> Iterator[tuple[Service, Frontend]]:
-    """(service, front-end) with ``rx_buffers`` 4 KiB RX buffers offered; stopped after."""
+def service_with_frontend(tmp_path: Path, rx_buffers: int, mem_size: int = 32 << 20,
+                          extra: Sequence[str] = ()) -> Iterator[tuple[Service, Frontend]]:
+    """(service, front-end) with ``rx_buffers`` 4 KiB RX buffers offered; stopped after.
+    ``extra``: more command-line options (forwards...)."""
     path = str(tmp_path / "vu.sock")
-    service = Service(config_from_argv(["--vhost-user", "-s", path, *ARGS]))
+    service = Service(config_from_argv(["--vhost-user", "-s", path, *ARGS, *extra]))
     thread = threading.Thread(target=service.loop.run, daemon=True)
     thread.start()
     fe = Frontend(path, mem_size=mem_size).connect_all()

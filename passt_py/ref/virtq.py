@@ -201,10 +201,10 @@ class RefVirtqueue:
         if self.log_flags & VRING_F_LOG:
             self.mem.log(self.log_addr + off, length)
 
-    def _set_avail_event(self) -> None:
+    def _set_avail_event(self, idx: int | None = None) -> None:
         if self.event_idx:
             off = 4 + 8 * self.num
-            self._put16(self.used + off, self.last_avail)
+            self._put16(self.used + off, self.last_avail if idx is None else idx)
             self._log_used(off, 2)
 
     def _flush(self, old: int) -> bool:
@@ -272,6 +272,7 @@ class RefVirtqueue:
         avail_idx, _ = self._avail_idx()
         old, start = self.used_idx, self.last_avail
         placed = dropped = bad = 0
+        out = False
         for frame in frames:
             need = hdr_len + len(frame)
             f_last, f_used = self.last_avail, self.used_idx
@@ -327,7 +328,9 @@ class RefVirtqueue:
                     written += n
                 self._put_used(head, written)
             placed += 1
-        if self.last_avail != start:
+        if out:          # stopped for buffers: the event goes to the driver's avail idx
+            self._set_avail_event(avail_idx)
+        elif self.last_avail != start:
             self._set_avail_event()
         notified = self._flush(old)
         return placed + dropped, placed, dropped, bad, notified
