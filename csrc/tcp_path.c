@@ -570,28 +570,8 @@ static int build_headers(const struct pc_tcp_flow *f, uint8_t flags, uint32_t se
 
 	if (payload > 65535 - tcp_len - (f->ipver == 4 ? IP4_HLEN : 0))
 		return -EMSGSIZE;
-	memcpy(out, f->eth_dst, 6);
-	memcpy(out + 6, f->eth_src, 6);
-	if (f->ipver == 4) {
-		put16(out + 12, ETH_P_IP);
-		memset(ip, 0, IP4_HLEN);
-		ip[0] = 0x45;
-		put16(ip + 2, (uint16_t)(IP4_HLEN + tcp_len + payload));
-		put16(ip + 6, 0x4000);				/* DF, ID 0 */
-		ip[8] = f->ttl;
-		ip[9] = PROTO_TCP;
-		memcpy(ip + 12, f->src + 12, 4);
-		memcpy(ip + 16, f->dst + 12, 4);
-		put16(ip + 10, (uint16_t)pc_csum_ipv4_header(ip, IP4_HLEN));
-	} else {
-		put16(out + 12, ETH_P_IPV6);
-		put32(ip, 0x60000000);
-		put16(ip + 4, (uint16_t)(tcp_len + payload));
-		ip[6] = PROTO_TCP;
-		ip[7] = f->ttl;
-		memcpy(ip + 8, f->src, 16);
-		memcpy(ip + 24, f->dst, 16);
-	}
+	eth_ip_headers(out, f->eth_dst, f->eth_src, f->ipver, f->src, f->dst, PROTO_TCP, f->ttl,
+		       tcp_len + payload);
 	put16(th, f->sport);
 	put16(th + 2, f->dport);
 	put32(th + 4, seq);

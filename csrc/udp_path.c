@@ -294,30 +294,12 @@ static size_t udp_headers(const struct pc_udp_flow *f, const struct iovec *paylo
 	memset(vnet, 0, hdr_len);
 	if (hdr_len >= 12)
 		put16le(vnet + 10, (uint16_t)nbuf);
-	memcpy(eth, f->eth_dst, 6);
-	memcpy(eth + 6, f->eth_src, 6);
-	if (f->ipver == 4) {
-		put16(eth + 12, ETH_P_IP);
-		memset(ip, 0, IP4_HLEN);
-		ip[0] = 0x45;
-		put16(ip + 2, (uint16_t)(IP4_HLEN + ulen));
-		put16(ip + 6, 0x4000);				/* DF, ID 0 */
-		ip[8] = f->ttl;
-		ip[9] = PROTO_UDP;
-		memcpy(ip + 12, f->src + 12, 4);
-		memcpy(ip + 16, f->dst + 12, 4);
-		put16(ip + 10, (uint16_t)pc_csum_ipv4_header(ip, IP4_HLEN));
+	eth_ip_headers(eth, f->eth_dst, f->eth_src, f->ipver, f->src, f->dst, PROTO_UDP, f->ttl,
+		       ulen);
+	if (f->ipver == 4)
 		psum = pc_csum_pseudo_ipv4(f->src + 12, f->dst + 12, PROTO_UDP, ulen);
-	} else {
-		put16(eth + 12, ETH_P_IPV6);
-		put32(ip, 0x60000000);
-		put16(ip + 4, ulen);
-		ip[6] = PROTO_UDP;
-		ip[7] = f->ttl;
-		memcpy(ip + 8, f->src, 16);
-		memcpy(ip + 24, f->dst, 16);
+	else
 		psum = pc_csum_pseudo_ipv6(f->src, f->dst, PROTO_UDP, ulen);
-	}
 	put16(uh, f->sport);
 	put16(uh + 2, f->dport);
 	put16(uh + 4, ulen);

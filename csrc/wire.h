@@ -3,7 +3,11 @@
 #ifndef PASST_WIRE_H
 #define PASST_WIRE_H
 
+#include <stddef.h>
 #include <stdint.h>
+#include <string.h>
+
+#include "passt_core.h"
 
 enum {
 	ETH_HLEN = 14,
@@ -80,6 +84,50 @@ static inline void put16le(uint8_t *p, uint16_t v)
 static inline uint16_t get16le(const uint8_t *p)
 {
 	return (uint16_t)(p[0] | p[1] << 8);
+}
+
+/**
+ * eth_ip_headers() - write the Ethernet and IPv4 (DF, ID 0, checksum) or IPv6 header
+ * @eth:	ETH_HLEN + IP6_HLEN bytes
+ * @dmac:	destination MAC
+ * @smac:	source MAC
+ * @ipver:	4 or 6
+ * @src:	source address (IPv4 as ::ffff:a.b.c.d)
+ * @dst:	destination address (likewise)
+ * @proto:	IP protocol
+ * @ttl:	TTL or hop limit
+ * @l4_len:	transport header and payload bytes (fits the length field: checked by callers)
+ * Return: bytes written (ETH_HLEN plus the IP header)
+ */
+static inline size_t eth_ip_headers(uint8_t *eth, const uint8_t *dmac, const uint8_t *smac,
+				    int ipver, const uint8_t *src, const uint8_t *dst,
+				    uint8_t proto, uint8_t ttl, size_t l4_len)
+{
+	uint8_t *ip = eth + ETH_HLEN;
+
+	memcpy(eth, dmac, 6);
+	memcpy(eth + 6, smac, 6);
+	if (ipver == 4) {
+		put16(eth + 12, ETH_P_IP);
+		memset(ip, 0, IP4_HLEN);
+		ip[0] = 0x45;
+		put16(ip + 2, (uint16_t)(IP4_HLEN + l4_len));
+		put16(ip + 6, 0x4000);				/* DF, ID 0 */
+		ip[8] = ttl;
+		ip[9] = proto;
+		memcpy(ip + 12, src + 12, 4);
+		memcpy(ip + 16, dst + 12, 4);
+		put16(ip + 10, (uint16_t)pc_csum_ipv4_header(ip, IP4_HLEN));
+		return ETH_HLEN + IP4_HLEN;
+	}
+	put16(eth + 12, ETH_P_IPV6);
+	put32(ip, 0x60000000);
+	put16(ip + 4, (uint16_t)l4_len);
+	ip[6] = proto;
+	ip[7] = ttl;
+	memcpy(ip + 8, src, 16);
+	memcpy(ip + 24, dst, 16);
+	return ETH_HLEN + IP6_HLEN;
 }
 
 #endif /* PASST_WIRE_H */
