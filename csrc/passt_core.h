@@ -14,7 +14,7 @@
 
 /* CDEF-BEGIN */
 /* Bumped whenever the C API changes; passt_py.core refuses an extension of another version. */
-enum { PC_API_VERSION = 4 };
+enum { PC_API_VERSION = 5 };
 int pc_api_version(void);
 
 /* ---- checksum.c: Internet checksum (RFC 1071) ---- */
@@ -158,10 +158,11 @@ int64_t pc_send_payloads(int fd, const struct pc_tx_frame *frames, unsigned nfra
 /* A run of a TX batch: frames [first, first + count). With data set, they are in-order data
  * segments (ACK, maybe PSH, payload) of one connection: contiguous sequence numbers from seq,
  * `bytes` of payload, ACK fields never going back; ack and window are the last segment's.
- * Without data, one frame that is anything else. */
+ * Without data, one TCP frame that is anything else, or (other set) consecutive frames that
+ * are not well-formed TCP segments at all (UDP, ARP, broken frames...). */
 struct pc_tcp_run {
 	uint32_t first; uint32_t count; uint32_t seq; uint32_t bytes; uint32_t ack;
-	uint16_t window; uint8_t data; uint8_t pad;
+	uint16_t window; uint8_t data; uint8_t other;
 };
 int pc_tcp_runs(const struct pc_pkt *recs, unsigned n, struct pc_payload_ref *items,
 		struct pc_tcp_run *runs, unsigned max_runs);
@@ -210,6 +211,21 @@ struct pc_dgram_ref { int32_t fd; uint32_t frame; uint32_t off; uint32_t len; in
 int pc_send_datagrams(const struct pc_tx_frame *frames, unsigned nframes,
 		      const struct iovec *iov, unsigned max_iov, struct pc_dgram_ref *items,
 		      unsigned nitems);
+/* Runs of a classified batch for the UDP fast path: positions [first, first + count) of an
+ * index list (frames not taken yet) that are well-formed, unsegmented UDP datagrams with one
+ * tuple (udp 1), or one frame that is anything else (udp 0). The caller sets fd per run: a
+ * connected socket to send the run on, or -1 to leave it; failed comes back from the send. */
+struct pc_udp_run { uint32_t first; uint32_t count; int32_t fd; uint16_t failed; uint8_t udp;
+		    uint8_t pad; };
+int pc_udp_runs(const struct pc_pkt *recs, unsigned nrecs, const uint32_t *idx, unsigned n,
+		struct pc_udp_run *runs, unsigned max_runs);
+/* Send every run with fd >= 0 (pc_send_datagrams): items has room for n entries, one per
+ * index position, whose err the caller reads for runs with failures. Return: datagrams that
+ * failed, or -EINVAL (nothing sent) for a bad index or payload range. */
+int pc_send_udp_runs(const struct pc_tx_frame *frames, unsigned nframes,
+		     const struct iovec *iov, unsigned max_iov, const struct pc_pkt *recs,
+		     unsigned nrecs, const uint32_t *idx, unsigned n, struct pc_udp_run *runs,
+		     unsigned nruns, struct pc_dgram_ref *items);
 /* Host -> guest: the header template of one flow's datagrams (guest-facing addresses, IPv4
  * as ::ffff:a.b.c.d) and, on a socket several flows share, the host peer it takes datagrams
  * from (any_peer: every datagram of the socket). count goes up per datagram delivered. */

@@ -505,11 +505,15 @@ int pc_tcp_runs(const struct pc_pkt *recs, unsigned n, struct pc_payload_ref *it
 
 	for (i = 0; i < n; i++) {
 		const struct pc_pkt *p = &recs[i];
-		int data = is_data(p);
+		int data = is_data(p), tcp = p->valid == PC_PKT_OK && p->proto == PROTO_TCP;
 
 		items[i].frame = i;
 		items[i].off = p->payload_off;
 		items[i].len = p->payload_len;
+		if (!tcp && r && r->other) {		/* none of TCP's business: one run */
+			r->count++;
+			continue;
+		}
 		if (data && r && r->data && same_stream(&recs[i - 1], p)) {
 			r->count++;
 			r->bytes += p->payload_len;
@@ -524,6 +528,7 @@ int pc_tcp_runs(const struct pc_pkt *recs, unsigned n, struct pc_payload_ref *it
 		r->first = i;
 		r->count = 1;
 		r->data = (uint8_t)data;
+		r->other = (uint8_t)!tcp;
 		if (data) {
 			r->seq = p->seq;
 			r->bytes = p->payload_len;

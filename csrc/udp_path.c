@@ -140,6 +140,124 @@ int pc_send_datagrams(const struct pc_tx_frame *frames, unsigned nframes,
 	return (int)nitems;
 }
 
+/**
+ * same_tuple() - two UDP records with the same addresses and ports
+ * @a:		record
+ * @b:		record
+ * Return: non-zero if they belong to one flow
+ */
+static int same_tuple(const struct pc_pkt *a, const struct pc_pkt *b)
+{
+	return a->sport == b->sport && a->dport == b->dport && a->ipver == b->ipver &&
+	       !memcmp(a->src, b->src, 16) && !memcmp(a->dst, b->dst, 16);
+}
+
+/**
+ * pc_udp_runs() - cut an index list of a classified batch into runs of one UDP tuple
+ * @recs:	records of the batch
+ * @nrecs:	their number
+ * @idx:	frames to consider, in order
+ * @n:		entries in @idx
+ * @runs:	runs out (fd set to -1)
+ * @max_runs:	room in @runs (n is always enough)
+ *
+ * A Python decision per run instead of per datagram: a bulk flow sends long runs.
+ *
+ * Return: number of runs, or -EINVAL for an index outside @recs or too little room
+ */
+int pc_udp_runs(const struct pc_pkt *recs, unsigned nrecs, const uint32_t *idx, unsigned n,
+		struct pc_udp_run *runs, unsigned max_runs)
+{
+	unsigned k, nruns = 0;
+
+	for (k = 0; k < n; k++) {
+		const struct pc_pkt *p;
+		int udp;
+
+		if (idx[k] >= nrecs)
+			return -EINVAL;
+		p = &recs[idx[k]];
+		udp = p->valid == PC_PKT_OK && p->proto == PROTO_UDP && !p->gso_type;
+		if (udp && nruns && runs[nruns - 1].udp &&
+		    same_tuple(&recs[idx[runs[nruns - 1].first]], p)) {
+			runs[nruns - 1].count++;
+			continue;
+		}
+		if (nruns == max_runs)
+			return -EINVAL;
+		memset(&runs[nruns], 0, sizeof(runs[nruns]));
+		runs[nruns].first = k;
+		runs[nruns].count = 1;
+		runs[nruns].fd = -1;
+		runs[nruns].udp = (uint8_t)udp;
+		nruns++;
+	}
+	return (int)nruns;
+}
+
+/**
+ * pc_send_udp_runs() - send the runs given a socket, straight from guest memory
+ * @frames:	the batch's frames
+ * @nframes:	number of frames
+ * @iov:	the batch's slices
+ * @max_iov:	entries in @iov
+ * @recs:	the batch's records (payload ranges)
+ * @nrecs:	their number
+ * @idx:	the index list pc_udp_runs() cut
+ * @n:		its entries
+ * @runs:	runs, fd set by the caller (-1: not sent); failed is set here
+ * @nruns:	their number
+ * @items:	n entries of scratch: items[k] is the datagram of position k (err: its fate)
+ *
+ * Return: datagrams that failed, or -EINVAL with nothing sent
+ */
+int pc_send_udp_runs(const struct pc_tx_frame *frames, unsigned nframes,
+		     const struct iovec *iov, unsigned max_iov, const struct pc_pkt *recs,
+		     unsigned nrecs, const uint32_t *idx, unsigned n, struct pc_udp_run *runs,
+		     unsigned nruns, struct pc_dgram_ref *items)
+{
+	unsigned r, k, used = 0, failed = 0;
+	int ret;
+
+	for (r = 0; r < nruns; r++) {
+		if (runs[r].fd < 0)
+			continue;
+		if (!runs[r].udp || runs[r].first + runs[r].count > n ||
+		    runs[r].first + runs[r].count < runs[r].first)
+			return -EINVAL;
+		for (k = runs[r].first; k < runs[r].first + runs[r].count; k++) {
+			const struct pc_pkt *p;
+
+			if (idx[k] >= nrecs)
+				return -EINVAL;
+			p = &recs[idx[k]];
+			items[used].fd = runs[r].fd;
+			items[used].frame = idx[k];
+			items[used].off = p->payload_off;
+			items[used].len = p->payload_len;
+			items[used].err = 0;
+			used++;
+		}
+	}
+	ret = pc_send_datagrams(frames, nframes, iov, max_iov, items, used);
+	if (ret < 0)
+		return ret;
+	/* Spread the fates back to index positions, last first (items are a prefix of them) */
+	for (r = nruns; r-- > 0;) {
+		uint16_t nf = 0;
+
+		if (runs[r].fd < 0)
+			continue;
+		for (k = runs[r].first + runs[r].count; k-- > runs[r].first;) {
+			items[k] = items[--used];
+			nf += items[k].err != 0;
+		}
+		runs[r].failed = nf;
+		failed += nf;
+	}
+	return (int)failed;
+}
+
 /* ---- host to guest ---- */
 
 /* Chains and slices one datagram may take (64 KiB in buffers of at least 1 KiB fits). */

@@ -15,7 +15,7 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
         "passt_py's C core (passt_py._core) is not built: run 'pip install .' or "
         "'pip install -e .' from the source tree") from exc
 
-API_VERSION = 4
+API_VERSION = 5
 
 if lib.pc_api_version() != API_VERSION:  # pragma: no cover - stale builds only
     raise ImportError(
@@ -728,6 +728,41 @@ def send_datagrams(batch: TxBatch, items: Sequence[tuple[int, int, int, int]]) -
     check(lib.pc_send_datagrams(batch.frames, batch.count, batch.iov, batch.max_iov, refs,
                                 len(items)), "send_datagrams")
     return [refs[k].err for k in range(len(items))]
+
+
+class UdpRuns:
+    """A classified batch's frames (an index list) cut into runs of one UDP tuple
+    (pc_udp_runs), so the UDP fast path decides per run; send() then sends every run given
+    a socket (``set_fd``) straight from guest memory."""
+
+    def __init__(self, recs: PacketRecords, frames: Sequence[int]) -> None:
+        self.recs = recs
+        n = self.n = len(frames)
+        self.idx = ffi.new("uint32_t[]", list(frames)) if n else ffi.NULL
+        self.runs = ffi.new("struct pc_udp_run[]", max(n, 1))
+        self._items: object = None
+        self.count = check(lib.pc_udp_runs(recs.recs, recs.count, self.idx, n, self.runs,
+                                           max(n, 1)), "udp_runs") if n else 0
+
+    def frames(self, r: int) -> list[int]:
+        """Frame indices of run ``r``."""
+        run = self.runs[r]
+        return [self.idx[k] for k in range(run.first, run.first + run.count)]
+
+    def send(self) -> int:
+        """Send the runs with an fd; returns how many datagrams failed (see errors())."""
+        b = self.recs.batch
+        self._items = ffi.new("struct pc_dgram_ref[]", max(self.n, 1))
+        return check(lib.pc_send_udp_runs(b.frames, b.count, b.iov, b.max_iov, self.recs.recs,
+                                          self.recs.count, self.idx, self.n, self.runs,
+                                          self.count, self._items), "send_udp_runs")
+
+    def errors(self, r: int) -> list[tuple[int, int]]:
+        """(frame, negative errno) of run ``r``'s datagrams that failed."""
+        run = self.runs[r]
+        items = self._items
+        return [(self.idx[k], items[k].err) for k in range(run.first, run.first + run.count)
+                if items[k].err]
 
 
 def tcp_runs(recs: PacketRecords) -> tuple[object, int, object]:

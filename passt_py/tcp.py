@@ -683,6 +683,9 @@ class TcpHandler:
         for k in range(nruns):
             run = runs[k]
             first, count = run.first, run.count
+            if run.other:                # not TCP at all: the other paths' business
+                rest.extend(range(first, first + count))
+                continue
             if not run.data:
                 if not self._take_pure_ack(recs, first, groups, held):
                     rest.append(first)

@@ -189,36 +189,41 @@ class UdpHandler:
         if not self._view.udp:
             return list(frames)
         rest: list[int] = []
-        items: list[tuple[int, int, int, int]] = []
-        owners: list[Flow] = []
+        sent: list[tuple[int, Flow]] = []
         try:
-            for i in frames:
-                r = recs[i]
-                if r.valid != core.PKT_OK or r.proto != IPPROTO_UDP or r.gso_type:
-                    rest.append(i)
-                    continue
-                flow = self._flows.lookup_packet(FlowType.UDP, recs, i)
+            runs = core.UdpRuns(recs, frames)
+            r_ = runs.runs
+            for r in range(runs.count):
+                run = r_[r]
+                flow = (self._flows.lookup_packet(FlowType.UDP, recs, runs.idx[run.first])
+                        if run.udp else None)
                 # A forwarded flow's replies leave through its listener with sendto().
                 state: _UdpState | None = flow.data if flow is not None else None
                 if state is None or state.peer is not None:
-                    rest.append(i)
+                    rest += runs.frames(r)
                     continue
-                items.append((state.sock.fileno(), i, r.payload_off, r.payload_len))
-                owners.append(flow)
-            codes = core.send_datagrams(recs.batch, items)
+                run.fd = state.sock.fileno()
+                sent.append((r, flow))  # type: ignore[arg-type]
+            failed = runs.send() if sent else 0
         except Exception:  # noqa: BLE001 - a broken batch is the copying path's business
             log.exception("UDP fast path failed: batch left to the copying path")
             return list(frames)
-        touched: set[int] = set()
-        for flow, code, (_fd, i, off, length) in zip(owners, codes, items):
-            if code == -errno.ECONNREFUSED:
-                # A pending error from an earlier ICMP message, cleared by this send: retry.
-                code = self._resend(flow, recs.read(i, off, length))
-            if code:
-                self.dropped += 1
-                trace(log, "UDP flow %d: send failed: %s", flow.id, errno.errorcode.get(-code))
-            elif flow.id not in touched:
-                touched.add(flow.id)
+        for r, flow in sent:
+            ok = r_[r].count
+            if failed and r_[r].failed:
+                for i, code in runs.errors(r):
+                    if code == -errno.ECONNREFUSED:
+                        # A pending error from an earlier ICMP message, cleared by this
+                        # send: retry.
+                        rec = recs[i]
+                        code = self._resend(flow, recs.read(i, rec.payload_off,
+                                                            rec.payload_len))
+                    if code:
+                        ok -= 1
+                        self.dropped += 1
+                        trace(log, "UDP flow %d: send failed: %s", flow.id,
+                              errno.errorcode.get(-code))
+            if ok:
                 self._activity(flow, Pif.TAP)
         return rest
 

@@ -374,7 +374,8 @@ def _seg(sport: int, seq: int, ack: int, flags: str = "A", n: int = 100) -> byte
 
 def test_tcp_runs_cut_where_order_or_connection_changes(rig):
     """Runs: contiguous data of one connection (PSH allowed) with ACKs not going back; a new
-    run at a gap, another connection, an older ACK, or any non-data frame (alone)."""
+    run at a gap, another connection, an older ACK, or any non-data TCP frame (alone);
+    frames that are not TCP at all share one run (other)."""
     r = rig()
     frames = [
         _seg(1, 1000, 5), _seg(1, 1100, 6, "PA"), _seg(1, 1200, 6),     # run A: 3 frames
@@ -386,16 +387,19 @@ def test_tcp_runs_cut_where_order_or_connection_changes(rig):
         _seg(1, 1800, 6, "A", 0),                                       # pure ACK: not data
         raw(E() / IP(src="10.0.0.2", dst="10.0.0.1") / UDP(sport=1, dport=2) / b"u"),
         _seg(1, 0xFFFFFFC0, 8, "A", 0x40), _seg(1, 0, 8),              # across the wrap
+        raw(E() / IP(src="10.0.0.2", dst="10.0.0.1") / UDP(sport=1, dport=2) / b"v"),
+        raw(E() / ARP()),                                               # not TCP: one run
     ]
     batch = send_tx(r, frames)
     recs = core.classify(batch)
     runs, n, refs = core.tcp_runs(recs)
     got = [(runs[k].first, runs[k].count, runs[k].data, runs[k].seq, runs[k].bytes,
-            runs[k].ack) for k in range(n)]
-    assert got == [(0, 3, 1, 1000, 300, 6), (3, 1, 1, 7000, 100, 9), (4, 1, 1, 1300, 100, 7),
-                   (5, 1, 1, 1500, 100, 7), (6, 1, 1, 1600, 100, 6), (7, 1, 0, 0, 0, 0),
-                   (8, 1, 0, 0, 0, 0), (9, 1, 0, 0, 0, 0),
-                   (10, 2, 1, 0xFFFFFFC0, 0x40 + 100, 8)]
+            runs[k].ack, runs[k].other) for k in range(n)]
+    assert got == [(0, 3, 1, 1000, 300, 6, 0), (3, 1, 1, 7000, 100, 9, 0),
+                   (4, 1, 1, 1300, 100, 7, 0), (5, 1, 1, 1500, 100, 7, 0),
+                   (6, 1, 1, 1600, 100, 6, 0), (7, 1, 0, 0, 0, 0, 0), (8, 1, 0, 0, 0, 0, 0),
+                   (9, 1, 0, 0, 0, 0, 1), (10, 2, 1, 0xFFFFFFC0, 0x40 + 100, 8, 0),
+                   (12, 2, 0, 0, 0, 0, 1)]
     assert [(refs[i].frame, refs[i].off, refs[i].len) for i in range(3)] == \
         [(i, recs[i].payload_off, 100) for i in range(3)]
 
@@ -1091,6 +1095,9 @@ def test_tcp_runs_property_cover_the_batch_and_hold_only_in_order_data(spec):
         run = runs[k]
         idx = list(range(run.first, run.first + run.count))
         covered += idx
+        if run.other:
+            assert all(recs[i].proto != 6 or recs[i].valid != core.PKT_OK for i in idx)
+            continue
         if not run.data:
             assert run.count == 1
             p = recs[run.first]

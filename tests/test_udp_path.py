@@ -262,3 +262,73 @@ def test_stopping_with_chains_left_asks_for_a_kick_on_the_next_buffer(rig):
     assert r.rx.avail_event == 3
     r.rx.add_rx_buffers(2, 4096)
     assert path.rx(ours.fileno(), _templates(4)) == 1
+
+
+# ---- guest -> host: runs of one UDP tuple (pc_udp_runs, pc_send_udp_runs) ----
+
+def _udp_frames(spec: list[tuple[str, int, int, bytes]]) -> list[bytes]:
+    from scapy.all import TCP
+    out = []
+    for kind, sport, dport, payload in spec:
+        l4 = UDP(sport=sport, dport=dport) if kind == "udp" else TCP(sport=sport, dport=dport)
+        out.append(raw(Ether(src=GUEST_MAC.hex(":"), dst=OUR_MAC.hex(":"))
+                       / IP(src="10.0.2.15", dst="10.0.2.2") / l4 / payload))
+    return out
+
+
+def test_udp_runs_cut_where_the_tuple_changes(rig):
+    """Consecutive datagrams of one tuple make a run; another tuple, a TCP segment or a frame
+    skipped by the index list cut it; positions refer to the index list."""
+    from tests.test_tcp_path import send_tx
+    r = rig()
+    spec = [("udp", 1, 2, b"a"), ("udp", 1, 2, b"b"), ("udp", 3, 2, b"c"), ("tcp", 1, 2, b""),
+            ("udp", 1, 2, b"d"), ("udp", 1, 2, b"e"), ("udp", 1, 2, b"f")]
+    batch = send_tx(r, _udp_frames(spec))
+    recs = core.classify(batch)
+    runs = core.UdpRuns(recs, [0, 1, 2, 3, 4, 6])          # frame 5 taken by someone else
+    got = [(runs.frames(k), runs.runs[k].udp) for k in range(runs.count)]
+    assert got == [([0, 1], 1), ([2], 1), ([3], 0), ([4, 6], 1)]
+    with pytest.raises(core.CoreError):
+        core.UdpRuns(recs, [0, 99])
+
+
+def test_udp_runs_send_from_guest_memory_with_per_datagram_fates(rig):
+    """Runs given a socket go out in order with their exact bytes; a run left at fd -1 is not
+    sent; a socket with a pending ICMP error fails its first datagram only, reported at its
+    index position."""
+    from tests.test_tcp_path import send_tx
+    import errno as errno_mod
+    import select
+    r = rig()
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.settimeout(5)
+    good = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    good.connect(sink.getsockname())
+    gone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(("127.0.0.1", 0))
+    gone.connect(closed.getsockname())
+    closed.close()
+    gone.send(b"x")                                      # earns a pending ECONNREFUSED
+    poller = select.poll()
+    poller.register(gone, select.POLLERR)
+    assert poller.poll(2000), "no ICMP error on loopback"
+    payloads = [os.urandom(n) for n in (1, 3000, 20000, 5, 7, 9)]
+    spec = [("udp", 1, 2, payloads[0]), ("udp", 1, 2, payloads[1]), ("udp", 1, 2, payloads[2]),
+            ("udp", 5, 6, payloads[3]), ("udp", 7, 8, payloads[4]), ("udp", 7, 8, payloads[5])]
+    batch = send_tx(r, _udp_frames(spec))
+    recs = core.classify(batch)
+    runs = core.UdpRuns(recs, range(6))
+    assert runs.count == 3
+    runs.runs[0].fd = good.fileno()
+    runs.runs[2].fd = gone.fileno()                      # run 1 stays at -1: not sent
+    assert runs.send() == 1
+    assert [runs.runs[k].failed for k in range(3)] == [0, 0, 1]
+    assert runs.errors(2) == [(4, -errno_mod.ECONNREFUSED)]
+    assert [sink.recv(70000) for _ in range(3)] == payloads[:3]
+    sink.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        sink.recv(100)
+    for s in (sink, good, gone):
+        s.close()
