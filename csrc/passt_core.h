@@ -14,7 +14,7 @@
 
 /* CDEF-BEGIN */
 /* Bumped whenever the C API changes; passt_py.core refuses an extension of another version. */
-enum { PC_API_VERSION = 5 };
+enum { PC_API_VERSION = 6 };
 int pc_api_version(void);
 
 /* ---- checksum.c: Internet checksum (RFC 1071) ---- */
@@ -111,6 +111,9 @@ int pc_vq_push_rx(struct pc_vq *vq, const uint8_t *data, const uint32_t *lens, u
 int pc_vq_push_rx_ptrs(struct pc_vq *vq, const uint8_t *const *frames, const uint32_t *lens,
 		       unsigned nframes, size_t hdr_len, int mergeable, const uint8_t *vnet_hdr,
 		       struct pc_rx_result *res);
+/* Publish used elements left pending by the RX paths' NO_FLUSH calls (one used idx update and
+ * at most one notification per loop batch); 1 if the guest was (due to be) notified. */
+int pc_vq_flush(struct pc_vq *vq);
 
 /* ---- tcp_path.c: the established-TCP data path ---- */
 /* SECTION tcp_path: owned by the TCP data-path work */
@@ -196,7 +199,6 @@ size_t pc_tcp_scratch_size(void);
 int pc_tcp_rx(struct pc_vq *vq, struct pc_tcp_scratch *s, int fd, const struct pc_tcp_flow *f,
 	      size_t hdr_len, int mergeable, uint32_t max_bytes, unsigned opts,
 	      struct pc_tcp_rx_result *res);
-int pc_tcp_rx_flush(struct pc_vq *vq);
 int pc_tcp_ctl(struct pc_vq *vq, const struct pc_tcp_flow *f, uint8_t flags,
 	       const uint8_t *tcp_opts, size_t opt_len, size_t hdr_len, int mergeable,
 	       unsigned opts, struct pc_rx_result *res);
@@ -208,9 +210,6 @@ int pc_tcp_build(const struct pc_tcp_flow *f, uint8_t flags, const uint8_t *tcp_
 /* One datagram: bytes [off, off + len) of frame `frame` of a TX batch, for socket `fd`
  * (connected). `err` comes back 0 when it was sent, or a negative errno. */
 struct pc_dgram_ref { int32_t fd; uint32_t frame; uint32_t off; uint32_t len; int32_t err; };
-int pc_send_datagrams(const struct pc_tx_frame *frames, unsigned nframes,
-		      const struct iovec *iov, unsigned max_iov, struct pc_dgram_ref *items,
-		      unsigned nitems);
 /* Runs of a classified batch for the UDP fast path: positions [first, first + count) of an
  * index list (frames not taken yet) that are well-formed, unsegmented UDP datagrams with one
  * tuple (udp 1), or one frame that is anything else (udp 0). The caller sets fd per run: a
@@ -219,7 +218,7 @@ struct pc_udp_run { uint32_t first; uint32_t count; int32_t fd; uint16_t failed;
 		    uint8_t pad; };
 int pc_udp_runs(const struct pc_pkt *recs, unsigned nrecs, const uint32_t *idx, unsigned n,
 		struct pc_udp_run *runs, unsigned max_runs);
-/* Send every run with fd >= 0 (pc_send_datagrams): items has room for n entries, one per
+/* Send every run with fd >= 0, one sendmmsg() per run of one socket: items has room for n entries, one per
  * index position, whose err the caller reads for runs with failures. Return: datagrams that
  * failed, or -EINVAL (nothing sent) for a bad index or payload range. */
 int pc_send_udp_runs(const struct pc_tx_frame *frames, unsigned nframes,
@@ -228,7 +227,8 @@ int pc_send_udp_runs(const struct pc_tx_frame *frames, unsigned nframes,
 		     unsigned nruns, struct pc_dgram_ref *items);
 /* Host -> guest: the header template of one flow's datagrams (guest-facing addresses, IPv4
  * as ::ffff:a.b.c.d) and, on a socket several flows share, the host peer it takes datagrams
- * from (any_peer: every datagram of the socket). count goes up per datagram delivered. */
+ * from (any_peer: every datagram of the socket). count goes up per datagram delivered. With no
+ * template at all, every datagram is spilled (a -u listener before its first peer). */
 struct pc_udp_flow {
 	uint8_t eth_dst[6]; uint8_t eth_src[6];
 	uint8_t src[16]; uint8_t dst[16]; uint8_t peer[16];

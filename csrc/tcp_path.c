@@ -33,7 +33,7 @@
  *                       them if the socket had nothing. Used elements are written in order,
  *                       dirty-logged with every byte written, and published with one used-idx
  *                       update and at most one notification per call, or per batch of calls
- *                       (PC_TCP_RX_NO_FLUSH, then pc_tcp_rx_flush()).
+ *                       (PC_TCP_RX_NO_FLUSH, then pc_vq_flush()).
  *   pc_tcp_ctl()        one header-only segment (ACK, FIN, RST, SYN, SYN-ACK with options)
  *                       into the RX ring, and pc_tcp_build() the same frame (or a data frame)
  *                       into a caller buffer, for back-ends without guest rings and for tests.
@@ -700,16 +700,6 @@ int pc_tcp_ctl(struct pc_vq *vq, const struct pc_tcp_flow *f, uint8_t flags,
 }
 
 /**
- * pc_tcp_rx_flush() - publish used elements left pending by PC_TCP_RX_NO_FLUSH calls
- * @vq:		RX ring
- * Return: 1 if the guest was (due to be) notified, else 0
- */
-int pc_tcp_rx_flush(struct pc_vq *vq)
-{
-	return pc_vq_flush(vq);
-}
-
-/**
  * scatter() - copy bytes into a segment's slices, from byte @at of the segment
  * @s:		scratch
  * @seg:	the segment
@@ -938,7 +928,7 @@ static int queued_past_peek(int fd, uint32_t *n)
  *		PC_TCP_RX_CSUM_PARTIAL: every segment NEEDS_CSUM with the pseudo-header sum
  *		(VIRTIO_NET_F_GUEST_CSUM negotiated, no capture wanting full checksums);
  *		PC_TCP_RX_DATA_VALID: full checksums and the DATA_VALID flag (GUEST_CSUM);
- *		PC_TCP_RX_NO_FLUSH: leave the used elements for pc_tcp_rx_flush()
+ *		PC_TCP_RX_NO_FLUSH: leave the used elements for pc_vq_flush()
  * @res:	what the call did and why it stopped (PC_TCP_STOP_*)
  *
  * Return: payload bytes delivered (f->seq advances by this much), 0 with res->stop telling

@@ -1,6 +1,6 @@
 /* udp_path.c - UDP datagrams between host sockets and guest memory, both ways.
  *
- * Guest to host (pc_send_datagrams):
+ * Guest to host (pc_udp_runs, pc_send_udp_runs):
  *
  * Python finds the flow of each datagram (pc_classify() gives addresses, ports and the
  * payload range); this file sends them: one sendmmsg() per run of consecutive datagrams for
@@ -89,7 +89,7 @@ static void flush(int fd, struct mmsghdr *msgs, unsigned n, struct pc_dgram_ref 
 }
 
 /**
- * pc_send_datagrams() - send UDP payloads of TX frames to their sockets, from guest memory
+ * send_datagrams() - send UDP payloads of TX frames to their sockets, from guest memory
  * @frames:	the batch's frames
  * @nframes:	number of frames
  * @iov:	the batch's slices
@@ -99,9 +99,9 @@ static void flush(int fd, struct mmsghdr *msgs, unsigned n, struct pc_dgram_ref 
  *
  * Return: @nitems, or -EINVAL (nothing sent) if an item's range is outside its frame
  */
-int pc_send_datagrams(const struct pc_tx_frame *frames, unsigned nframes,
-		      const struct iovec *iov, unsigned max_iov, struct pc_dgram_ref *items,
-		      unsigned nitems)
+static int send_datagrams(const struct pc_tx_frame *frames, unsigned nframes,
+			  const struct iovec *iov, unsigned max_iov, struct pc_dgram_ref *items,
+			  unsigned nitems)
 {
 	struct mmsghdr msgs[UDP_MSGS];
 	struct pc_dgram_ref *owner[UDP_MSGS];
@@ -239,7 +239,7 @@ int pc_send_udp_runs(const struct pc_tx_frame *frames, unsigned nframes,
 			used++;
 		}
 	}
-	ret = pc_send_datagrams(frames, nframes, iov, max_iov, items, used);
+	ret = send_datagrams(frames, nframes, iov, max_iov, items, used);
 	if (ret < 0)
 		return ret;
 	/* Spread the fates back to index positions, last first (items are a prefix of them) */
@@ -537,7 +537,7 @@ static void discard(int fd)
  * @flows:	header templates, all of one IP version (the guest side's); a datagram takes the
  *		first whose peer matches, or with any_peer set; each one's count goes up by the
  *		datagrams delivered for it
- * @nflows:	number of templates (at least 1)
+ * @nflows:	number of templates (0: every datagram is spilled)
  * @hdr_len:	virtio-net header length (10 or 12)
  * @mergeable:	VIRTIO_NET_F_MRG_RXBUF negotiated
  * @max_dgrams:	most datagrams to take from the socket
@@ -565,19 +565,20 @@ int pc_udp_rx(struct pc_vq *vq, int fd, struct pc_udp_flow *flows, unsigned nflo
 	struct rx_plan p;
 	uint16_t avail_idx, start;
 	size_t l3, room, max_payload;
-	unsigned d, k;
+	unsigned d, k, ipver;
 	int ret;
 
 	memset(res, 0, sizeof(*res));
-	if (!nflows || hdr_len < 10 || hdr_len > VNET_MAX || spill_len < 65535)
+	if (hdr_len < 10 || hdr_len > VNET_MAX || spill_len < 65535)
 		return -EINVAL;
 	for (k = 0; k < nflows; k++) {
 		if (flows[k].ipver != flows[0].ipver || (flows[k].ipver != 4 && flows[k].ipver != 6))
 			return -EINVAL;
 	}
-	l3 = flows[0].ipver == 4 ? IP4_HLEN : IP6_HLEN;
+	ipver = nflows ? flows[0].ipver : 6;	/* no template: spilled anyway, any room does */
+	l3 = ipver == 4 ? IP4_HLEN : IP6_HLEN;
 	room = hdr_len + ETH_HLEN + l3 + UDP_HLEN;
-	max_payload = 65535 - UDP_HLEN - (flows[0].ipver == 4 ? IP4_HLEN : 0);
+	max_payload = 65535 - UDP_HLEN - (ipver == 4 ? IP4_HLEN : 0);
 	ret = pc_vq_rx_begin(vq, &avail_idx);
 	if (ret <= 0) {
 		res->stop = PC_UDP_STOP_STOPPED;

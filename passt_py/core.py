@@ -15,7 +15,7 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
         "passt_py's C core (passt_py._core) is not built: run 'pip install .' or "
         "'pip install -e .' from the source tree") from exc
 
-API_VERSION = 5
+API_VERSION = 6
 
 if lib.pc_api_version() != API_VERSION:  # pragma: no cover - stale builds only
     raise ImportError(
@@ -454,6 +454,11 @@ class Virtqueue:
         """Start processing; the used idx is read from the used ring now."""
         check(lib.pc_vq_start(self._vq), "start")
 
+    def flush(self) -> bool:
+        """Publish used elements the RX paths left pending (their flush=False calls); True if
+        the guest was notified. A stopped ring publishes nothing."""
+        return bool(lib.pc_vq_flush(self._vq))
+
     def stop(self) -> int:
         """Stop (GET_VRING_BASE) and return the next avail index; touches no guest memory.
 
@@ -711,29 +716,10 @@ def _send_refs(fd: int, batch: TxBatch, refs: object, count: int) -> int:
     return check(ret, "send_payloads")
 
 
-def send_datagrams(batch: TxBatch, items: Sequence[tuple[int, int, int, int]]) -> list[int]:
-    """Send (fd, frame, offset, length) UDP payloads of a batch, one datagram each.
-
-    Straight from guest memory, one sendmmsg() per run of items for the same socket. Returns
-    one code per item: 0 if sent, else a negative errno (EAGAIN, ECONNREFUSED...), so the
-    caller can deal with the failed ones alone. Raises CoreError (EINVAL) for a range outside
-    its frame, with nothing sent.
-    """
-    if not items:
-        return []
-    refs = ffi.new("struct pc_dgram_ref[]", len(items))
-    for k, (fd, frame, off, length) in enumerate(items):
-        ref = refs[k]
-        ref.fd, ref.frame, ref.off, ref.len = fd, frame, off, length
-    check(lib.pc_send_datagrams(batch.frames, batch.count, batch.iov, batch.max_iov, refs,
-                                len(items)), "send_datagrams")
-    return [refs[k].err for k in range(len(items))]
-
-
 class UdpRuns:
     """A classified batch's frames (an index list) cut into runs of one UDP tuple
-    (pc_udp_runs), so the UDP fast path decides per run; send() then sends every run given
-    a socket (``set_fd``) straight from guest memory."""
+    (pc_udp_runs), so the UDP fast path decides per run; send() then sends every run the
+    caller gave a socket (``runs[r].fd``) straight from guest memory."""
 
     def __init__(self, recs: PacketRecords, frames: Sequence[int]) -> None:
         self.recs = recs
@@ -900,7 +886,8 @@ def tcp_build(tmpl: TcpTemplate, flags: int, options: BytesLike = b"",
 
 class TcpPath:
     """The host-to-guest TCP data path on one RX ring: rx() per flow event, ctl() per control
-    segment, flush() after a batch of rx(flush=False) calls. Holds C scratch (~100 KiB)."""
+    segment; the ring's flush() after a batch of rx(flush=False) calls. Holds C scratch
+    (~100 KiB)."""
 
     def __init__(self, ring: Virtqueue) -> None:
         self.ring = ring
@@ -918,7 +905,8 @@ class TcpPath:
         or TCP_RX_DATA_VALID (guest negotiated GUEST_CSUM); see NetDevice.tcp_rx_opts().
         Returns payload bytes delivered (advance tmpl.seq by it); details, including why it
         stopped (EOF, no buffers...), in self.last. flush=False leaves the used-ring update
-        and notification for flush(). Raises CoreError on socket errors (ECONNRESET...).
+        and notification for the ring's flush(). Raises CoreError on socket errors
+        (ECONNRESET...).
         """
         o = opts | (0 if flush else TCP_RX_NO_FLUSH)
         ret = lib.pc_tcp_rx(self.ring._vq, self._scratch, fd, tmpl.c, hdr_len,
@@ -926,10 +914,6 @@ class TcpPath:
                             self._res)
         self.last = TcpRxResult(self._res)
         return check(ret, "tcp_rx")
-
-    def flush(self) -> bool:
-        """Publish used elements left by rx(flush=False) calls; True if the guest was notified."""
-        return bool(lib.pc_tcp_rx_flush(self.ring._vq))
 
     def ctl(self, tmpl: TcpTemplate, flags: int, options: BytesLike | None = None,
             hdr_len: int = 12, mergeable: bool = True, data_valid: bool = False) -> bool:
@@ -980,6 +964,7 @@ class UdpTemplates:
         self.c = ffi.new("struct pc_udp_flow[]", capacity)
         self.capacity = capacity
         self.n = 0
+        self.mac = b""          # the guest MAC the entries were built for
 
     def set(self, i: int, eth_dst: bytes, eth_src: bytes,
             src: ipaddress.IPv4Address | ipaddress.IPv6Address,
@@ -993,6 +978,7 @@ class UdpTemplates:
         if len(eth_dst) != 6 or len(eth_src) != 6:
             raise ValueError("MAC addresses are 6 bytes")
         c = self.c[i]
+        self.mac = bytes(eth_dst)
         ffi.memmove(c.eth_dst, eth_dst, 6)
         ffi.memmove(c.eth_src, eth_src, 6)
         ffi.memmove(c.src, _ip16(src), 16)
@@ -1012,7 +998,7 @@ class UdpTemplates:
 
 class UdpPath:
     """Host -> guest UDP on one RX ring: rx() receives a socket's datagrams straight into RX
-    buffers (csrc/udp_path.c); flush() after a batch of rx(flush=False) calls."""
+    buffers (csrc/udp_path.c); the ring's flush() after a batch of rx(flush=False) calls."""
 
     def __init__(self, ring: Virtqueue) -> None:
         self.ring = ring
@@ -1037,10 +1023,6 @@ class UdpPath:
         if r.spill_family == 4:
             addr = ipaddress.IPv4Address(raw[12:])
         return ffi.buffer(self._spill, r.spill_len)[:], addr, r.spill_port
-
-    def flush(self) -> bool:
-        """Publish used elements left by rx(flush=False) calls; True if the guest was notified."""
-        return bool(lib.pc_tcp_rx_flush(self.ring._vq))
 
 
 # ---- migration helpers ----

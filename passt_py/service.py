@@ -36,7 +36,7 @@ from passt_py.tcp import TcpHandler
 from passt_py.tcp_ring import RingDataPath
 from passt_py.udp import UdpHandler
 from passt_py.udp_ring import UdpRingPath
-from passt_py.vhost_user.device import RX, TX, NetDevice
+from passt_py.vhost_user.device import RX, TX, NetDevice, RxFlush
 from passt_py.vhost_user.events import (DeviceStateTransfer, Event, FrontendConnected,
                                         FrontendDisconnected, RingEnabled, RingKickFd,
                                         RingStarted, RingStopped, SendRarp)
@@ -137,15 +137,16 @@ class Service:
                 link.ndp = NdpResponder(view)
         args = (self.loop, view, self.guest, self.flows, link.to_guest)
         self.icmp = IcmpHandler(*args) if view.icmp else None
-        # Datagrams to the guest go straight into RX buffers (C) unless a capture must see them.
-        udp_path = None if self.pcap is not None else UdpRingPath(self.device, self.loop.defer)
+        # Data to the guest goes straight into RX buffers (C) unless a capture must see it;
+        # what the TCP and UDP paths place is published once per loop batch.
+        rx_flush = RxFlush(self.device, self.loop.defer)
+        udp_path = None if self.pcap is not None else UdpRingPath(self.device, rx_flush)
         self.udp = UdpHandler(*args, rx_path=udp_path) if view.udp else None
         link.icmp, link.udp = self.icmp, self.udp
         if self.udp is not None and self.config.udp_forwards.forwards:
             bound = self.udp.start_forwards(self.config.udp_forwards)
             log.info("UDP: %d forwarding sockets bound", bound)
-        # Data to the guest goes straight into RX buffers (C) unless a capture must see it.
-        datapath = None if self.pcap is not None else RingDataPath(self.device, self.loop.defer)
+        datapath = None if self.pcap is not None else RingDataPath(self.device, rx_flush)
         self.tcp = TcpHandler(*args, datapath=datapath) if view.tcp else None
         link.tcp = self.tcp
         if self.tcp is not None and self.config.tcp_forwards.forwards:

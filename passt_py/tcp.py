@@ -67,7 +67,7 @@ from typing import Callable, Iterable
 
 from passt_py import core, fwd
 from passt_py.flow import Flow, FlowRefused, FlowSide, FlowTable, FlowType, Pif
-from passt_py.ip import IPPROTO_TCP, IpPacket
+from passt_py.ip import IpPacket
 from passt_py.log import trace
 from passt_py.loop import ERR, HUP, IN, OUT, EventLoop, Timer
 from passt_py.netview import GuestState, NetView
@@ -723,9 +723,8 @@ class TcpHandler:
         wait too) when anything of the connection was left or taken earlier in this batch,
         so its segments keep their order.
         """
-        r = recs[i]
-        if r.valid != core.PKT_OK or r.proto != IPPROTO_TCP or r.payload_len \
-                or r.tcp_flags & 0x3F != ACK:
+        r = recs[i]                      # a well-formed TCP segment (not an "other" run)
+        if r.payload_len or r.tcp_flags & 0x3F != ACK:
             return False
         flow = self._flows.lookup_packet(FlowType.TCP, recs, i)
         if flow is None:

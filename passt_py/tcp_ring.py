@@ -4,9 +4,9 @@ Same contract as passt_py.tcp_copy.CopyingDataPath (see TcpDataPath there), buil
 core.TcpPath (csrc/tcp_path.c): one ``recvmsg(MSG_PEEK)`` per call scatters socket data into
 RX chains, C writes the Ethernet/IP/TCP headers and checksums (or offload flags: GSO and
 partial checksums when the guest negotiated them). Used elements are published once per loop
-batch (``flush`` deferred), so many connections cost one notification. When the guest has no
-RX buffers left the call stops with STOP_NOBUFS and the TCP handler waits for the guest's RX
-kick instead of dropping frames.
+batch (device.RxFlush, shared with the UDP ring path), so many connections cost one
+notification. When the guest has no RX buffers left the call stops with STOP_NOBUFS and the TCP
+handler waits for the guest's RX kick instead of dropping frames.
 
 Guest -> host: in-order data leaves from guest memory through TcpHandler.take_batch (zero
 copy); ``send_to_host`` here serves the segments that take the copying route (the first data
@@ -18,12 +18,11 @@ overtake data they must follow (a FIN is only sent once every byte is acknowledg
 from __future__ import annotations
 
 import socket
-from typing import Callable
 
 from passt_py import core
 from passt_py.tcp_copy import STOP_DRAINED, STOP_EOF, STOP_NOBUFS, STOP_WINDOW
 from passt_py.tcp_seg import ACK, PSH, FrameTemplate
-from passt_py.vhost_user.device import RX, NetDevice
+from passt_py.vhost_user.device import RX, NetDevice, RxFlush
 
 _STOPS = {
     core.TCP_STOP_WINDOW: STOP_WINDOW,
@@ -38,14 +37,11 @@ _STOPS = {
 class RingDataPath:
     """Host -> guest through core.TcpPath on the device's RX ring; guest -> host by send()."""
 
-    def __init__(self, device: NetDevice, defer: Callable[[Callable[[], None]], None],
-                 full_csum: bool = False) -> None:
+    def __init__(self, device: NetDevice, flush: RxFlush, full_csum: bool = False) -> None:
         self._device = device
-        self._defer = defer
+        self._flush = flush
         self._full_csum = full_csum
         self._path: core.TcpPath | None = None
-        self._ring: object = None
-        self._flush_due = False
         self.frames_sent = 0
 
     def send_to_host(self, sock: socket.socket, payload: memoryview) -> int:
@@ -55,10 +51,10 @@ class RingDataPath:
         except BlockingIOError:
             return 0
 
-    def _tcp_path(self) -> core.TcpPath | None:
+    def _tcp_path(self) -> core.TcpPath:
         ring = self._device.rings[RX]
-        if ring is not self._ring:
-            self._ring, self._path = ring, core.TcpPath(ring)
+        if self._path is None or self._path.ring is not ring:
+            self._path = core.TcpPath(ring)
         return self._path
 
     def host_to_guest(self, sock: socket.socket, tpl: FrameTemplate, dst_mac: bytes,
@@ -70,22 +66,15 @@ class RingDataPath:
         if not self._device.ring_active(RX):
             return 0, STOP_NOBUFS
         path = self._tcp_path()
-        assert path is not None
         tmpl = self._template(tpl, dst_mac, src_mac)
         tmpl.seq, tmpl.ack, tmpl.window, tmpl.mss = seq, ack, min(wnd, 0xFFFF), mss
         dev = self._device
         n = path.rx(sock.fileno(), tmpl, max_bytes, dev.hdr_len, dev.mergeable,
                     dev.tcp_rx_opts(tpl.version, self._full_csum), flush=False)
-        if path.last.bufs and not self._flush_due:
-            self._flush_due = True
-            self._defer(self._flush)
+        if path.last.bufs:
+            self._flush.request()
         self.frames_sent += path.last.segs
         return n, _STOPS.get(path.last.stop, STOP_DRAINED)
-
-    def _flush(self) -> None:
-        self._flush_due = False
-        if self._path is not None and self._device.ring_active(RX):
-            self._path.flush()
 
     @staticmethod
     def _template(tpl: FrameTemplate, dst_mac: bytes, src_mac: bytes) -> core.TcpTemplate:

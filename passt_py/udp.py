@@ -39,8 +39,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from passt_py import core, fwd, icmp
 from passt_py.flow import Flow, FlowRefused, FlowSide, FlowTable, FlowTableFull, FlowType, Pif
-from passt_py.ip import (IPPROTO_UDP, UDP_FRAME_ROOM, IpPacket, UdpDatagram, udp_frame,
-                         udp_frame_into, udp_segment)
+from passt_py.ip import IPPROTO_UDP, IpPacket, UdpDatagram, udp_frame, udp_segment
 from passt_py.log import trace
 from passt_py.loop import ERR, HUP, IN, EventLoop
 from passt_py.netview import GuestState, NetView
@@ -58,9 +57,6 @@ UDP_TIMEOUT_BIDIR = 120.0
 RECV_BATCH = 64          # datagrams read per readiness event (bounded work per event)
 ERRQUEUE_BATCH = 16      # error-queue entries drained per event
 RECV_SIZE = 65536
-#: Datagrams from this size on become frames in the buffer they were received into (which
-#: is then replaced); smaller ones are copied out into a frame of their own size.
-RX_IN_PLACE_MIN = 16 << 10
 #: Host peers of a -u listener whose datagrams the ring path places itself (most recent
 #: first); a datagram from another peer comes back to Python once, which moves it in front.
 LISTENER_TEMPLATES = 8
@@ -76,13 +72,6 @@ SO_EE_ORIGIN_ICMP = 2
 SO_EE_ORIGIN_ICMP6 = 3
 _EXTENDED_ERR = struct.Struct("=IBBBBII")   # ee_errno, origin, type, code, pad, info, data
 
-#: Template arguments (src, dst, sport, dport, peer) no datagram matches: the unspecified
-#: address and port 0 as the peer.
-_NO_PEER = {4: (ipaddress.IPv4Address(0), ipaddress.IPv4Address(0), 0, 0,
-                (ipaddress.IPv4Address(0), 0)),
-            6: (ipaddress.IPv6Address(0), ipaddress.IPv6Address(0), 0, 0,
-                (ipaddress.IPv6Address(0), 0))}
-
 _RELAY_TYPES4 = {icmp.ICMP_DEST_UNREACH, icmp.ICMP_TIME_EXCEEDED, icmp.ICMP_PARAMETERPROB}
 _RELAY_TYPES6 = {icmp.ICMPV6_DEST_UNREACH, icmp.ICMPV6_PKT_TOOBIG, icmp.ICMPV6_TIME_EXCEED,
                  icmp.ICMPV6_PARAMPROB}
@@ -96,7 +85,7 @@ class _UdpState:
     def __init__(self, sock: socket.socket, peer: tuple[object, ...] | None) -> None:
         self.sock = sock
         self.peer = peer
-        self.tmpls: tuple[bytes, core.UdpTemplates] | None = None   # (guest MAC, template)
+        self.tmpls: core.UdpTemplates | None = None     # for the ring path
 
 
 @dataclass(frozen=True)
@@ -126,7 +115,6 @@ class _Listener:
     target_port: int
     ring_flows: list[Flow] = field(default_factory=list)   # see LISTENER_TEMPLATES
     tmpls: core.UdpTemplates | None = None
-    tmpl_mac: bytes = b""
 
 
 def _sockaddr(addr: IPAddr, port: int) -> tuple[object, ...]:
@@ -162,7 +150,7 @@ class UdpHandler:
         self._to_guest = to_guest
         self._timeout = timeout
         self._timeout_bidir = timeout_bidir
-        self._rx = bytearray(UDP_FRAME_ROOM + RECV_SIZE)   # headroom, then the datagram
+        self._buf = bytearray(RECV_SIZE)
         self._listeners: list[_Listener] = []
         self._rx_path = rx_path
         self._rx_waiting: list[socket.socket] = []   # muted until the guest adds RX buffers
@@ -345,7 +333,7 @@ class UdpHandler:
             tap = flow.side(Pif.TAP)
             for _ in range(RECV_BATCH):
                 try:
-                    n = state.sock.recv_into(memoryview(self._rx)[UDP_FRAME_ROOM:])
+                    n = state.sock.recv_into(self._buf)
                 except BlockingIOError:
                     break
                 except OSError as e:
@@ -353,23 +341,21 @@ class UdpHandler:
                     trace(log, "UDP flow %d: receive error %s", flow.id, e)
                     self._drain_errors(flow, state.sock)
                     continue
-                frames.append(self._rx_frame(n, tap))
+                frames.append(self._frame(tap, memoryview(self._buf)[:n]))
             if frames:
                 self._activity(flow, Pif.HOST)
                 self._to_guest(frames)
 
     def _ring_flow(self, flow: Flow, state: _UdpState) -> None:
         """A flow socket's datagrams straight into the guest's RX buffers (udp_ring)."""
-        mac = self._guest.mac
-        if state.tmpls is None or state.tmpls[0] != mac:
-            tap = flow.side(Pif.TAP)
-            tmpls = core.UdpTemplates(1)
-            tmpls.set(0, mac, self._view.our_mac, tap.oaddr, tap.eaddr, tap.oport, tap.eport)
+        tmpls = state.tmpls
+        if tmpls is None or tmpls.mac != self._guest.mac:
+            tmpls = state.tmpls = core.UdpTemplates(1)
+            self._set_template(tmpls, 0, flow, any_peer=True)
             tmpls.n = 1
-            state.tmpls = (mac, tmpls)
         path = self._rx_path
         assert path is not None
-        n = path.deliver(state.sock.fileno(), state.tmpls[1], RECV_BATCH)
+        n = path.deliver(state.sock.fileno(), tmpls, RECV_BATCH)
         res = path.last
         self.dropped += res.dropped
         if n:
@@ -407,8 +393,7 @@ class UdpHandler:
                 self.dropped += 1
                 continue
             self._activity(flow, Pif.HOST)
-            self._rx[UDP_FRAME_ROOM:UDP_FRAME_ROOM + len(payload)] = payload
-            frame = self._rx_frame(len(payload), flow.side(Pif.TAP))
+            frame = self._frame(flow.side(Pif.TAP), payload)
             if not path.push(frame):
                 self._to_guest([frame])     # queued for the guest's next RX buffers
             if flow in lst.ring_flows:
@@ -419,23 +404,23 @@ class UdpHandler:
 
     def _listener_templates(self, lst: _Listener) -> core.UdpTemplates:
         """The C templates of a listener's recent flows, rebuilt when they changed."""
-        mac = self._guest.mac
-        if lst.tmpls is not None and lst.tmpl_mac == mac and \
-                not any(f.closed for f in lst.ring_flows):
+        if lst.tmpls is not None and (not lst.ring_flows or lst.tmpls.mac == self._guest.mac) \
+                and not any(f.closed for f in lst.ring_flows):
             return lst.tmpls
         lst.ring_flows = [f for f in lst.ring_flows if not f.closed]
-        tmpls = core.UdpTemplates(LISTENER_TEMPLATES)
+        tmpls = lst.tmpls = core.UdpTemplates(LISTENER_TEMPLATES)
         for i, flow in enumerate(lst.ring_flows):
-            tap, host = flow.side(Pif.TAP), flow.side(Pif.HOST)
-            tmpls.set(i, mac, self._view.our_mac, tap.oaddr, tap.eaddr, tap.oport, tap.eport,
-                      peer=(host.eaddr, host.eport))
-        tmpls.n = len(lst.ring_flows)
-        if not tmpls.n:
-            # No peer yet: a template no datagram can match sends the first one back.
-            tmpls.set(0, mac, self._view.our_mac, *_NO_PEER[lst.version])
-            tmpls.n = 1
-        lst.tmpls, lst.tmpl_mac = tmpls, mac
+            self._set_template(tmpls, i, flow, any_peer=False)
+        tmpls.n = len(lst.ring_flows)        # none yet: every datagram comes back (spilled)
         return tmpls
+
+    def _set_template(self, tmpls: core.UdpTemplates, i: int, flow: Flow,
+                      any_peer: bool) -> None:
+        """Entry ``i`` of ``tmpls``: the headers of ``flow``'s datagrams to the guest, taken
+        from any peer (its own connected socket) or from its host peer only (a listener)."""
+        tap, host = flow.side(Pif.TAP), flow.side(Pif.HOST)
+        tmpls.set(i, self._guest.mac, self._view.our_mac, tap.oaddr, tap.eaddr, tap.oport,
+                  tap.eport, peer=None if any_peer else (host.eaddr, host.eport))
 
     def _wait_rx(self, sock: socket.socket) -> None:
         """The guest's RX ring is full: stop reading ``sock`` until it adds buffers; what
@@ -459,14 +444,11 @@ class UdpHandler:
             except (OSError, ValueError, KeyError):
                 pass
 
-    def _rx_frame(self, n: int, tap: FlowSide) -> bytes | memoryview:
-        """The frame for the ``n``-byte datagram just received into the receive buffer."""
-        if n >= RX_IN_PLACE_MIN:
-            buf, self._rx = self._rx, bytearray(UDP_FRAME_ROOM + RECV_SIZE)
-            return udp_frame_into(buf, n, self._guest.mac, self._view.our_mac, tap.oaddr,
-                                  tap.eaddr, tap.oport, tap.eport)
+    def _frame(self, tap: FlowSide, payload: bytes | memoryview) -> bytes:
+        """The frame of a host datagram for the guest, built in Python (the copying path:
+        a capture is on, the ring is not running, or the ring path spilled it)."""
         return udp_frame(self._guest.mac, self._view.our_mac, tap.oaddr, tap.eaddr, tap.oport,
-                         tap.eport, memoryview(self._rx)[UDP_FRAME_ROOM:UDP_FRAME_ROOM + n])
+                         tap.eport, payload)
 
     def _drain_errors(self, flow: Flow, sock: socket.socket) -> None:
         """Read the socket's error queue and relay ICMP errors to the guest."""
@@ -590,7 +572,7 @@ class UdpHandler:
         frames = []
         for _ in range(RECV_BATCH):
             try:
-                n, peer = lst.sock.recvfrom_into(memoryview(self._rx)[UDP_FRAME_ROOM:])
+                n, peer = lst.sock.recvfrom_into(self._buf)
             except BlockingIOError:
                 break
             except OSError as e:
@@ -601,7 +583,7 @@ class UdpHandler:
                 self.dropped += 1
                 continue
             tap = flow.side(Pif.TAP)
-            frames.append(self._rx_frame(n, tap))
+            frames.append(self._frame(tap, memoryview(self._buf)[:n]))
             self._activity(flow, Pif.HOST)
         if frames:
             self._to_guest(frames)

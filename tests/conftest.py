@@ -12,6 +12,9 @@ Fixtures:
 - ``guest_boot``: ``guest_boot(factory, netns, **kw) -> Guest``; each guest (QEMU, then its
   back-end) is stopped by PID at teardown, and its timings are reported in the summary.
 - ``real_passt``: argv prefix of a vhost-user capable real passt; skips (never fails) without one.
+- ``real_passt_repair``: argv prefix of the real passt-repair helper (migration tests); like the
+  QEMU prerequisites, it fails in CI when it cannot be had.
+- ``userns``: ``unshare -rn`` and ``setpriv`` work (rootless tests); fails in CI otherwise.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from tests import netns as netns_mod  # noqa: E402
 from tests.guest.boot import BackendFactory, Guest, boot_guest  # noqa: E402
 from tests.guest.image import GuestImage, ImageError, build_image  # noqa: E402
 from tests.guest.qemu import kvm_usable, qemu_binary  # noqa: E402
-from tests.guest.real_passt import real_passt_command  # noqa: E402
+from tests.guest.real_passt import real_passt_command, real_passt_repair_command  # noqa: E402
 
 REQUIRE_ENV = "PASST_PY_REQUIRE_QEMU"
 PING_GROUP_RANGE = "0 2147483647"
@@ -165,6 +168,37 @@ def real_passt() -> list[str]:
     if cmd is None:
         pytest.skip("no vhost-user capable passt (not on PATH, Debian 13 package not fetchable)")
     return cmd
+
+
+@pytest.fixture(scope="session")
+def real_passt_repair() -> list[str]:
+    """argv prefix of the real passt-repair (fetched once, cached under tests/.cache)."""
+    cmd = real_passt_repair_command()
+    if cmd is None:
+        qemu_unavailable("no real passt-repair (not on PATH, Debian 13 package not fetchable)")
+    return cmd
+
+
+@lru_cache(maxsize=1)
+def _userns_problem() -> str | None:
+    import shutil
+    for tool in ("unshare", "setpriv"):
+        if shutil.which(tool) is None:
+            return f"{tool} (util-linux) missing"
+    try:
+        ok = subprocess.run(["unshare", "-rn", "true"], capture_output=True,
+                            timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"unshare -rn failed: {e}"
+    return None if ok else "user namespaces unavailable (unshare -rn fails)"
+
+
+@pytest.fixture
+def userns() -> None:
+    """Rootless tests need ``unshare -rn``: skipped locally without it, a failure in CI."""
+    problem = _userns_problem()
+    if problem is not None:
+        qemu_unavailable(problem)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

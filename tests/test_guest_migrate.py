@@ -26,7 +26,6 @@ import pytest
 from pyroute2.netns import popns, pushns
 
 from tests.guest.boot import BackendFactory, Guest, migrate
-from tests.guest.real_passt import real_passt_repair_command
 
 pytestmark = pytest.mark.qemu
 
@@ -268,16 +267,14 @@ def test_two_migrations_in_a_row_there_and_back(guest_boot, guest_netns: str) ->
 
 
 def test_tcp_streams_survive_with_the_real_passt_repair(guest_boot, guest_netns: str,
-                                                        tmp_path: Path) -> None:
+                                                        real_passt_repair: list[str]) -> None:
     """Without CAP_NET_ADMIN in passt-py, the real passt-repair helper does TCP_REPAIR.
 
     passt-py runs as nobody without capabilities. Some kernels (this one) refuse
     classic socket filters without CAP_NET_ADMIN; the freeze and the same-host guard then use
     the eBPF filter loaded at start (passt_py.tcp_repair.DropFilter), and the check in
     _tcp_streams_across fails if any hop could not freeze or guard its sockets."""
-    repair_cmd = real_passt_repair_command()
-    if repair_cmd is None:
-        pytest.skip("passt-repair not available")
+    repair_cmd = real_passt_repair
     helpers: list[subprocess.Popen] = []
     served: list[Guest] = []
 

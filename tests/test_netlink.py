@@ -184,3 +184,15 @@ def test_namespace_addresses_configurable():
         proc = nsutil.run_in(ns, CHECK)
     assert "IPv4 address: 10.201.0.5/16" in proc.stdout.splitlines()
 
+
+
+def test_discovery_leaves_pyroute2_out_of_the_back_end():
+    """discover() answers from a short-lived child: pyroute2 (about 20 MiB resident) never
+    loads into the process that then serves the guest for its whole life."""
+    code = ("import socket, sys; from passt_py import netlink; "
+            "found = netlink.discover(socket.AF_INET); "
+            "loaded = any(m.startswith('pyroute2') for m in sys.modules); "
+            "print(loaded, found == netlink._query(socket.AF_INET, None))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=30, check=True).stdout.split()
+    assert out == ["False", "True"]          # not loaded, and the same answer as in-process

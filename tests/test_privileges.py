@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import signal
 import subprocess
 import sys
@@ -142,9 +141,6 @@ def test_root_drops_to_nobody_with_no_capabilities(tmp_path):
 def test_repair_helper_path_means_no_capabilities(tmp_path):
     """With --repair-path (passt-repair does TCP_REPAIR) nothing is kept; the helper's socket
     is removed at exit too."""
-    from passt_py.conf import UNSUPPORTED_OPTIONS
-    if "--repair-path" in UNSUPPORTED_OPTIONS:
-        pytest.skip("--repair-path not supported yet")
     sock = str(tmp_path / "p.sock")
     repair = str(tmp_path / "p.repair")
     proc = spawn_passt_py(sock, [*ADDR, "--repair-path", repair])
@@ -209,15 +205,7 @@ def test_not_root_changes_nothing():
     assert "ignored" in out.stdout
 
 
-def unshare_ok() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    return subprocess.run(["unshare", "-rn", "true"], capture_output=True, timeout=10
-                          ).returncode == 0
-
-
-@pytest.mark.skipif(not unshare_ok(), reason="user namespaces unavailable (unshare -rn)")
-def test_rootless_in_a_user_and_network_namespace(tmp_path):
+def test_rootless_in_a_user_and_network_namespace(tmp_path, userns):
     """Under unshare -rn (root only inside its own user namespace, a private network) passt-py
     starts, stays as it is (nobody is not mapped) and serves a test front-end."""
     sock = str(tmp_path / "p.sock")
@@ -260,8 +248,7 @@ def test_no_file_wider_than_needed_even_with_umask_zero(tmp_path):
         assert stop(proc) == 0
 
 
-@pytest.mark.skipif(not unshare_ok(), reason="user namespaces unavailable (unshare -rn)")
-def test_tcp_connections_move_rootless_directly_and_through_the_helper():
+def test_tcp_connections_move_rootless_directly_and_through_the_helper(userns):
     """Migration's TCP part works without real privileges: inside unshare -rn (root only in
     its own user namespace, which owns the private network namespace) connections with data
     queued both ways are saved and rebuilt with TCP_REPAIR, directly and through the

@@ -17,23 +17,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.guest.real_passt import real_passt_repair_command
-from tests.test_privileges import unshare_ok
-
 ROOT = Path(__file__).resolve().parent.parent
 DRIVER_TIMEOUT = 50.0
 
-pytestmark = [
-    pytest.mark.skipif(not unshare_ok(), reason="user namespaces unavailable (unshare -rn)"),
-    pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) missing"),
-]
+pytestmark = pytest.mark.usefixtures("userns")     # skipped locally without it, fails in CI
 
 
 
@@ -109,12 +102,13 @@ def assert_helpers_served(report: dict) -> None:
 
 
 @pytest.mark.parametrize("helper", ["fake", "real"])
-def test_live_tcp_connection_moves_rootless_through_the_repair_helper(helper: str) -> None:
+def test_live_tcp_connection_moves_rootless_through_the_repair_helper(
+        helper: str, request: pytest.FixtureRequest) -> None:
     """Source and target passt-py in one unshare -rn namespace, no CAP_NET_ADMIN: the
     connection moves through the helper, with data both ways before, across and after."""
-    # Fetched out here (the namespace has no network); the driver takes it from the cache.
-    if helper == "real" and real_passt_repair_command() is None:
-        pytest.skip("no real passt-repair to be had (see tests/guest/real_passt.py)")
+    if helper == "real":
+        # Fetched out here (the namespace has no network); the driver takes it from the cache.
+        request.getfixturevalue("real_passt_repair")
     report = run_driver(helper)
     assert report["migration"]["check_save"] == 0 and report["migration"]["check_load"] == 0
     assert [p.get("complete") for p in report["phases"]] == [True, None, True], report["phases"]

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from scapy.all import IP, UDP, Ether, IPv6, raw
 
 from passt_py import core
-from tests.test_tcp_path import GUEST_MAC, HDR, OUR_MAC, Rig, rig  # noqa: F401 - fixture
+from tests.test_tcp_path import GUEST_MAC, HDR, OUR_MAC, rig  # noqa: F401 - fixture
 
 ADDRS = {4: (ipaddress.IPv4Address("10.0.2.2"), ipaddress.IPv4Address("10.0.2.15")),
          6: (ipaddress.IPv6Address("fd00::2"), ipaddress.IPv6Address("fd00::15"))}
@@ -113,7 +113,7 @@ def test_partial_checksum_when_the_guest_takes_it(rig, family):
     pseudo-header sum; completing it over the UDP header and payload gives a valid one."""
     r = rig()
     ours, peer = _pair(family)
-    payload = os.urandom(3001)
+    payload = bytes(range(256)) * 11 + b"odd"      # fixed, so the check below is too
     peer.send(payload)
     _wait_queued(ours)
     r.rx.add_rx_buffers(4, 4096)
@@ -201,10 +201,11 @@ def test_a_datagram_too_big_for_a_chain_is_dropped_alone(rig):
     assert r.rxq.avail_pending == 1               # one chain used, one left
 
 
-def test_bad_arguments_are_refused(rig):
-    """Templates of two IP versions in one call, or no template, are EINVAL."""
+def test_bad_arguments_are_refused_and_no_template_spills_all(rig):
+    """Templates of two IP versions in one call are EINVAL; with no template at all (a -u
+    listener before its first peer) the first datagram comes back spilled, using no chain."""
     r = rig()
-    ours, _peer = _pair(4)
+    ours, peer = _pair(4)
     t = core.UdpTemplates(2)
     t.set(0, GUEST_MAC, OUR_MAC, *ADDRS[4], 1, 2, peer=(ipaddress.IPv4Address("1.2.3.4"), 1))
     t.set(1, GUEST_MAC, OUR_MAC, *ADDRS[6], 1, 2, peer=(ipaddress.IPv6Address("::2"), 1))
@@ -212,9 +213,15 @@ def test_bad_arguments_are_refused(rig):
     path = core.UdpPath(r.rxq)
     with pytest.raises(core.CoreError):
         path.rx(ours.fileno(), t)
+    peer.send(b"first")
+    _wait_queued(ours)
+    r.rx.add_rx_buffers(2, 4096)
     t.n = 0
-    with pytest.raises(core.CoreError):
-        path.rx(ours.fileno(), t)
+    assert path.rx(ours.fileno(), t) == 0
+    assert path.last.stop == core.UDP_STOP_UNKNOWN
+    data, addr, port = path.spilled()
+    assert (data, str(addr), port) == (b"first", "127.0.0.1", peer.getsockname()[1])
+    assert r.rxq.avail_pending == 2 and r.rx_frames() == []
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -292,35 +299,52 @@ def test_udp_runs_cut_where_the_tuple_changes(rig):
         core.UdpRuns(recs, [0, 99])
 
 
+def _refused_socket() -> socket.socket:
+    """A connected UDP socket with an ECONNREFUSED pending (its peer's port closed)."""
+    import select
+    gone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(("127.0.0.1", 0))
+    gone.connect(closed.getsockname())
+    closed.close()
+    gone.send(b"x")
+    poller = select.poll()
+    poller.register(gone, select.POLLERR)
+    assert poller.poll(2000), "no ICMP error on loopback"
+    return gone
+
+
 def test_udp_runs_send_from_guest_memory_with_per_datagram_fates(rig):
-    """Runs given a socket go out in order with their exact bytes; a run left at fd -1 is not
-    sent; a socket with a pending ICMP error fails its first datagram only, reported at its
-    index position."""
+    """Runs given a socket go out in order with their exact bytes, also when a datagram is
+    split over descriptors; a run left at fd -1 is not sent; a socket with a pending ICMP
+    error fails its first datagram only, reported at its index position; an fd on a run that
+    is not UDP is refused with nothing sent."""
     from tests.test_tcp_path import send_tx
     import errno as errno_mod
-    import select
     r = rig()
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))
     sink.settimeout(5)
     good = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     good.connect(sink.getsockname())
-    gone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    closed.bind(("127.0.0.1", 0))
-    gone.connect(closed.getsockname())
-    closed.close()
-    gone.send(b"x")                                      # earns a pending ECONNREFUSED
-    poller = select.poll()
-    poller.register(gone, select.POLLERR)
-    assert poller.poll(2000), "no ICMP error on loopback"
+    gone = _refused_socket()
     payloads = [os.urandom(n) for n in (1, 3000, 20000, 5, 7, 9)]
     spec = [("udp", 1, 2, payloads[0]), ("udp", 1, 2, payloads[1]), ("udp", 1, 2, payloads[2]),
-            ("udp", 5, 6, payloads[3]), ("udp", 7, 8, payloads[4]), ("udp", 7, 8, payloads[5])]
-    batch = send_tx(r, _udp_frames(spec))
+            ("udp", 5, 6, payloads[3]), ("udp", 7, 8, payloads[4]), ("udp", 7, 8, payloads[5]),
+            ("tcp", 1, 2, b"")]
+    batch = send_tx(r, _udp_frames(spec),
+                    splits=[None, [HDR, 100, 1000], [HDR, 42, 5000], None, None, None, None])
     recs = core.classify(batch)
-    runs = core.UdpRuns(recs, range(6))
-    assert runs.count == 3
+    runs = core.UdpRuns(recs, range(7))
+    assert runs.count == 4
+    runs.runs[3].fd = good.fileno()                      # the TCP frame: refused
+    with pytest.raises(core.CoreError):
+        runs.send()
+    runs.runs[3].fd = -1
+    sink.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        sink.recv(100)                                   # nothing went out
+    sink.setblocking(True)
     runs.runs[0].fd = good.fileno()
     runs.runs[2].fd = gone.fileno()                      # run 1 stays at -1: not sent
     assert runs.send() == 1

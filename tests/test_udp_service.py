@@ -158,8 +158,9 @@ def _guest_datagrams(fe: Frontend, count: int, timeout: float = 5.0) -> list[tup
 def _no_copies(service) -> list[int]:
     """Count datagrams to the guest that took the copying route (frames built in Python)."""
     copied: list[int] = []
-    slow = service.udp._rx_frame
-    service.udp._rx_frame = lambda n, tap: (copied.append(n), slow(n, tap))[1]
+    slow = service.udp._frame
+    service.udp._frame = lambda tap, payload: (copied.append(len(payload)),
+                                              slow(tap, payload))[1]
     return copied
 
 

@@ -20,7 +20,7 @@ import errno
 import logging
 import os
 import stat
-from typing import Sequence
+from typing import Callable, Sequence
 
 from passt_py import core
 from passt_py.log import RateLimited
@@ -362,3 +362,29 @@ class NetDevice:
         # Fresh rings: a new front-end must not inherit sizes, addresses or indices.
         self.rings = [core.Virtqueue(self.mem, i) for i in range(self.num_queues)]
         self._tx_spare = core.TxBatch(TX_BATCH_MAX)
+
+
+class RxFlush:
+    """One publication of the RX ring's used elements per loop batch, for every RX path.
+
+    The C RX paths (TCP and UDP towards the guest) leave what they placed unpublished, so
+    that many flows served in one loop iteration cost the guest one used-index update and
+    at most one notification; the first path that placed something asks for the flush, which
+    runs once the loop's current batch of events is done.
+    """
+
+    def __init__(self, device: NetDevice, defer: Callable[[Callable[[], None]], None]) -> None:
+        self._device = device
+        self._defer = defer
+        self._due = False
+
+    def request(self) -> None:
+        """Publish at the end of this loop batch (once, however often it is asked)."""
+        if not self._due:
+            self._due = True
+            self._defer(self._run)
+
+    def _run(self) -> None:
+        self._due = False
+        if self._device.ring_active(RX):
+            self._device.rings[RX].flush()
