@@ -12,10 +12,12 @@
  * Host to guest (pc_udp_rx): each datagram is received straight into the guest's RX chains,
  * after room for the virtio-net, Ethernet, IP and UDP headers, which are then written in front
  * of it: one copy, by the kernel. The socket tells the size of its next datagram (FIONREAD),
- * so only the chains it needs are taken. A datagram from a peer no template of the call
+ * so only the chains it needs are taken; FIONREAD's 0 (an empty queue or an empty datagram)
+ * is settled by a zero-length peek, since a datagram may land between the two calls. A datagram from a peer no template of the call
  * covers (a new peer of a -u listener) is handed back to the caller in a spill buffer instead.
  */
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <stdint.h>
 #include <string.h>
@@ -597,6 +599,23 @@ int pc_udp_rx(struct pc_vq *vq, int fd, struct pc_udp_flow *flows, unsigned nflo
 
 		if (ioctl(fd, FIONREAD, &inq) < 0 || inq < 0)
 			inq = 0;
+		if (inq == 0) {		/* empty, or a zero-length datagram: ask the queue itself */
+			ssize_t next;
+
+			do
+				next = recv(fd, NULL, 0, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT);
+			while (next < 0 && errno == EINTR);
+			if (next < 0) {
+				if (errno == EAGAIN || errno == EWOULDBLOCK) {
+					res->stop = PC_UDP_STOP_DRAINED;
+				} else {
+					res->err = -errno;
+					res->stop = PC_UDP_STOP_ERROR;
+				}
+				break;
+			}
+			inq = next > INT_MAX ? INT_MAX : (int)next;
+		}
 		if ((size_t)inq > max_payload) {	/* cannot be one IP packet for the guest */
 			discard(fd);
 			res->dropped++;
@@ -634,7 +653,7 @@ int pc_udp_rx(struct pc_vq *vq, int fd, struct pc_udp_flow *flows, unsigned nflo
 			break;
 		}
 		if ((mh.msg_flags & MSG_TRUNC) || (size_t)got > max_payload) {
-			pc_vq_rx_seek(vq, mark);	/* grew since FIONREAD: cannot happen */
+			pc_vq_rx_seek(vq, mark);	/* another reader changed the queue */
 			res->dropped++;
 			continue;
 		}

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from scapy.all import IP, UDP, Ether, IPv6, raw
 
 from passt_py import core
-from tests.test_tcp_path import GUEST_MAC, HDR, OUR_MAC, rig  # noqa: F401 - fixture
+from tests.test_tcp_path import GUEST_MAC, HDR, OUR_MAC, read_chain, rig  # noqa: F401 - fixture
 
 ADDRS = {4: (ipaddress.IPv4Address("10.0.2.2"), ipaddress.IPv4Address("10.0.2.15")),
          6: (ipaddress.IPv6Address("fd00::2"), ipaddress.IPv6Address("fd00::15"))}
@@ -356,3 +356,35 @@ def test_udp_runs_send_from_guest_memory_with_per_datagram_fates(rig):
         sink.recv(100)
     for s in (sink, good, gone):
         s.close()
+
+
+def test_datagrams_arriving_while_the_queue_looked_empty_are_not_cut(rig):
+    """A sender keeps the socket between empty and not (its datagrams land while the C call
+    runs): a datagram that arrives after the size check saw an empty queue must still be
+    received whole, never truncated to the empty queue's size and dropped."""
+    import threading
+    r = rig()
+    ours, peer = _pair(4)
+    payloads = [struct.pack("!I", n) + os.urandom(996) for n in range(3000)]
+
+    def send() -> None:
+        for p in payloads:
+            peer.send(p)
+            if len(p) and p[3] % 4 == 0:
+                time.sleep(0)          # let the receiver find the queue empty now and then
+    sender = threading.Thread(target=send)
+    path, t = core.UdpPath(r.rxq), _templates(4)
+    got: list[bytes] = []
+    dropped = 0
+    r.rx.add_rx_buffers(64, 4096)
+    sender.start()
+    deadline = time.monotonic() + 20
+    while len(got) + dropped < len(payloads) and time.monotonic() < deadline:
+        path.rx(ours.fileno(), t, max_dgrams=64)
+        dropped += path.last.dropped
+        used = r.rx.pop_used()
+        for head, length in used:
+            got.append(bytes(Ether(read_chain(r.rx, head, length)[HDR:])[UDP].payload))
+        r.rx.republish([h for h, _ in used])
+    sender.join(5)
+    assert dropped == 0 and got == payloads, f"{dropped} dropped, {len(got)} received"
