@@ -66,6 +66,7 @@ uint16_t pc_vq_rx_mark(const struct pc_vq *vq);
 void pc_vq_rx_seek(struct pc_vq *vq, uint16_t mark);
 void pc_vq_rx_put_used(struct pc_vq *vq, uint32_t head, uint32_t len);
 int pc_vq_rx_end(struct pc_vq *vq, uint16_t start, int want_kick, int flush);
+int pc_vq_rx_moved(struct pc_vq *vq, uint16_t seen);
 void pc_vq_log_write(struct pc_vq *vq, uint64_t gpa, uint64_t len);
 
 /**

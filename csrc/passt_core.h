@@ -14,7 +14,7 @@
 
 /* CDEF-BEGIN */
 /* Bumped whenever the C API changes; passt_py.core refuses an extension of another version. */
-enum { PC_API_VERSION = 6 };
+enum { PC_API_VERSION = 7 };
 int pc_api_version(void);
 
 /* ---- checksum.c: Internet checksum (RFC 1071) ---- */
@@ -161,11 +161,13 @@ int64_t pc_send_payloads(int fd, const struct pc_tx_frame *frames, unsigned nfra
 /* A run of a TX batch: frames [first, first + count). With data set, they are in-order data
  * segments (ACK, maybe PSH, payload) of one connection: contiguous sequence numbers from seq,
  * `bytes` of payload, ACK fields never going back; ack and window are the last segment's.
- * Without data, one TCP frame that is anything else, or (other set) consecutive frames that
+ * With acks set, bare ACKs (no payload, no other flag) of one connection, each acknowledging
+ * more than the one before: only the last one's ack and window (given) matter. Otherwise
+ * without data, one TCP frame that is anything else, or (other set) consecutive frames that
  * are not well-formed TCP segments at all (UDP, ARP, broken frames...). */
 struct pc_tcp_run {
 	uint32_t first; uint32_t count; uint32_t seq; uint32_t bytes; uint32_t ack;
-	uint16_t window; uint8_t data; uint8_t other;
+	uint16_t window; uint8_t data; uint8_t other; uint8_t acks;
 };
 int pc_tcp_runs(const struct pc_pkt *recs, unsigned n, struct pc_payload_ref *items,
 		struct pc_tcp_run *runs, unsigned max_runs);

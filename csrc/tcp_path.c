@@ -473,6 +473,29 @@ static int is_data(const struct pc_pkt *p)
 }
 
 /**
+ * is_bare_ack() - whether a record is a well-formed TCP segment with only ACK set, no payload
+ * @p:		record
+ * Return: non-zero if so
+ */
+static int is_bare_ack(const struct pc_pkt *p)
+{
+	return p->valid == PC_PKT_OK && p->proto == PROTO_TCP && !p->payload_len &&
+	       (p->tcp_flags & 0x3f) == PC_TCP_ACK;
+}
+
+/**
+ * same_tuple() - whether two records belong to one connection (same addresses and ports)
+ * @p:		one record
+ * @q:		the other
+ * Return: non-zero if so
+ */
+static int same_tuple(const struct pc_pkt *p, const struct pc_pkt *q)
+{
+	return p->sport == q->sport && p->dport == q->dport && p->ipver == q->ipver &&
+	       !memcmp(p->src, q->src, 16) && !memcmp(p->dst, q->dst, 16);
+}
+
+/**
  * same_stream() - whether @q continues @p's run: same tuple, next sequence number, ACK not
  *		   going back
  * @p:		last segment of the run
@@ -481,9 +504,20 @@ static int is_data(const struct pc_pkt *p)
  */
 static int same_stream(const struct pc_pkt *p, const struct pc_pkt *q)
 {
-	return p->sport == q->sport && p->dport == q->dport && p->ipver == q->ipver &&
-	       !memcmp(p->src, q->src, 16) && !memcmp(p->dst, q->dst, 16) &&
-	       q->seq == p->seq + p->payload_len && (int32_t)(q->ack - p->ack) >= 0;
+	return same_tuple(p, q) && q->seq == p->seq + p->payload_len &&
+	       (int32_t)(q->ack - p->ack) >= 0;
+}
+
+/**
+ * acks_more() - whether bare ACK @q only supersedes bare ACK @p: same connection and
+ *		 sequence number, acknowledging more (a repeated ACK is a duplicate, which counts)
+ * @p:		the earlier one
+ * @q:		the later one
+ * Return: non-zero if so
+ */
+static int acks_more(const struct pc_pkt *p, const struct pc_pkt *q)
+{
+	return same_tuple(p, q) && q->seq == p->seq && (int32_t)(q->ack - p->ack) > 0;
 }
 
 /**
@@ -506,6 +540,7 @@ int pc_tcp_runs(const struct pc_pkt *recs, unsigned n, struct pc_payload_ref *it
 	for (i = 0; i < n; i++) {
 		const struct pc_pkt *p = &recs[i];
 		int data = is_data(p), tcp = p->valid == PC_PKT_OK && p->proto == PROTO_TCP;
+		int bare = is_bare_ack(p);
 
 		items[i].frame = i;
 		items[i].off = p->payload_off;
@@ -521,6 +556,12 @@ int pc_tcp_runs(const struct pc_pkt *recs, unsigned n, struct pc_payload_ref *it
 			r->window = p->window;
 			continue;
 		}
+		if (bare && r && r->acks && acks_more(&recs[i - 1], p)) {
+			r->count++;
+			r->ack = p->ack;
+			r->window = p->window;
+			continue;
+		}
 		if (nruns == max_runs)
 			return -ENOSPC;
 		r = &runs[nruns++];
@@ -529,7 +570,8 @@ int pc_tcp_runs(const struct pc_pkt *recs, unsigned n, struct pc_payload_ref *it
 		r->count = 1;
 		r->data = (uint8_t)data;
 		r->other = (uint8_t)!tcp;
-		if (data) {
+		r->acks = (uint8_t)bare;
+		if (data || bare) {
 			r->seq = p->seq;
 			r->bytes = p->payload_len;
 			r->ack = p->ack;
@@ -959,7 +1001,9 @@ int pc_tcp_rx(struct pc_vq *vq, struct pc_tcp_scratch *s, int fd, const struct p
 		res->stop = PC_TCP_STOP_STOPPED;
 		return ret;
 	}
-	if (max_bytes && queued_past_peek(fd, &queued) && queued < max_bytes) {
+	/* (no chain at all: the plan stops at once, so spare the socket its two syscalls) */
+	if (max_bytes && avail_idx != pc_vq_rx_mark(vq) && queued_past_peek(fd, &queued) &&
+	    queued < max_bytes) {
 		max_bytes = queued ? queued : 1;	/* 1: still learn about EOF and errors */
 		by_queue = 1;
 	}
@@ -1105,5 +1149,7 @@ int pc_tcp_rx(struct pc_vq *vq, struct pc_tcp_scratch *s, int fd, const struct p
 	res->stop = stop;
 	res->notified = (uint32_t)pc_vq_rx_end(vq, start, stop == PC_TCP_STOP_NOBUFS,
 						!(opts & PC_TCP_RX_NO_FLUSH));
+	if (stop == PC_TCP_STOP_NOBUFS && pc_vq_rx_moved(vq, avail_idx))
+		res->stop = PC_TCP_STOP_LIMIT;	/* buffers came meanwhile: no kick for them */
 	return err && !got ? err : (int)got;
 }

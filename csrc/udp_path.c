@@ -695,5 +695,7 @@ int pc_udp_rx(struct pc_vq *vq, int fd, struct pc_udp_flow *flows, unsigned nflo
 		res->stop = PC_UDP_STOP_LIMIT;
 	res->notified = (uint32_t)pc_vq_rx_end(vq, start, res->stop == PC_UDP_STOP_NOBUFS,
 						!(opts & PC_UDP_RX_NO_FLUSH));
+	if (res->stop == PC_UDP_STOP_NOBUFS && pc_vq_rx_moved(vq, avail_idx))
+		res->stop = PC_UDP_STOP_LIMIT;	/* buffers came meanwhile: no kick for them */
 	return (int)res->dgrams;
 }

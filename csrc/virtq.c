@@ -35,6 +35,9 @@
 
 #include "guest_mem.h"
 
+/* A push that ran out of buffers goes on this many times with ones added meanwhile */
+#define VQ_RX_RETRIES 2
+
 enum {
 	DESC_F_NEXT = 1,
 	DESC_F_WRITE = 2,
@@ -538,6 +541,22 @@ static void vq_want_buffers(struct pc_vq *vq)
 }
 
 /**
+ * vq_avail_moved() - did the driver add buffers since the device read its avail idx?
+ * @vq:		running, translated ring
+ * @seen:	the avail idx the device planned with
+ *
+ * Called after vq_want_buffers(): buffers the driver added before it could see the new
+ * avail event bring no kick, so a device that saw them here must go on instead of waiting.
+ *
+ * Return: 1 if the avail idx is no longer @seen
+ */
+static int vq_avail_moved(struct pc_vq *vq, uint16_t seen)
+{
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	return ld16_acquire(vq->avail + 2) != seen;
+}
+
+/**
  * vq_flush() - publish used elements written since the last publication, log them, notify
  * @vq:		running, translated ring; vq->used_idx is the new used idx
  *
@@ -844,7 +863,7 @@ static int push_rx(struct pc_vq *vq, const uint8_t *data, const uint8_t *const *
 {
 	uint8_t hdr[PC_VQ_MAX_HDR];
 	uint16_t start = vq->last_avail, avail_idx;
-	unsigned pending, f;
+	unsigned pending, f, retries = 0;
 	size_t off = 0;
 	int ret;
 
@@ -861,7 +880,9 @@ static int push_rx(struct pc_vq *vq, const uint8_t *data, const uint8_t *const *
 		return ret;
 	avail_idx = (uint16_t)ret;
 
-	for (f = 0; f < nframes; off += lens[f], f++) {
+	f = 0;
+again:
+	for (; f < nframes; off += lens[f], f++) {
 		uint64_t need = hdr_len + (uint64_t)lens[f], got = 0;
 		uint16_t f_last = vq->last_avail, f_used = vq->used_idx;
 		unsigned nch = 0, niov = 0, nbad = 0, c, k;
@@ -945,9 +966,16 @@ static int push_rx(struct pc_vq *vq, const uint8_t *data, const uint8_t *const *
 		res->placed++;
 	}
 done:
-	if (f < nframes)		/* stopped for buffers: kick us when there are more */
+	if (f < nframes) {		/* stopped for buffers: kick us when there are more */
 		vq_want_buffers(vq);
-	else if (vq->last_avail != start)
+		if (vq_avail_moved(vq, avail_idx) && retries++ < VQ_RX_RETRIES) {
+			ret = vq_avail_idx(vq, &pending);	/* they came meanwhile: go on */
+			if (ret >= 0) {
+				avail_idx = (uint16_t)ret;
+				goto again;
+			}
+		}
+	} else if (vq->last_avail != start)
 		vq_set_avail_event(vq);
 	res->notified = (uint32_t)vq_flush(vq);
 	return (int)(res->placed + res->dropped);
@@ -1065,6 +1093,21 @@ int pc_vq_rx_end(struct pc_vq *vq, uint16_t start, int want_kick, int flush)
 	else if (vq->last_avail != start)
 		vq_set_avail_event(vq);
 	return flush ? vq_flush(vq) : 0;
+}
+
+/**
+ * pc_vq_rx_moved() - after pc_vq_rx_end() asked for a kick: did buffers come meanwhile?
+ * @vq:		running, translated ring
+ * @seen:	the avail idx from pc_vq_rx_begin()
+ *
+ * The driver may have added buffers after the call read its avail idx and before the avail
+ * event asked for a kick: those bring none, so the caller must not wait for one.
+ *
+ * Return: 1 if the avail idx moved past @seen (call again rather than wait), else 0
+ */
+int pc_vq_rx_moved(struct pc_vq *vq, uint16_t seen)
+{
+	return vq_avail_moved(vq, seen);
 }
 
 /**

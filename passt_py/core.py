@@ -15,7 +15,7 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
         "passt_py's C core (passt_py._core) is not built: run 'pip install .' or "
         "'pip install -e .' from the source tree") from exc
 
-API_VERSION = 6
+API_VERSION = 7
 
 if lib.pc_api_version() != API_VERSION:  # pragma: no cover - stale builds only
     raise ImportError(

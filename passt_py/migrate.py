@@ -465,6 +465,7 @@ class Source:
         ctx = self.ctx
         from passt_py.tcp import Phase
         socks: list[tuple[Flow, socket.socket]] = []
+        ctx.tcp.settle()            # acknowledged bytes leave the queues before they freeze
         for flow in ctx.tcp.connections():
             conn = flow.data
             sock = getattr(conn, "sock", None)

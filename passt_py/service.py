@@ -212,6 +212,9 @@ class Service:
                 self._watch_kick(event.index, event.fd)
             elif isinstance(event, (RingStarted, RingEnabled, RingStopped)):
                 self._maybe_link_up()
+                if event.index == RX and not isinstance(event, RingStopped):
+                    # Whoever waited for RX buffers of the old ring gets a look at this one.
+                    self.loop.defer(lambda: self._on_kick(RX, consume=False))
             elif isinstance(event, DeviceStateTransfer):
                 self._device_state(event)
             elif isinstance(event, SendRarp):

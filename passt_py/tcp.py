@@ -169,7 +169,7 @@ class _Conn:
 
     __slots__ = ("st", "sock", "fd", "flow", "tpl", "seg_size", "retries", "rto", "deadline",
                  "timer", "dup_acks", "recovering", "wnd_poll", "probe", "ack_due",
-                 "more_due", "last_wnd_raw", "send_full", "rx_wait", "stats")
+                 "more_due", "last_wnd_raw", "send_full", "rx_wait", "discard_due", "stats")
 
     def __init__(self, st: TcpState, sock: socket.socket) -> None:
         self.st = st
@@ -190,7 +190,8 @@ class _Conn:
         self.more_due = False
         self.last_wnd_raw = -1
         self.send_full = False
-        self.rx_wait = False
+        self.rx_wait = False                    # RX ring full: wait for the guest's kick
+        self.discard_due = 0                    # acknowledged bytes still in the socket
         # bytes to host, bytes to guest, timeouts, fast retransmits, socket-full refusals,
         # RX-full waits, out-of-order drops
         self.stats = [0, 0, 0, 0, 0, 0, 0]
@@ -237,6 +238,7 @@ class TcpHandler:
         self._scratch = bytearray(DISCARD_CHUNK)
         self._listeners: list[_Listener] = []
         self._acks: list[_Conn] = []
+        self._discards: list[_Conn] = []
         self._rx_waiting: list[_Conn] = []
         self.dropped = 0
         self.resets = 0
@@ -591,7 +593,7 @@ class TcpHandler:
             st.fin_acked = True
             n -= 1
         if n > 0:
-            self._discard(c, n)
+            self._discard_later(c, n)
         st.seq_acked_by_guest = ack
         c.dup_acks = 0
         c.recovering = False
@@ -600,6 +602,32 @@ class TcpHandler:
             self._arm(c, c.rto)
         else:
             self._disarm(c)
+
+    def _discard_later(self, c: _Conn, n: int) -> None:
+        """Drop ``n`` acknowledged bytes at the end of this batch, with the batch's other ACKs.
+
+        Each discard that frees receive space makes the kernel send the host peer a window
+        update, and the peer's next data goes out in our context: one per connection and
+        batch rather than one per ACK (a batch often holds several). The peek offset is
+        relative to the queue's head, so peeking meanwhile is unaffected.
+        """
+        if not c.discard_due:
+            if not self._discards:
+                self._loop.defer(self.settle)
+            self._discards.append(c)
+        c.discard_due += n
+
+    def settle(self) -> None:
+        """Drop the acknowledged bytes now (end of batch; before a migration freezes the
+        sockets, whose receive queue must then start at the guest's last ACK)."""
+        conns, self._discards = self._discards, []
+        for c in conns:
+            self._settle(c)
+
+    def _settle(self, c: _Conn) -> None:
+        n, c.discard_due = c.discard_due, 0
+        if n and c.st.phase != Phase.CLOSED:
+            self._discard(c, n)
 
     def _discard(self, c: _Conn, n: int) -> None:
         """Drop ``n`` acknowledged bytes from the socket's receive queue."""
@@ -687,8 +715,9 @@ class TcpHandler:
                 rest.extend(range(first, first + count))
                 continue
             if not run.data:
-                if not self._take_pure_ack(recs, first, groups, held):
-                    rest.append(first)
+                # A run of rising bare ACKs of one connection: its last one says it all.
+                if not self._take_pure_ack(recs, first + count - 1, groups, held, count > 1):
+                    rest.extend(range(first, first + count))
                 continue
             flow = self._flows.lookup_packet(FlowType.TCP, recs, first)
             c = flow.data if flow is not None else None
@@ -713,7 +742,7 @@ class TcpHandler:
         return rest
 
     def _take_pure_ack(self, recs: core.PacketRecords, i: int, groups: dict[int, object],
-                       held: set[int]) -> bool:
+                       held: set[int], last_of_run: bool = False) -> bool:
         """Handle frame i here if it is a bare ACK of an established connection.
 
         The guest's ACKs for host data come one per RX batch or so; each would otherwise be
@@ -722,6 +751,10 @@ class TcpHandler:
         the classified record. Not taken (returns False, and the connection's later frames
         wait too) when anything of the connection was left or taken earlier in this batch,
         so its segments keep their order.
+
+        ``last_of_run``: frame i ends a run of bare ACKs each acknowledging more than the one
+        before (core.tcp_runs), which it supersedes, unless it acknowledges data never sent:
+        then each of the run's frames goes the copying path's way (False).
         """
         r = recs[i]                      # a well-formed TCP segment (not an "other" run)
         if r.payload_len or r.tcp_flags & 0x3F != ACK:
@@ -730,7 +763,8 @@ class TcpHandler:
         if flow is None:
             return False
         c: _Conn = flow.data  # type: ignore[assignment]
-        if flow.id in held or flow.id in groups or c.st.phase != Phase.ESTABLISHED:
+        if flow.id in held or flow.id in groups or c.st.phase != Phase.ESTABLISHED or \
+                (last_of_run and seq_diff(r.ack, c.st.seq_to_guest) > 0):
             held.add(flow.id)
             return False
         seg = TcpSegment(r.sport, r.dport, r.seq, r.ack, r.tcp_flags, r.window, None, None,
@@ -838,8 +872,8 @@ class TcpHandler:
     def _host_to_guest(self, c: _Conn) -> None:
         """Send host data the guest's window allows; FIN once the stream ended and is acked."""
         st = c.st
-        if st.phase != Phase.ESTABLISHED or st.fin_sent:
-            return
+        if st.phase != Phase.ESTABLISHED or st.fin_sent or c.rx_wait:
+            return                          # rx_wait: the guest's RX kick brings us back
         in_flight = seq_diff(st.seq_to_guest, st.seq_acked_by_guest)
         room = st.wnd_from_guest - in_flight
         limit = min(room, BYTES_PER_EVENT)
@@ -873,9 +907,10 @@ class TcpHandler:
                 c.rx_wait = True
                 self._rx_waiting.append(c)
             return
-        if stop == STOP_WINDOW and n > 0 and not c.more_due:
+        if stop == STOP_WINDOW and not c.more_due:
             # Bounded work per event (and edge-triggered readiness): come back for the
-            # rest after the other connections had their turn.
+            # rest after the other connections had their turn. Also with nothing sent: the
+            # ring ran out but the guest added buffers meanwhile, which brings no kick.
             c.more_due = True
             self._loop.defer(lambda: self._more(c))
             return
@@ -904,6 +939,7 @@ class TcpHandler:
         """Go back to the guest's last ACK and send again (retransmission)."""
         st = c.st
         st.seq_to_guest = st.seq_acked_by_guest
+        self._settle(c)                     # offset 0 must be the guest's last ACK
         try:
             c.sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
         except OSError:
@@ -940,6 +976,9 @@ class TcpHandler:
             c.timer.cancel()
             c.timer = None
         self._loop.remove(c.fd)
+        due, c.discard_due = c.discard_due, 0
+        if due and not rst_host:
+            self._discard(c, due)           # unread data left at close() would reset the peer
         if rst_host:
             try:
                 c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER0)
@@ -963,6 +1002,7 @@ class TcpHandler:
     def export(self, flow: Flow) -> TcpState:
         """A copy of the flow's guest-side state record."""
         c: _Conn = flow.data  # type: ignore[assignment]
+        self._settle(c)             # the queue must start at seq_acked_by_guest (see settle)
         return replace(c.st)
 
     def adopt(self, state: TcpState, sock: socket.socket) -> Flow:

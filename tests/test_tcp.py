@@ -1,6 +1,7 @@
 """TCP translation at the handler level: a scripted guest endpoint against real host sockets."""
 from __future__ import annotations
 
+import array
 import hashlib
 import ipaddress
 import os
@@ -633,3 +634,41 @@ def test_random_segments_never_raise_nor_hurt_other_flows(env: TcpEnv, junk: byt
     peer.send_stream(b"ok")
     assert _recv_all(env, host, 2, 2) == b"ok"
     assert not peer.rst_rcvd
+
+
+def test_acks_of_one_batch_free_the_socket_once(env: TcpEnv) -> None:
+    """Three ACKs from the guest in one batch drop the acknowledged bytes with one receive
+    (one window update to the host peer, not three), at the end of the batch; the stream
+    goes on intact and a migration-style export finds the queue at the guest's last ACK."""
+    import fcntl
+    import termios
+    peer, host = _outbound(env, 4)
+    peer.auto_ack = False
+    data = os.urandom(30000)
+    host.sendall(data)
+    assert env.pump(lambda: len(peer.data) == len(data))
+    c = next(iter(env.flows)).data
+    queued = array.array("i", [0])
+    fcntl.ioctl(c.fd, termios.FIONREAD, queued)
+    assert queued[0] == len(data)            # nothing acknowledged yet
+    calls: list[int] = []
+    real = env.tcp._discard
+    env.tcp._discard = lambda conn, n: (calls.append(n), real(conn, n))[1]
+    base = seq_add(peer.rcv_nxt, -len(data))
+    for part in (10000, 20000, 30000):        # one batch: handled back to back, no loop turn
+        peer.raw(ACK, ack=seq_add(base, part))
+    assert calls == []
+    env.loop.run_once(0)                      # the end of the batch
+    assert calls == [30000]
+    fcntl.ioctl(c.fd, termios.FIONREAD, queued)
+    assert queued[0] == 0
+    more = os.urandom(5000)
+    host.sendall(more)
+    peer.raw(ACK)
+    assert env.pump(lambda: len(peer.data) == len(data) + len(more))
+    peer.auto_ack = True
+    peer.ack()
+    assert bytes(peer.data) == data + more
+    st = env.tcp.export(next(iter(env.flows)))    # settles what is still due
+    fcntl.ioctl(c.fd, termios.FIONREAD, queued)
+    assert queued[0] == 0 and st.seq_acked_by_guest == st.seq_to_guest

@@ -397,11 +397,38 @@ def test_tcp_runs_cut_where_order_or_connection_changes(rig):
             runs[k].ack, runs[k].other) for k in range(n)]
     assert got == [(0, 3, 1, 1000, 300, 6, 0), (3, 1, 1, 7000, 100, 9, 0),
                    (4, 1, 1, 1300, 100, 7, 0), (5, 1, 1, 1500, 100, 7, 0),
-                   (6, 1, 1, 1600, 100, 6, 0), (7, 1, 0, 0, 0, 0, 0), (8, 1, 0, 0, 0, 0, 0),
+                   (6, 1, 1, 1600, 100, 6, 0), (7, 1, 0, 0, 0, 0, 0), (8, 1, 0, 1800, 0, 6, 0),
                    (9, 1, 0, 0, 0, 0, 1), (10, 2, 1, 0xFFFFFFC0, 0x40 + 100, 8, 0),
                    (12, 2, 0, 0, 0, 0, 1)]
     assert [(refs[i].frame, refs[i].off, refs[i].len) for i in range(3)] == \
         [(i, recs[i].payload_off, 100) for i in range(3)]
+
+
+def test_tcp_runs_fold_rising_bare_acks_of_one_connection(rig):
+    """Bare ACKs of one connection, each acknowledging more, are one run (acks set) whose
+    ack and window are the last one's. A repeated ACK (a duplicate, which counts) is never
+    folded into the one it repeats: it starts a new run, as do another connection, another
+    sequence number, an ACK going back or any other flag."""
+    r = rig()
+    frames = [
+        _seg(1, 100, 10, "A", 0), _seg(1, 100, 20, "A", 0), _seg(1, 100, 30, "A", 0),  # 1 run
+        _seg(1, 100, 30, "A", 0),                                   # duplicate: its own run
+        _seg(1, 100, 40, "A", 0),                                   # (rises from the dup)
+        _seg(2, 900, 50, "A", 0),                                   # another connection
+        _seg(1, 100, 50, "A", 0),
+        _seg(1, 101, 60, "A", 0),                                   # another seq
+        _seg(1, 101, 55, "A", 0),                                   # ACK went back
+        _seg(1, 101, 70, "PA", 0),                                  # PSH: not a bare ACK
+        _seg(1, 101, 0xFFFFFFF0, "A", 0), _seg(1, 101, 5, "A", 0),  # rising across the wrap
+    ]
+    frames[2] = raw(E() / IP(src="10.0.0.2", dst="10.0.0.1") /
+                    TCP(sport=1, dport=80, seq=100, ack=30, flags="A", window=777))
+    recs = core.classify(send_tx(r, frames))
+    runs, n, _refs = core.tcp_runs(recs)
+    got = [(runs[k].first, runs[k].count, runs[k].acks, runs[k].ack) for k in range(n)]
+    assert got == [(0, 3, 1, 30), (3, 2, 1, 40), (5, 1, 1, 50), (6, 1, 1, 50), (7, 1, 1, 60),
+                   (8, 1, 1, 55), (9, 1, 0, 0), (10, 2, 1, 5)]
+    assert runs[0].window == 777 and runs[0].data == 0
 
 
 def test_send_payload_runs_gathers_interleaved_runs_in_order(rig, tcp_pair):
@@ -1061,6 +1088,14 @@ def test_tcp_runs_property_cover_the_batch_and_hold_only_in_order_data(spec):
         covered += idx
         if run.other:
             assert all(recs[i].proto != 6 or recs[i].valid != core.PKT_OK for i in idx)
+            continue
+        if not run.data and run.acks:
+            assert all(recs[i].payload_len == 0 and recs[i].tcp_flags & 0x3F == 0x10
+                       for i in idx)
+            for a, b in zip(idx, idx[1:]):
+                assert (recs[a].sport, recs[a].seq) == (recs[b].sport, recs[b].seq)
+                assert 0 < (recs[b].ack - recs[a].ack) & 0xFFFFFFFF < 1 << 31
+            assert (run.ack, run.window) == (recs[idx[-1]].ack, recs[idx[-1]].window)
             continue
         if not run.data:
             assert run.count == 1
