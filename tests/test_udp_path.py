@@ -68,11 +68,12 @@ def _udp(frame: bytes, family: int):
 def _checksum_valid(frame: bytes, family: int) -> bool:
     """Recompute with scapy: the frame's UDP checksum must be what scapy computes."""
     pkt = Ether(frame)
-    got = pkt[UDP].chksum
+    got, got_ip = pkt[UDP].chksum, pkt[IP].chksum if family == 4 else None
     del pkt[UDP].chksum
     if family == 4:
         del pkt[IP].chksum
-    return Ether(raw(pkt))[UDP].chksum == got
+    again = Ether(raw(pkt))
+    return again[UDP].chksum == got and (family == 6 or again[IP].chksum == got_ip)
 
 
 @pytest.mark.parametrize("family", [4, 6])
