@@ -100,7 +100,7 @@ class Service:
         self.guest = GuestState()
         self.flows = FlowTable(self.loop, max_flows=config.max_flows)
         self.link = GuestLink(self.view, self.guest, self.device.send_frames, self.loop.defer,
-                              self.pcap)
+                              self.pcap, rx_running=lambda: self.device.ring_active(RX))
         self._rng = random.Random()
         self._kick_fds: dict[int, int] = {}
         self._arp_probes_left = 0
@@ -281,6 +281,7 @@ class Service:
         self._link_up = self.device.ready
         if not self._link_up:
             log.info("guest link down (rings stopped)")
+            self.link.drop_held()
             return
         log.info("guest link up")
         if self._migrated is not None:

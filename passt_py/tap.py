@@ -3,7 +3,10 @@
 Frames from the guest arrive in batches (one TX ring drain); each is captured, the guest's
 MAC and addresses are learnt from it, and it goes to the handler for its protocol. Frames to
 the guest are queued by any handler and pushed to the RX ring once per event-loop batch, so
-a burst of replies costs one used-ring flush and one notification. A malformed frame is
+a burst of replies costs one used-ring flush and one notification; what finds the running
+ring full waits (bounded, in order) for the guest's next RX buffers instead of being lost,
+as a NIC's queue would hold it: a dropped ACK costs the guest's TCP a stall and a resend,
+a dropped ARP or DHCP reply a timeout. A malformed frame is
 dropped here or by its handler, never raised out: one bad frame must not cost other flows.
 """
 from __future__ import annotations
@@ -27,6 +30,8 @@ DHCPV6_SERVER_PORT = 547
 ICMP_ECHO_REQUEST = 8
 ICMPV6_ECHO_REQUEST = 128
 NDP_TYPES = range(133, 138)     # RS, RA, NS, NA, redirect
+#: Frames to the guest held while its running RX ring is full; beyond this, new ones drop.
+HOLD_MAX = 1024
 
 
 class ReplyHandler(Protocol):
@@ -66,11 +71,13 @@ class GuestLink:
     def __init__(self, view: NetView, guest: GuestState,
                  deliver: Callable[[list[bytes]], int],
                  defer: Callable[[Callable[[], None]], None],
-                 pcap: PcapWriter | None = None) -> None:
+                 pcap: PcapWriter | None = None,
+                 rx_running: Callable[[], bool] = lambda: False) -> None:
         self.view = view
         self.guest = guest
         self._deliver = deliver
         self._defer = defer
+        self._rx_running = rx_running
         self._pcap = pcap
         self._out: list[bytes] = []
         self.dhcp: ReplyHandler | None = None
@@ -92,17 +99,32 @@ class GuestLink:
         self._out.extend(frames)
 
     def flush(self) -> None:
-        """Push queued frames to the RX ring (frames that find no buffer are dropped)."""
+        """Push queued frames to the RX ring (also on the guest's RX kick, for held ones).
+
+        What the running ring has no buffer for stays queued, up to HOLD_MAX frames, for the
+        kick the ring asked for; frames for a ring that does not run (no guest driver yet, a
+        front-end gone) are dropped: they would be stale by the time one does.
+        """
         frames, self._out = self._out, []
         if not frames:
             return
         placed = self._deliver(frames)
         if self._pcap is not None:
             self._pcap.write(frames[:placed])
-        if placed < len(frames):
-            self.dropped_rx += len(frames) - placed
-            log.log(TRACE, "guest RX ring full or not ready: dropped %d frames",
-                    len(frames) - placed)
+        if placed == len(frames):
+            return
+        held = frames[placed:HOLD_MAX + placed] if self._rx_running() else []
+        self._out = held
+        if len(frames) - placed > len(held):
+            self.dropped_rx += len(frames) - placed - len(held)
+            log.log(TRACE, "guest RX ring full or not running: dropped %d frames",
+                    len(frames) - placed - len(held))
+
+    def drop_held(self) -> None:
+        """The guest's link went down: frames held for its RX buffers would arrive stale."""
+        if self._out:
+            self.dropped_rx += len(self._out)
+            self._out = []
 
     # ---- from the guest ----
     def from_guest(self, frames: list[bytes], vnet_hdrs: list[bytes] | None = None) -> None:

@@ -217,3 +217,24 @@ def test_duplicate_acks_in_one_batch_trigger_fast_retransmit(backend) -> None:
     assert service.tcp.retransmits == before + 1
     assert hashlib.sha256(g.data).digest() == hashlib.sha256(back).digest()
     host.close()
+
+
+def test_frames_for_a_full_rx_ring_wait_for_buffers_instead_of_dropping(tmp_path) -> None:
+    """The guest's RX ring runs but has no buffer: replies (here six ARP replies, after the
+    link's own ARP probe) wait, in order, and all arrive once the guest offers buffers;
+    none is dropped (a dropped ACK stalls the guest's TCP, a dropped ARP reply its traffic)."""
+    from scapy.layers.l2 import ARP, Ether
+    with service_with_frontend(tmp_path, 0) as (service, fe):
+        for k in range(6):
+            fe.send_frame(bytes(Ether(dst="ff:ff:ff:ff:ff:ff", src=GUEST_MAC) /
+                                ARP(op=1, hwsrc=GUEST_MAC, psrc=str(GUEST), pdst=str(GW))),
+                          kick=False)
+        fe.kick_tx()
+        fe.wait_tx_used(6, timeout=5)
+        time.sleep(0.2)                       # the back-end had its turn with a full ring
+        assert fe.recv_frames(1, timeout=0.1) == []
+        fe.provide_rx(16, 4096)
+        frames = fe.recv_frames(16, timeout=2)
+        replies = [f for f in frames if ARP in Ether(f) and Ether(f)[ARP].op == 2]
+        assert len(replies) == 6 and all(Ether(f)[ARP].psrc == str(GW) for f in replies)
+        assert service.link.dropped_rx == 0

@@ -145,13 +145,16 @@ def _guest_datagrams(fe: Frontend, count: int, timeout: float = 5.0) -> list[tup
     from tests.l4_helpers import checksums_ok
     from scapy.layers.inet import IP, UDP
     from scapy.layers.l2 import Ether
-    out = []
-    for frame in fe.recv_frames(count, timeout=timeout):
-        pkt = Ether(frame)
-        if UDP not in pkt:
-            continue
-        assert checksums_ok(frame), "bad checksum on a frame to the guest"
-        out.append((pkt[IP].src, pkt[UDP].sport, pkt[UDP].dport, bytes(pkt[UDP].payload)))
+    out: list[tuple] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < count and time.monotonic() < deadline:
+        # Other frames (the link's ARP probe, router advertisements) may come in between.
+        for frame in fe.recv_frames(count - len(out), timeout=deadline - time.monotonic()):
+            pkt = Ether(frame)
+            if UDP not in pkt:
+                continue
+            assert checksums_ok(frame), "bad checksum on a frame to the guest"
+            out.append((pkt[IP].src, pkt[UDP].sport, pkt[UDP].dport, bytes(pkt[UDP].payload)))
     return out
 
 
