@@ -533,6 +533,21 @@ static void discard(int fd)
 }
 
 /**
+ * recv_stop() - why a receive call on the socket ended the batch
+ * @res:	result to set: DRAINED for an empty queue, else ERROR with the error
+ * @err:	errno of the failed call
+ */
+static void recv_stop(struct pc_udp_rx_result *res, int err)
+{
+	if (err == EAGAIN || err == EWOULDBLOCK) {
+		res->stop = PC_UDP_STOP_DRAINED;
+	} else {
+		res->err = -err;
+		res->stop = PC_UDP_STOP_ERROR;
+	}
+}
+
+/**
  * pc_udp_rx() - receive datagrams from a host socket straight into the guest's RX buffers
  * @vq:		RX ring
  * @fd:		UDP socket (connected to one peer, or a -u listener shared by several flows)
@@ -606,12 +621,7 @@ int pc_udp_rx(struct pc_vq *vq, int fd, struct pc_udp_flow *flows, unsigned nflo
 				next = recv(fd, NULL, 0, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT);
 			while (next < 0 && errno == EINTR);
 			if (next < 0) {
-				if (errno == EAGAIN || errno == EWOULDBLOCK) {
-					res->stop = PC_UDP_STOP_DRAINED;
-				} else {
-					res->err = -errno;
-					res->stop = PC_UDP_STOP_ERROR;
-				}
+				recv_stop(res, errno);
 				break;
 			}
 			inq = next > INT_MAX ? INT_MAX : (int)next;
@@ -644,12 +654,7 @@ int pc_udp_rx(struct pc_vq *vq, int fd, struct pc_udp_flow *flows, unsigned nflo
 		while (got < 0 && errno == EINTR);
 		if (got < 0) {
 			pc_vq_rx_seek(vq, mark);
-			if (errno == EAGAIN || errno == EWOULDBLOCK) {
-				res->stop = PC_UDP_STOP_DRAINED;
-			} else {
-				res->err = -errno;
-				res->stop = PC_UDP_STOP_ERROR;
-			}
+			recv_stop(res, errno);
 			break;
 		}
 		if ((mh.msg_flags & MSG_TRUNC) || (size_t)got > max_payload) {
