@@ -389,3 +389,23 @@ def test_datagrams_arriving_while_the_queue_looked_empty_are_not_cut(rig):
         r.rx.republish([h for h, _ in used])
     sender.join(5)
     assert dropped == 0 and got == payloads, f"{dropped} dropped, {len(got)} received"
+
+
+def test_buffers_the_driver_adds_during_the_call_are_not_waited_for(rig):
+    """EVENT_IDX: buffers published after the call read the avail idx, but before it asks
+    for a kick, bring no kick, so a call that then runs out must not report NOBUFS (whose
+    answer, a muted socket, would wait for ever). The guest's buffer overlaps the avail
+    ring, so the datagram received into it publishes five more buffers mid-call: exactly
+    that race, every time."""
+    r = rig(event_idx=True)
+    ours, peer = _pair(4)
+    room = HDR + 14 + 20 + 8
+    seen = r.rx.avail_idx + 1
+    peer.send(struct.pack("<H", (seen + 5) & 0xFFFF) + bytes(100))
+    peer.send(b"second")
+    _wait_queued(ours)
+    r.rx.add_chain([(r.rx.avail_gpa + 2 - room, 4096, True)])   # payload lands on avail idx
+    path = core.UdpPath(r.rxq)
+    assert path.rx(ours.fileno(), _templates(4)) == 1
+    assert struct.unpack("<H", r.ram.read(r.rx.avail_gpa + 2, 2))[0] == seen + 5
+    assert path.last.stop == core.UDP_STOP_LIMIT          # come back, do not wait

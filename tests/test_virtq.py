@@ -850,3 +850,19 @@ def test_broken_avail_idx_agrees(num, jump):
         mem.clear()
     finally:
         ram.close()
+
+
+def test_push_goes_on_with_buffers_added_while_it_ran_out():
+    """EVENT_IDX: a frame copied into a buffer that overlaps the avail ring publishes one
+    more buffer (the same chain again) while the push runs; out of the buffers it planned
+    with, the push must take the new one rather than stop (no kick would come for it)."""
+    r = Rig(num=16, event_idx=True)
+    try:
+        seen = r.ring.avail_idx + 1
+        start = r.ring.avail_gpa + 2 - 12               # header room: the frame lands on idx
+        head = r.ring.add_chain([(start, 64, True)])
+        first = struct.pack("<HHH", seen + 1, head, head) + b"A" * 16   # idx, slots 0 and 1
+        assert r.vq.push_rx([first, b"B" * 22], hdr_len=12) == 2
+        assert r.vq.last_rx.placed == 2
+    finally:
+        r.close()
