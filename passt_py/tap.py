@@ -96,6 +96,10 @@ class GuestLink:
             return
         if not self._out:
             self._defer(self.flush)
+        room = HOLD_MAX - len(self._out)    # held frames wait for a kick: keep the bound
+        if len(frames) > room:
+            self.dropped_rx += len(frames) - max(room, 0)
+            frames = frames[:max(room, 0)]
         self._out.extend(frames)
 
     def flush(self) -> None:
@@ -119,6 +123,11 @@ class GuestLink:
             self.dropped_rx += len(frames) - placed - len(held)
             log.log(TRACE, "guest RX ring full or not running: dropped %d frames",
                     len(frames) - placed - len(held))
+
+    @property
+    def held(self) -> int:
+        """Frames waiting for the guest's RX buffers (or for this batch's flush)."""
+        return len(self._out)
 
     def drop_held(self) -> None:
         """The guest's link went down: frames held for its RX buffers would arrive stale."""

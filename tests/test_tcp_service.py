@@ -238,3 +238,24 @@ def test_frames_for_a_full_rx_ring_wait_for_buffers_instead_of_dropping(tmp_path
         replies = [f for f in frames if ARP in Ether(f) and Ether(f)[ARP].op == 2]
         assert len(replies) == 6 and all(Ether(f)[ARP].psrc == str(GW) for f in replies)
         assert service.link.dropped_rx == 0
+
+
+def test_frames_held_for_a_guest_that_never_offers_buffers_stay_bounded(tmp_path) -> None:
+    """A guest that keeps asking (3000 ARP requests) but never offers an RX buffer: the
+    back-end holds at most tap.HOLD_MAX replies, counts the rest as dropped, and still
+    answers once buffers come."""
+    from scapy.layers.l2 import ARP, Ether
+    from passt_py.tap import HOLD_MAX
+    request = bytes(Ether(dst="ff:ff:ff:ff:ff:ff", src=GUEST_MAC) /
+                    ARP(op=1, hwsrc=GUEST_MAC, psrc=str(GUEST), pdst=str(GW)))
+    with service_with_frontend(tmp_path, 0) as (service, fe):
+        for _ in range(30):
+            for _ in range(100):
+                fe.send_frame(request, kick=False)
+            fe.kick_tx()
+            fe.wait_tx_used(100, timeout=5)
+        time.sleep(0.2)
+        assert service.link.held == HOLD_MAX and service.link.dropped_rx >= 3000 - HOLD_MAX
+        fe.provide_rx(64, 4096)
+        frames = fe.recv_frames(64, timeout=2)
+        assert sum(1 for f in frames if ARP in Ether(f) and Ether(f)[ARP].op == 2) >= 63
