@@ -14,7 +14,7 @@
 
 /* CDEF-BEGIN */
 /* Bumped whenever the C API changes; passt_py.core refuses an extension of another version. */
-enum { PC_API_VERSION = 7 };
+enum { PC_API_VERSION = 8 };
 int pc_api_version(void);
 
 /* ---- checksum.c: Internet checksum (RFC 1071) ---- */
@@ -186,7 +186,7 @@ enum {
 	PC_TCP_RX_GSO = 1, PC_TCP_RX_CSUM_PARTIAL = 2, PC_TCP_RX_DATA_VALID = 4,
 	PC_TCP_RX_NO_FLUSH = 8,
 	PC_TCP_STOP_WINDOW = 1, PC_TCP_STOP_NOBUFS = 2, PC_TCP_STOP_DRAINED = 3,
-	PC_TCP_STOP_EOF = 4, PC_TCP_STOP_LIMIT = 5, PC_TCP_STOP_STOPPED = 6,
+	PC_TCP_STOP_EOF = 4, PC_TCP_STOP_LIMIT = 5, PC_TCP_STOP_STOPPED = 6, PC_TCP_STOP_AGAIN = 7,
 	PC_TCP_MAX_IOV = 1024, PC_TCP_MAX_CHAINS = 1024, PC_TCP_MAX_SLICES = 2048,
 	PC_TCP_GSO_MAX = 65535
 };

@@ -1150,6 +1150,6 @@ int pc_tcp_rx(struct pc_vq *vq, struct pc_tcp_scratch *s, int fd, const struct p
 	res->notified = (uint32_t)pc_vq_rx_end(vq, start, stop == PC_TCP_STOP_NOBUFS,
 						!(opts & PC_TCP_RX_NO_FLUSH));
 	if (stop == PC_TCP_STOP_NOBUFS && pc_vq_rx_moved(vq, avail_idx))
-		res->stop = PC_TCP_STOP_LIMIT;	/* buffers came meanwhile: no kick for them */
+		res->stop = PC_TCP_STOP_AGAIN;	/* buffers came meanwhile: no kick for them */
 	return err && !got ? err : (int)got;
 }

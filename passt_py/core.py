@@ -15,7 +15,7 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
         "passt_py's C core (passt_py._core) is not built: run 'pip install .' or "
         "'pip install -e .' from the source tree") from exc
 
-API_VERSION = 7
+API_VERSION = 8
 
 if lib.pc_api_version() != API_VERSION:  # pragma: no cover - stale builds only
     raise ImportError(
@@ -598,6 +598,7 @@ TCP_STOP_DRAINED = lib.PC_TCP_STOP_DRAINED    # the socket had less than asked (
 TCP_STOP_EOF = lib.PC_TCP_STOP_EOF            # the peer closed and nothing is left to peek
 TCP_STOP_LIMIT = lib.PC_TCP_STOP_LIMIT        # per-call limit (1024 iovecs/chains): call again
 TCP_STOP_STOPPED = lib.PC_TCP_STOP_STOPPED    # RX ring not running
+TCP_STOP_AGAIN = lib.PC_TCP_STOP_AGAIN        # out of buffers, but new ones came: call again
 
 
 def _ip16(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:

@@ -72,7 +72,8 @@ from passt_py.log import trace
 from passt_py.loop import ERR, HUP, IN, OUT, EventLoop, Timer
 from passt_py.netview import GuestState, NetView
 from passt_py.portspec import Forward, PortForwards
-from passt_py.tcp_copy import STOP_EOF, STOP_NOBUFS, STOP_WINDOW, CopyingDataPath, TcpDataPath
+from passt_py.tcp_copy import (STOP_AGAIN, STOP_EOF, STOP_NOBUFS, STOP_WINDOW, CopyingDataPath,
+                               TcpDataPath)
 from passt_py.tcp_seg import (ACK, FIN, MSS_DEFAULT4, MSS_DEFAULT6, RST, SYN, FrameTemplate,
                               TcpSegment, parse_tcp, rst_reply, seq_add, seq_diff, syn_options)
 
@@ -907,10 +908,10 @@ class TcpHandler:
                 c.rx_wait = True
                 self._rx_waiting.append(c)
             return
-        if stop == STOP_WINDOW and not c.more_due:
+        if (stop == STOP_AGAIN or stop == STOP_WINDOW and n > 0) and not c.more_due:
             # Bounded work per event (and edge-triggered readiness): come back for the
-            # rest after the other connections had their turn. Also with nothing sent: the
-            # ring ran out but the guest added buffers meanwhile, which brings no kick.
+            # rest after the other connections had their turn. AGAIN, even with nothing
+            # sent: the ring ran out but the guest added buffers meanwhile (no kick for them).
             c.more_due = True
             self._loop.defer(lambda: self._more(c))
             return

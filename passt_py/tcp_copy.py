@@ -27,6 +27,7 @@ STOP_WINDOW = 1     # max_bytes delivered (or a per-call limit): call again if t
 STOP_NOBUFS = 2     # the guest has no RX buffers: wait for it to add some (RX kick)
 STOP_DRAINED = 3    # the socket had less than asked: wait for it to become readable
 STOP_EOF = 4        # the peer shut down and every byte has been peeked
+STOP_AGAIN = 5      # out of RX buffers, but the guest added some meanwhile: call again
 
 
 class TcpDataPath(Protocol):

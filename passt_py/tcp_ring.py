@@ -20,7 +20,7 @@ from __future__ import annotations
 import socket
 
 from passt_py import core
-from passt_py.tcp_copy import STOP_DRAINED, STOP_EOF, STOP_NOBUFS, STOP_WINDOW
+from passt_py.tcp_copy import STOP_AGAIN, STOP_DRAINED, STOP_EOF, STOP_NOBUFS, STOP_WINDOW
 from passt_py.tcp_seg import ACK, PSH, FrameTemplate
 from passt_py.vhost_user.device import RX, NetDevice, RxFlush
 
@@ -31,6 +31,7 @@ _STOPS = {
     core.TCP_STOP_STOPPED: STOP_NOBUFS,
     core.TCP_STOP_DRAINED: STOP_DRAINED,
     core.TCP_STOP_EOF: STOP_EOF,
+    core.TCP_STOP_AGAIN: STOP_AGAIN,
 }
 
 

@@ -1116,7 +1116,7 @@ def test_tcp_runs_property_cover_the_batch_and_hold_only_in_order_data(spec):
 def test_buffers_the_driver_adds_during_the_call_are_not_waited_for(tcp_pair):
     """As for UDP (tests/test_udp_path.py): the peeked data lands on the avail idx of the
     ring, publishing buffers after the call planned with the old idx; the call, out of
-    chains, must answer LIMIT (call again), not NOBUFS (wait for a kick that never comes)."""
+    chains, must answer AGAIN (call again), not NOBUFS (wait for a kick that never comes)."""
     r = Rig(event_idx=True)
     try:
         ours, peer = tcp_pair()
@@ -1130,6 +1130,6 @@ def test_buffers_the_driver_adds_during_the_call_are_not_waited_for(tcp_pair):
         n = r.path.rx(ours.fileno(), template(), 1 << 20)
         assert n == 1460                              # one segment of the template's MSS
         assert struct.unpack("<H", r.ram.read(r.rx.avail_gpa + 2, 2))[0] == seen + 5
-        assert r.path.last.stop == core.TCP_STOP_LIMIT
+        assert r.path.last.stop == core.TCP_STOP_AGAIN
     finally:
         r.close()
