@@ -484,18 +484,6 @@ static int is_bare_ack(const struct pc_pkt *p)
 }
 
 /**
- * same_tuple() - whether two records belong to one connection (same addresses and ports)
- * @p:		one record
- * @q:		the other
- * Return: non-zero if so
- */
-static int same_tuple(const struct pc_pkt *p, const struct pc_pkt *q)
-{
-	return p->sport == q->sport && p->dport == q->dport && p->ipver == q->ipver &&
-	       !memcmp(p->src, q->src, 16) && !memcmp(p->dst, q->dst, 16);
-}
-
-/**
  * same_stream() - whether @q continues @p's run: same tuple, next sequence number, ACK not
  *		   going back
  * @p:		last segment of the run

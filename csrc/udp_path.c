@@ -143,18 +143,6 @@ static int send_datagrams(const struct pc_tx_frame *frames, unsigned nframes,
 }
 
 /**
- * same_tuple() - two UDP records with the same addresses and ports
- * @a:		record
- * @b:		record
- * Return: non-zero if they belong to one flow
- */
-static int same_tuple(const struct pc_pkt *a, const struct pc_pkt *b)
-{
-	return a->sport == b->sport && a->dport == b->dport && a->ipver == b->ipver &&
-	       !memcmp(a->src, b->src, 16) && !memcmp(a->dst, b->dst, 16);
-}
-
-/**
  * pc_udp_runs() - cut an index list of a classified batch into runs of one UDP tuple
  * @recs:	records of the batch
  * @nrecs:	their number

@@ -541,22 +541,6 @@ static void vq_want_buffers(struct pc_vq *vq)
 }
 
 /**
- * vq_avail_moved() - did the driver add buffers since the device read its avail idx?
- * @vq:		running, translated ring
- * @seen:	the avail idx the device planned with
- *
- * Called after vq_want_buffers(): buffers the driver added before it could see the new
- * avail event bring no kick, so a device that saw them here must go on instead of waiting.
- *
- * Return: 1 if the avail idx is no longer @seen
- */
-static int vq_avail_moved(struct pc_vq *vq, uint16_t seen)
-{
-	__atomic_thread_fence(__ATOMIC_SEQ_CST);
-	return ld16_acquire(vq->avail + 2) != seen;
-}
-
-/**
  * vq_flush() - publish used elements written since the last publication, log them, notify
  * @vq:		running, translated ring; vq->used_idx is the new used idx
  *
@@ -968,7 +952,7 @@ again:
 done:
 	if (f < nframes) {		/* stopped for buffers: kick us when there are more */
 		vq_want_buffers(vq);
-		if (vq_avail_moved(vq, avail_idx) && retries++ < VQ_RX_RETRIES) {
+		if (pc_vq_rx_moved(vq, avail_idx) && retries++ < VQ_RX_RETRIES) {
 			ret = vq_avail_idx(vq, &pending);	/* they came meanwhile: go on */
 			if (ret >= 0) {
 				avail_idx = (uint16_t)ret;
@@ -1096,9 +1080,9 @@ int pc_vq_rx_end(struct pc_vq *vq, uint16_t start, int want_kick, int flush)
 }
 
 /**
- * pc_vq_rx_moved() - after pc_vq_rx_end() asked for a kick: did buffers come meanwhile?
+ * pc_vq_rx_moved() - after asking for a kick on new buffers: did some come meanwhile?
  * @vq:		running, translated ring
- * @seen:	the avail idx from pc_vq_rx_begin()
+ * @seen:	the avail idx the call planned with (pc_vq_rx_begin())
  *
  * The driver may have added buffers after the call read its avail idx and before the avail
  * event asked for a kick: those bring none, so the caller must not wait for one.
@@ -1107,7 +1091,8 @@ int pc_vq_rx_end(struct pc_vq *vq, uint16_t start, int want_kick, int flush)
  */
 int pc_vq_rx_moved(struct pc_vq *vq, uint16_t seen)
 {
-	return vq_avail_moved(vq, seen);
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	return ld16_acquire(vq->avail + 2) != seen;
 }
 
 /**

@@ -87,6 +87,19 @@ static inline uint16_t get16le(const uint8_t *p)
 }
 
 /**
+ * same_tuple() - whether two classified records belong to one flow: same IP version,
+ *		  addresses and ports
+ * @p:		one record
+ * @q:		the other
+ * Return: non-zero if so
+ */
+static inline int same_tuple(const struct pc_pkt *p, const struct pc_pkt *q)
+{
+	return p->sport == q->sport && p->dport == q->dport && p->ipver == q->ipver &&
+	       !memcmp(p->src, q->src, 16) && !memcmp(p->dst, q->dst, 16);
+}
+
+/**
  * ipv4_header_csum() - checksum field of the IPv4 header eth_ip_headers() writes
  * @tot_len:	total length field
  * @ttl:	TTL

@@ -212,9 +212,8 @@ class Service:
                 self._watch_kick(event.index, event.fd)
             elif isinstance(event, (RingStarted, RingEnabled, RingStopped)):
                 self._maybe_link_up()
-                if event.index == RX and not isinstance(event, RingStopped):
-                    # Whoever waited for RX buffers of the old ring gets a look at this one.
-                    self.loop.defer(lambda: self._on_kick(RX, consume=False))
+                if not isinstance(event, RingStopped):
+                    self._look_at(event.index)
             elif isinstance(event, DeviceStateTransfer):
                 self._device_state(event)
             elif isinstance(event, SendRarp):
@@ -227,6 +226,11 @@ class Service:
         if fd is not None:
             self._kick_fds[index] = fd
             self.loop.add(fd, IN, lambda _mask, i=index: self._on_kick(i))
+        self._look_at(index)
+
+    def _look_at(self, index: int) -> None:
+        """A ring (re)started or got a new kick fd: act as on a kick, without one to consume
+        (what waited for the old ring's buffers, or TX the guest queued, gets its turn)."""
         self.loop.defer(lambda: self._on_kick(index, consume=False))
 
     def _on_kick(self, index: int, consume: bool = True) -> None:

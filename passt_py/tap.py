@@ -98,8 +98,8 @@ class GuestLink:
             self._defer(self.flush)
         room = HOLD_MAX - len(self._out)    # held frames wait for a kick: keep the bound
         if len(frames) > room:
-            self.dropped_rx += len(frames) - max(room, 0)
-            frames = frames[:max(room, 0)]
+            self.dropped_rx += len(frames) - room
+            frames = frames[:room]
         self._out.extend(frames)
 
     def flush(self) -> None:
@@ -117,12 +117,11 @@ class GuestLink:
             self._pcap.write(frames[:placed])
         if placed == len(frames):
             return
-        held = frames[placed:HOLD_MAX + placed] if self._rx_running() else []
-        self._out = held
-        if len(frames) - placed > len(held):
-            self.dropped_rx += len(frames) - placed - len(held)
-            log.log(TRACE, "guest RX ring full or not running: dropped %d frames",
-                    len(frames) - placed - len(held))
+        if self._rx_running():
+            self._out = frames[placed:]     # at most HOLD_MAX: to_guest() keeps the bound
+            return
+        self.dropped_rx += len(frames) - placed
+        log.log(TRACE, "guest RX ring not running: dropped %d frames", len(frames) - placed)
 
     @property
     def held(self) -> int:

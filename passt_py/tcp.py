@@ -170,7 +170,8 @@ class _Conn:
 
     __slots__ = ("st", "sock", "fd", "flow", "tpl", "seg_size", "retries", "rto", "deadline",
                  "timer", "dup_acks", "recovering", "wnd_poll", "probe", "ack_due",
-                 "more_due", "last_wnd_raw", "send_full", "rx_wait", "discard_due", "stats")
+                 "more_due", "last_wnd_raw", "send_full", "rx_wait", "discard_due", "batch_end",
+                 "stats")
 
     def __init__(self, st: TcpState, sock: socket.socket) -> None:
         self.st = st
@@ -193,6 +194,7 @@ class _Conn:
         self.send_full = False
         self.rx_wait = False                    # RX ring full: wait for the guest's kick
         self.discard_due = 0                    # acknowledged bytes still in the socket
+        self.batch_end = False                  # listed for _end_batch (ACK or discard due)
         # bytes to host, bytes to guest, timeouts, fast retransmits, socket-full refusals,
         # RX-full waits, out-of-order drops
         self.stats = [0, 0, 0, 0, 0, 0, 0]
@@ -238,8 +240,7 @@ class TcpHandler:
         self._secret = os.urandom(16)
         self._scratch = bytearray(DISCARD_CHUNK)
         self._listeners: list[_Listener] = []
-        self._acks: list[_Conn] = []
-        self._discards: list[_Conn] = []
+        self._batch_end: list[_Conn] = []      # work due at the end of this loop batch
         self._rx_waiting: list[_Conn] = []
         self.dropped = 0
         self.resets = 0
@@ -612,17 +613,13 @@ class TcpHandler:
         batch rather than one per ACK (a batch often holds several). The peek offset is
         relative to the queue's head, so peeking meanwhile is unaffected.
         """
-        if not c.discard_due:
-            if not self._discards:
-                self._loop.defer(self.settle)
-            self._discards.append(c)
         c.discard_due += n
+        self._at_batch_end(c)
 
     def settle(self) -> None:
-        """Drop the acknowledged bytes now (end of batch; before a migration freezes the
-        sockets, whose receive queue must then start at the guest's last ACK)."""
-        conns, self._discards = self._discards, []
-        for c in conns:
+        """Drop acknowledged bytes now, not at the batch's end: before a migration freezes
+        the sockets, whose receive queues must then start at the guest's last ACK."""
+        for c in self._batch_end:
             self._settle(c)
 
     def _settle(self, c: _Conn) -> None:
@@ -821,16 +818,25 @@ class TcpHandler:
 
     def _queue_ack(self, c: _Conn) -> None:
         """ACK at the end of this batch (one per connection and batch)."""
-        if c.ack_due:
-            return
         c.ack_due = True
-        if not self._acks:
-            self._loop.defer(self._flush_acks)
-        self._acks.append(c)
+        self._at_batch_end(c)
 
-    def _flush_acks(self) -> None:
-        conns, self._acks = self._acks, []
+    def _at_batch_end(self, c: _Conn) -> None:
+        """Have :meth:`_end_batch` look at ``c`` (once per batch, however often asked)."""
+        if c.batch_end:
+            return
+        c.batch_end = True
+        if not self._batch_end:
+            self._loop.defer(self._end_batch)
+        self._batch_end.append(c)
+
+    def _end_batch(self) -> None:
+        """Per connection, what the batch's segments made due: the acknowledged bytes leave
+        the socket, then one ACK (unless data to the guest carried it meanwhile)."""
+        conns, self._batch_end = self._batch_end, []
         for c in conns:
+            c.batch_end = False
+            self._settle(c)
             if c.ack_due and c.st.phase == Phase.ESTABLISHED:
                 self._control(c, ACK)
 

@@ -64,9 +64,6 @@ def test_bad_command_line_is_one_line_exit_1(argv, needle):
 
 def test_unsupported_option_is_one_line_exit_1():
     """An accepted-but-unimplemented option says so in one line and exits 1."""
-    from passt_py.conf import UNSUPPORTED_OPTIONS
-    if "--outbound" not in UNSUPPORTED_OPTIONS:
-        pytest.skip("every option that takes no other work is supported now")
     proc = run("--vhost-user", "--outbound", "192.0.2.10")
     assert proc.returncode == 1 and proc.stderr.strip() == "passt-py: option -o/--outbound is not supported yet"
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import socket
-from importlib.util import find_spec as importlib_util_find_spec
 import struct
 import subprocess
 import time
@@ -264,7 +263,6 @@ def tcp_segments(fe: Frontend, port: int, timeout: float = 5.0, want: int = 0) -
     return got
 
 
-@pytest.mark.skipif(importlib_util_find_spec("passt_py.tcp") is None, reason="no TCP yet")
 def test_host_peer_reset_reaches_the_guest_as_rst(passt):
     """A host peer that accepts, then resets: the guest's connection gets an RST; a peer that
     vanished (nobody listens) answers the guest's SYN with an RST; the back-end serves on."""

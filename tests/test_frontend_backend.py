@@ -330,7 +330,6 @@ def test_no_descriptor_leak_across_connections(backend):
 @pytest.fixture
 def passt_py_process(tmp_path):
     """A passt-py process serving vhost-user, stopped by PID afterwards."""
-    pytest.importorskip("passt_py.service", reason="the passt-py service is not wired yet")
     path = str(tmp_path / "passt-py.sock")
     proc = spawn_passt_py(path)
     yield path, proc

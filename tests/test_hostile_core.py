@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import qemu_unavailable
 from tests.fuzz import driver, run as fuzz_run, targets
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +50,7 @@ def test_seed_corpora_exist_for_every_target():
 def test_fuzz_target_finds_nothing(name, tmp_path):
     """Within its budget the target finds no crash, uncaught error or disagreement."""
     if name in targets.NEEDS_NETNS and not netns_ok():
-        pytest.skip("needs a private network namespace (root or a user namespace)")
+        qemu_unavailable("needs a private network namespace (root or a user namespace)")
     seconds = share()
     if HAVE_ATHERIS and not SANITIZED:
         proc = subprocess.run(

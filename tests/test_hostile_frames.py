@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import qemu_unavailable
 from tests.fuzz import driver, netns_guard, targets
 
 EXAMPLES = int(os.environ.get("PASST_PY_EXAMPLES", "300"))
@@ -27,7 +28,7 @@ SEEDS = driver.load_corpus("frames")
 def rig():
     """A FrameRig and a UDP echo socket on 127.0.0.1:9, inside a private namespace."""
     if not netns_guard.available():
-        pytest.skip("needs a private network namespace (root or a user namespace)")
+        qemu_unavailable("needs a private network namespace (root or a user namespace)")
     with netns_guard.private_netns():
         r = targets.FrameRig(max_flows=32)
         r.serve_tcp_echo(ECHO_PORT)

@@ -15,9 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from passt_py import migrate
+from tests.conftest import qemu_unavailable
 from tests.fuzz import driver, netns_guard, targets
 
-migrate = pytest.importorskip("passt_py.migrate")
 EXAMPLES = int(os.environ.get("PASST_PY_EXAMPLES", "300")) // 3
 SEEDS = driver.load_corpus("migrate")
 
@@ -25,7 +26,7 @@ SEEDS = driver.load_corpus("migrate")
 @pytest.fixture(scope="module")
 def ns():
     if not netns_guard.available():
-        pytest.skip("needs a private network namespace (root or a user namespace)")
+        qemu_unavailable("needs a private network namespace (root or a user namespace)")
     with netns_guard.private_netns():
         yield
         for attr in ("_migrate_rig",):
@@ -77,8 +78,7 @@ def _stream_with_tcp(patch) -> bytes:
     rig = targets.FrameRig()
     rig.serve_tcp_echo(9)
     try:
-        if rig.tcp is None:
-            pytest.skip("TCP handler not available")
+        assert rig.tcp is not None
         out = rig.feed([tcp_frame(42000, 0x02, 1000)], 3)
         isn = next(struct.unpack_from("!I", f, 38)[0] for f in out if f[47] & 0x12 == 0x12)
         rig.feed([tcp_frame(42000, 0x10, 1001, isn + 1)], 2)

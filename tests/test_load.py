@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from tests.conftest import qemu_unavailable
 from tests.fuzz import netns_guard, targets
 
 FLOWS = int(os.environ.get("PASST_PY_LOAD_FLOWS", "10000"))
@@ -46,7 +47,7 @@ def udp_frame(sport: int, payload: bytes = b"load") -> bytes:
 @pytest.fixture
 def netns():
     if not netns_guard.available():
-        pytest.skip("needs a private network namespace (root or a user namespace)")
+        qemu_unavailable("needs a private network namespace (root or a user namespace)")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = FLOWS + 512
     if hard != resource.RLIM_INFINITY and hard < need:
@@ -151,9 +152,7 @@ def test_ten_thousand_tcp_connections(netns):
     except OSError:
         pass
     rig = targets.FrameRig(max_flows=FLOWS + 100)
-    if rig.tcp is None:
-        rig.close()
-        pytest.skip("TCP handler not available")
+    assert rig.tcp is not None
     lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     lsock.bind(("127.0.0.1", ECHO))
     lsock.listen(FLOWS + 1024)     # connections complete in the backlog, never accepted
