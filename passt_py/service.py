@@ -45,9 +45,12 @@ from passt_py.vhost_user.wire import DEVICE_STATE_SAVE
 
 log = logging.getLogger(__name__)
 
-#: Frames per TX drain; a kick drains at most this many batches before yielding to the loop.
-TX_BATCH = 64
-TX_BATCHES_PER_KICK = 16
+#: Frames per TX drain: a whole ring of Linux's default size. Per-batch costs (the
+#: interpreter's round, one sendmsg per connection, one notification) dominate at MTU 1500,
+#: so a batch takes whatever the guest queued (64 gave tcp-tx/1500 ~27 % less throughput).
+TX_BATCH = 256
+#: A kick drains at most this many batches before yielding to the loop.
+TX_BATCHES_PER_KICK = 4
 #: Whether this version migrates TCP connections (TCP_REPAIR): then, without --repair-path,
 #: CAP_NET_ADMIN is kept when dropping root (passt_py.privileges); with it, the passt-repair
 #: helper sets TCP_REPAIR for us (passt_py.migrate, passt_py.tcp_repair).

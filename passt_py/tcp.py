@@ -72,8 +72,8 @@ from passt_py.log import trace
 from passt_py.loop import ERR, HUP, IN, OUT, EventLoop, Timer
 from passt_py.netview import GuestState, NetView
 from passt_py.portspec import Forward, PortForwards
-from passt_py.tcp_copy import (STOP_AGAIN, STOP_EOF, STOP_NOBUFS, STOP_WINDOW, CopyingDataPath,
-                               TcpDataPath)
+from passt_py.tcp_copy import (STOP_AGAIN, STOP_EOF, STOP_NOBUFS, STOP_WINDOW,
+                               CopyingDataPath, TcpDataPath)
 from passt_py.tcp_seg import (ACK, FIN, MSS_DEFAULT4, MSS_DEFAULT6, RST, SYN, FrameTemplate,
                               TcpSegment, parse_tcp, rst_reply, seq_add, seq_diff, syn_options)
 
@@ -89,6 +89,7 @@ RTO_INITIAL = 1.0           # RFC 6298 2.1 (we take no RTT samples: the link is 
 RTO_MAX = 60.0              # RFC 6298 2.5
 MAX_RETRIES = 6             # then RST both ways (1+2+4+8+16+32+60 s at the defaults)
 DUP_ACKS = 3                # RFC 5681 3.2
+GAP_ACKS = 3                # duplicate ACKs for gaps, per connection and TX batch (see _guest_data)
 WND_POLL = 0.01             # send-buffer poll while our advertised window is closed
 WS_OURS = 8                 # our window scale: windows up to 16 MiB
 MAX_WINDOW = 0xFFFF << WS_OURS
@@ -101,6 +102,8 @@ DISCARD_CHUNK = 1 << 20
 
 SO_PEEK_OFF = getattr(socket, "SO_PEEK_OFF", 42)
 SIOCOUTQ = termios.TIOCOUTQ
+TCPI_SND_WND = 228          # struct tcp_info: tcpi_snd_wnd (Linux 5.4), the peer's window
+_TCP_INFO_LEN = TCPI_SND_WND + 4
 ET = 1 << 31                # EPOLLET
 _LINGER0 = struct.pack("ii", 1, 0)
 
@@ -170,8 +173,8 @@ class _Conn:
 
     __slots__ = ("st", "sock", "fd", "flow", "tpl", "seg_size", "retries", "rto", "deadline",
                  "timer", "dup_acks", "recovering", "wnd_poll", "probe", "ack_due",
-                 "more_due", "last_wnd_raw", "send_full", "rx_wait", "discard_due", "batch_end",
-                 "stats")
+                 "more_due", "last_wnd_raw", "send_full", "rx_wait", "discard_due",
+                 "batch_end", "gap_acks", "local", "stats")
 
     def __init__(self, st: TcpState, sock: socket.socket) -> None:
         self.st = st
@@ -195,6 +198,8 @@ class _Conn:
         self.rx_wait = False                    # RX ring full: wait for the guest's kick
         self.discard_due = 0                    # acknowledged bytes still in the socket
         self.batch_end = False                  # listed for _end_batch (ACK or discard due)
+        self.gap_acks = 0                       # duplicate ACKs for gaps in this batch
+        self.local: bool | None = None          # host peer on this host (known once connected)
         # bytes to host, bytes to guest, timeouts, fast retransmits, socket-full refusals,
         # RX-full waits, out-of-order drops
         self.stats = [0, 0, 0, 0, 0, 0, 0]
@@ -217,6 +222,15 @@ def _sockaddr(addr: IPAddr, port: int) -> tuple[object, ...]:
 
 def _addr_of(name: tuple[object, ...]) -> tuple[IPAddr, int]:
     return ipaddress.ip_address(str(name[0]).partition("%")[0]), int(name[1])  # type: ignore
+
+
+def _is_local(sock: socket.socket) -> bool:
+    """The socket's peer is on this host: a loopback address, or our own address (the kernel
+    picks the destination itself as source when we connect to one of our addresses)."""
+    peer = _addr_of(sock.getpeername())[0]
+    if isinstance(peer, ipaddress.IPv6Address) and peer.ipv4_mapped is not None:
+        peer = peer.ipv4_mapped
+    return peer.is_loopback or peer == _addr_of(sock.getsockname())[0]
 
 
 class TcpHandler:
@@ -260,12 +274,25 @@ class TcpHandler:
         return self._guest.mac, self._view.our_mac
 
     def _send_window(self, c: _Conn) -> int:
-        """Free space in the host socket's send buffer: the window we offer the guest."""
+        """The window we offer the guest: what the host peer's receive window allows.
+
+        As passt does: a peer on this host takes data as fast as it reads, so its own window
+        (TCP_INFO) is the whole limit; a remote peer's data waits in our send buffer, so its
+        free space bounds the window too. A send buffer as the only bound would throttle a
+        local stream to a buffer's worth per round trip (the guest waits for our ACK), and a
+        socket that refuses part of a batch costs the guest a resend, nothing more.
+        """
         try:
-            sndbuf = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-            buf = array.array("i", [0])
-            fcntl.ioctl(c.fd, SIOCOUTQ, buf)
-            space = self._sndbuf_limit(sndbuf) - buf[0]
+            if c.local is None:
+                c.local = _is_local(c.sock)
+            info = c.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+            space = (int.from_bytes(info[TCPI_SND_WND:], "little")
+                     if len(info) == _TCP_INFO_LEN else MAX_WINDOW)
+            if not c.local or len(info) < _TCP_INFO_LEN:
+                sndbuf = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+                buf = array.array("i", [0])
+                fcntl.ioctl(c.fd, SIOCOUTQ, buf)
+                space = min(space, self._sndbuf_limit(sndbuf) - buf[0])
         except OSError:
             return 0
         return max(0, min(space, MAX_WINDOW))
@@ -649,11 +676,18 @@ class TcpHandler:
         data = seg.payload
         off = seq_diff(st.seq_from_guest, seg.seq)     # bytes of it we already have
         if off < 0 or st.guest_fin:
+            # A gap (or data after FIN): duplicate ACKs, enough for a fast retransmit
+            # (RFC 5681: three) but not one per segment: a batch often holds a whole flight
+            # behind one loss, and a sender that halves its window per few duplicates
+            # would collapse.
             c.stats[6] += 1
-            self._control(c, ACK)                       # gap (or after FIN): duplicate ACK
+            if c.gap_acks < GAP_ACKS:
+                c.gap_acks += 1
+                self._at_batch_end(c)
+                self._control(c, ACK)
             return
         if off > len(data) or (off == len(data) and not seg.flags & FIN):
-            self._control(c, ACK)                       # old data or a keepalive
+            self._queue_ack(c)                          # old data or a keepalive
             return
         data = data[off:]
         if data:
@@ -836,6 +870,7 @@ class TcpHandler:
         conns, self._batch_end = self._batch_end, []
         for c in conns:
             c.batch_end = False
+            c.gap_acks = 0
             self._settle(c)
             if c.ack_due and c.st.phase == Phase.ESTABLISHED:
                 self._control(c, ACK)

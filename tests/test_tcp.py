@@ -310,7 +310,7 @@ def test_guest_window_limits_what_is_sent(env: TcpEnv) -> None:
     assert len(peer.data) == 3000
 
 
-def test_our_window_follows_socket_send_buffer(env: TcpEnv) -> None:
+def test_our_window_follows_the_host_peer(env: TcpEnv) -> None:
     """When the host does not read, our advertised window closes; reading reopens it."""
     peer, host = _outbound(env, 4, mss=60000)
     host.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 << 10)
@@ -672,3 +672,85 @@ def test_acks_of_one_batch_free_the_socket_once(env: TcpEnv) -> None:
     st = env.tcp.export(next(iter(env.flows)))    # settles what is still due
     fcntl.ioctl(c.fd, termios.FIONREAD, queued)
     assert queued[0] == 0 and st.seq_acked_by_guest == st.seq_to_guest
+
+
+def _our_windows(peer: GuestPeer, since: int = 0) -> list[int]:
+    return [r.seg.wnd << WS_OURS for r in peer.log[since:]
+            if r.seg.flags & ACK and not r.seg.flags & SYN]
+
+
+def test_window_to_a_local_peer_is_its_receive_window(env: TcpEnv) -> None:
+    """A host peer on this host (loopback) reads as fast as it can: the window we offer the
+    guest is the peer's receive window, not what our send buffer holds (a small send buffer
+    would cap the guest's flight at a buffer per round trip)."""
+    peer, host = _outbound(env, 4, mss=1460)
+    c = next(iter(env.flows)).data
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)   # the kernel doubles it
+    sndbuf = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    peer.send_stream(os.urandom(64 << 10))
+    got = _recv_all(env, host, 64 << 10)
+    assert len(got) == 64 << 10
+    before = len(peer.log)
+    peer.raw(ACK, seq=seq_add(peer.snd_nxt, -1))      # a keepalive: answered with our window
+    assert env.pump(lambda: len(_our_windows(peer, before)) > 0, 2)
+    wnd = _our_windows(peer, before)[-1]
+    assert c.local is True
+    assert wnd > 4 * sndbuf, (wnd, sndbuf)
+
+
+def test_window_to_a_remote_peer_is_bounded_by_the_send_buffer(env: TcpEnv) -> None:
+    """A peer elsewhere drains our send buffer only at the network's pace: the window also
+    stays within the buffer's free space (what the buffer-bound rule allows)."""
+    peer, host = _outbound(env, 4, mss=1460)
+    c = next(iter(env.flows)).data
+    c.local = False                   # as for a peer elsewhere: loopback is all the test has
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    sndbuf = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    before = len(peer.log)
+    peer.raw(ACK, seq=seq_add(peer.snd_nxt, -1))
+    assert env.pump(lambda: len(_our_windows(peer, before)) > 0, 2)
+    assert 0 < _our_windows(peer, before)[-1] <= env.tcp._sndbuf_limit(sndbuf)
+
+
+def test_gaps_in_one_batch_get_three_duplicate_acks(env: TcpEnv) -> None:
+    """Segments behind a gap, many in one TX batch (a whole flight behind one loss), get
+    three duplicate ACKs (enough for a fast retransmit), not one each; the next batch gets
+    its own three; the stream recovers once the gap is filled."""
+    peer, host = _outbound(env, 4)
+    peer.auto_ack = False
+    env.pump(lambda: False, 0.05)
+    start = peer.snd_nxt
+    for batch in range(2):
+        before = len(peer.log)
+        for k in range(10):                             # one batch: no loop turn between
+            peer.raw(ACK, seq=seq_add(start, 100 + 1000 * (10 * batch + k)), payload=b"g" * 10)
+        env.dispatch()
+        dups = [r for r in peer.log[before:] if not r.seg.payload]
+        assert len(dups) == 3 and all(r.seg.ack == start for r in dups), dups
+        env.loop.run_once(0)                            # the end of the batch
+        env.dispatch()
+        assert len([r for r in peer.log[before:] if not r.seg.payload]) == 3
+    assert not _recv_all(env, host, 1, 0.2)
+    peer.send_stream(b"in order")
+    assert _recv_all(env, host, 8, 3) == b"in order"
+
+
+def test_old_duplicates_in_one_batch_get_one_ack(env: TcpEnv) -> None:
+    """Data we already have (a sender going back after a stall) is answered with one ACK at
+    the end of the batch, not one per segment: duplicate ACKs for each would tell a sender
+    that counts them that more was lost."""
+    peer, host = _outbound(env, 4)
+    data = os.urandom(8000)
+    peer.send_stream(data)
+    assert _recv_all(env, host, len(data)) == data
+    env.pump(lambda: False, 0.05)
+    before = len(peer.log)
+    for k in range(8):                                  # the same stream again, one batch
+        peer.raw(ACK, seq=seq_add(peer._base, 1000 * k), payload=data[1000 * k:1000 * (k + 1)])
+    env.dispatch()
+    assert len(peer.log) == before                      # nothing until the batch ends
+    env.loop.run_once(0)
+    env.dispatch()
+    acks = peer.log[before:]
+    assert len(acks) == 1 and acks[0].seg.ack == peer.snd_nxt and not acks[0].seg.payload
+    assert not _recv_all(env, host, 1, 0.2)             # nothing written twice

@@ -1187,7 +1187,9 @@ static void wait_events(int64_t timeout_ns)
 	}
 	ring_arm(&rings[RXQ]);
 	ring_arm(&rings[TXQ]);
-	if (__atomic_load_n(used_idx(&rings[RXQ]), __ATOMIC_ACQUIRE) != rings[RXQ].last_used)
+	/* Entries the device used before it could see the armed event bring no call: look. */
+	if (__atomic_load_n(used_idx(&rings[RXQ]), __ATOMIC_ACQUIRE) != rings[RXQ].last_used ||
+	    __atomic_load_n(used_idx(&rings[TXQ]), __ATOMIC_ACQUIRE) != rings[TXQ].last_used)
 		return;
 	if (poll(p, 2, ms < 1 ? 1 : ms) > 0) {
 		if (p[0].revents && read(p[0].fd, &v, 8) < 0 && errno != EAGAIN)

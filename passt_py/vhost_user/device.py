@@ -71,7 +71,7 @@ OFFERED_FEATURES = (
 )
 
 #: Frames one TX batch holds at most (the reusable batch is this big).
-TX_BATCH_MAX = 64
+TX_BATCH_MAX = 256
 
 
 def _close(fd: int | None) -> None:
