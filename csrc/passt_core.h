@@ -14,7 +14,7 @@
 
 /* CDEF-BEGIN */
 /* Bumped whenever the C API changes; passt_py.core refuses an extension of another version. */
-enum { PC_API_VERSION = 8 };
+enum { PC_API_VERSION = 9 };
 int pc_api_version(void);
 
 /* ---- checksum.c: Internet checksum (RFC 1071) ---- */
@@ -256,6 +256,38 @@ struct pc_udp_rx_result {
 int pc_udp_rx(struct pc_vq *vq, int fd, struct pc_udp_flow *flows, unsigned nflows,
 	      size_t hdr_len, int mergeable, unsigned max_dgrams, unsigned opts, uint8_t *spill,
 	      size_t spill_len, struct pc_udp_rx_result *res);
+
+/* ---- fastpath.c: readiness events C handles inside the loop's wait ---- */
+/* SECTION fastpath */
+/* Established UDP flows registered by Python: a readable flow socket's datagrams go into the
+ * RX ring, the TX kick's datagrams of registered tuples to their sockets; every other event
+ * (and what C leaves) comes back as the epoll event it was, a socket error as EPOLLERR. */
+struct pc_fast;
+struct pc_fast_event { int32_t fd; uint32_t events; };
+struct pc_fast_stats {
+	uint64_t rx_dgrams; uint64_t tx_dgrams; uint64_t dropped; uint64_t handled;
+	uint64_t reported; uint32_t rx_entries; uint32_t tx_entries; uint32_t muted;
+	uint32_t pad;
+};
+struct pc_fast *pc_fast_new(unsigned max_entries);
+void pc_fast_free(struct pc_fast *f);
+void pc_fast_set_rx(struct pc_fast *f, struct pc_vq *rx, size_t hdr_len, int mergeable,
+		    unsigned opts, unsigned batch);
+void pc_fast_set_tx(struct pc_fast *f, struct pc_vq *tx, int kick_fd);
+int pc_fast_add_rx(struct pc_fast *f, int fd, const struct pc_udp_flow *tmpl);
+int pc_fast_add_tx(struct pc_fast *f, unsigned ipver, const uint8_t *src, const uint8_t *dst,
+		   uint16_t sport, uint16_t dport, int fd);
+int64_t pc_fast_remove_rx(struct pc_fast *f, int fd);
+int64_t pc_fast_remove_tx(struct pc_fast *f, unsigned ipver, const uint8_t *src,
+			  const uint8_t *dst, uint16_t sport, uint16_t dport);
+int64_t pc_fast_rx_count(struct pc_fast *f, int fd);
+int64_t pc_fast_tx_count(struct pc_fast *f, unsigned ipver, const uint8_t *src,
+			 const uint8_t *dst, uint16_t sport, uint16_t dport);
+int pc_fast_clear(struct pc_fast *f, int epfd);
+void pc_fast_stats(const struct pc_fast *f, struct pc_fast_stats *out);
+int pc_fast_rx_ready(struct pc_fast *f, int epfd);
+int pc_fast_poll(struct pc_fast *f, int epfd, int timeout_ms, struct pc_fast_event *out,
+		 unsigned max_out);
 
 /* ---- migration helpers ---- */
 /* sock_filter.c: a loaded eBPF socket filter that drops every packet (fd, or -errno). Loaded

@@ -15,7 +15,7 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
         "passt_py's C core (passt_py._core) is not built: run 'pip install .' or "
         "'pip install -e .' from the source tree") from exc
 
-API_VERSION = 8
+API_VERSION = 9
 
 if lib.pc_api_version() != API_VERSION:  # pragma: no cover - stale builds only
     raise ImportError(
@@ -1024,6 +1024,118 @@ class UdpPath:
         if r.spill_family == 4:
             addr = ipaddress.IPv4Address(raw[12:])
         return ffi.buffer(self._spill, r.spill_len)[:], addr, r.spill_port
+
+
+# ---- fast path (csrc/fastpath.c) ----
+# SECTION fastpath
+from typing import Any  # noqa: E402
+
+
+class FastPath:
+    """Readiness events the C core handles inside the loop's wait (csrc/fastpath.c).
+
+    poll() replaces epoll's poll(): a readable socket of a registered UDP flow has its
+    datagrams delivered into the RX ring, a TX kick whose frames are datagrams of registered
+    tuples has them sent, without a return to Python; the other events come back as
+    (fd, mask) pairs, a socket error C met as EPOLLERR. Entries are a cache of Python's flow
+    table: add them for flows that may take this path, remove them before the socket closes.
+    The rings given to set_rx()/set_tx() are kept referenced until replaced.
+    """
+
+    def __init__(self, max_entries: int, max_events: int = 256) -> None:
+        self._f = ffi.gc(lib.pc_fast_new(max_entries), lib.pc_fast_free)
+        if self._f == ffi.NULL:
+            raise MemoryError("pc_fast_new")
+        self._out = ffi.new("struct pc_fast_event[]", max_events)
+        self._max = max_events
+        self._stats = ffi.new("struct pc_fast_stats *")
+        self._rx: Virtqueue | None = None        # referenced while C holds the ring
+        self._tx: Virtqueue | None = None
+        self._key = (ffi.new("uint8_t[16]"), ffi.new("uint8_t[16]"))
+        self.gen = 0        # bumped by clear(): entries added before it are gone
+
+    def set_rx(self, ring: "Virtqueue | None", hdr_len: int = 12, mergeable: bool = True,
+               opts: int = 0, batch: int = 64) -> None:
+        """Deliver into ``ring`` (running and enabled), or into nothing (None)."""
+        self._rx = ring
+        lib.pc_fast_set_rx(self._f, ring._vq if ring is not None else ffi.NULL, hdr_len,
+                           1 if mergeable else 0, opts, batch)
+
+    def set_tx(self, ring: "Virtqueue | None", kick_fd: int = -1) -> None:
+        """Drain ``ring`` (running and enabled) on its kick fd's events, or nothing (None)."""
+        self._tx = ring
+        lib.pc_fast_set_tx(self._f, ring._vq if ring is not None else ffi.NULL,
+                           kick_fd if ring is not None else -1)
+
+    def add_rx(self, fd: int, tmpls: UdpTemplates) -> bool:
+        """Deliver ``fd``'s datagrams with ``tmpls``' first template; False if full."""
+        ret = lib.pc_fast_add_rx(self._f, fd, tmpls.c)
+        if ret == -errno.ENOSPC:
+            return False
+        check(ret, "fast_add_rx")
+        return True
+
+    def _tuple(self, src: ipaddress.IPv4Address | ipaddress.IPv6Address,
+               dst: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[object, object]:
+        a, b = self._key
+        ffi.memmove(a, _ip16(src), 16)
+        ffi.memmove(b, _ip16(dst), 16)
+        return a, b
+
+    def add_tx(self, src: ipaddress.IPv4Address | ipaddress.IPv6Address,
+               dst: ipaddress.IPv4Address | ipaddress.IPv6Address, sport: int, dport: int,
+               fd: int) -> bool:
+        """Send the guest's datagrams src:sport -> dst:dport on ``fd``; False if full."""
+        a, b = self._tuple(src, dst)
+        ret = lib.pc_fast_add_tx(self._f, src.version, a, b, sport, dport, fd)
+        if ret == -errno.ENOSPC:
+            return False
+        check(ret, "fast_add_tx")
+        return True
+
+    def remove_rx(self, fd: int) -> int:
+        """Forget ``fd``'s entry; datagrams delivered since last counted (0 if none)."""
+        return max(0, lib.pc_fast_remove_rx(self._f, fd))
+
+    def remove_tx(self, src: ipaddress.IPv4Address | ipaddress.IPv6Address,
+                  dst: ipaddress.IPv4Address | ipaddress.IPv6Address, sport: int,
+                  dport: int) -> int:
+        """Forget a tuple's entry; datagrams sent since last counted (0 if none)."""
+        a, b = self._tuple(src, dst)
+        return max(0, lib.pc_fast_remove_tx(self._f, src.version, a, b, sport, dport))
+
+    def rx_count(self, fd: int) -> int:
+        """Datagrams delivered from ``fd`` since the last call (0 without an entry)."""
+        return max(0, lib.pc_fast_rx_count(self._f, fd))
+
+    def tx_count(self, src: ipaddress.IPv4Address | ipaddress.IPv6Address,
+                 dst: ipaddress.IPv4Address | ipaddress.IPv6Address, sport: int,
+                 dport: int) -> int:
+        """Guest datagrams of a tuple sent since the last call (0 without an entry)."""
+        a, b = self._tuple(src, dst)
+        return max(0, lib.pc_fast_tx_count(self._f, src.version, a, b, sport, dport))
+
+    def clear(self, epfd: int) -> None:
+        """Forget every entry (muted sockets are restored in ``epfd`` first)."""
+        check(lib.pc_fast_clear(self._f, epfd), "fast_clear")
+        self.gen += 1
+
+    def rx_ready(self, epfd: int) -> int:
+        """The guest added RX buffers: sockets muted for lack of them are watched again."""
+        return lib.pc_fast_rx_ready(self._f, epfd)
+
+    def stats(self) -> Any:
+        """Counters (struct pc_fast_stats): datagrams each way, dropped, events handled and
+        reported, entries, muted sockets."""
+        lib.pc_fast_stats(self._f, self._stats)
+        return self._stats
+
+    def poll(self, epfd: int, timeout: float) -> list[tuple[int, int]]:
+        """Like epoll's poll(timeout) (seconds, negative: no limit): the events C left."""
+        ms = -1 if timeout < 0 else int(timeout * 1000 + 0.999)
+        n = check(lib.pc_fast_poll(self._f, epfd, ms, self._out, self._max), "fast_poll")
+        out = self._out
+        return [(out[i].fd, out[i].events) for i in range(n)]
 
 
 # ---- migration helpers ----

@@ -132,6 +132,7 @@ class FlowTable:
         self._free: list[int] = []           # heap of released ids below _next_id
         self._next_id = 0
         self._expiry: list[tuple[float, int, Flow]] = []
+        self._probes: dict[FlowType, Callable[[Flow], bool]] = {}
         self._seq = itertools.count()
         self._timer: Timer | None = None
         self._refused = 0                    # refusals since the last log line
@@ -233,6 +234,11 @@ class FlowTable:
             self._refused = 0
             self._last_log = now
 
+    def set_activity_probe(self, ftype: FlowType, probe: Callable[[Flow], bool]) -> None:
+        """Ask ``probe(flow)`` before expiring a flow of ``ftype``: activity seen by a path
+        that does not call touch() per packet (the C fast path); it touches and says True."""
+        self._probes[ftype] = probe
+
     def touch(self, flow: Flow, timeout: float | None = None) -> None:
         """Record activity: the flow now expires ``timeout`` (default: its own) s from now."""
         if timeout is not None:
@@ -303,6 +309,10 @@ class FlowTable:
             if flow.closed:
                 continue
             if flow.deadline <= now:
+                probe = self._probes.get(flow.type)
+                if probe is not None and probe(flow) and flow.deadline > now:
+                    heapq.heappush(self._expiry, (flow.deadline, next(self._seq), flow))
+                    continue
                 self.close(flow)
                 closed += 1
             else:

@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 FdCallback = Callable[[int], None]
 TimerCallback = Callable[[], None]
+#: Waits on the epoll fd like epoll's poll(timeout) and returns the (fd, mask) events it did
+#: not handle itself (core.FastPath.poll: the C core's hot paths).
+Poller = Callable[[int, float], "list[tuple[int, int]]"]
 
 IN = select.EPOLLIN
 OUT = select.EPOLLOUT
@@ -53,6 +56,7 @@ class EventLoop:
         self._timers: list[Timer] = []
         self._seq = itertools.count()
         self._deferred: list[TimerCallback] = []
+        self._poller: Poller | None = None
         self._running = False
         self.exit_code = 0
 
@@ -74,6 +78,14 @@ class EventLoop:
             self._epoll.unregister(fd)
         except (OSError, ValueError):
             pass
+
+    def fileno(self) -> int:
+        """The epoll fd (for a poller that acts on some events itself)."""
+        return self._epoll.fileno()
+
+    def set_poller(self, poller: Poller | None) -> None:
+        """Wait through ``poller`` instead of epoll's poll(); None: epoll's again."""
+        self._poller = poller
 
     def watching(self, fd: int) -> bool:
         """Whether ``fd`` is registered."""
@@ -106,7 +118,10 @@ class EventLoop:
     def run_once(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds, dispatch fd events, expired timers, deferred work."""
         try:
-            events = self._epoll.poll(timeout, MAX_EVENTS)
+            if self._poller is not None:
+                events = self._poller(self._epoll.fileno(), timeout)
+            else:
+                events = self._epoll.poll(timeout, MAX_EVENTS)
         except InterruptedError:
             events = []
         for fd, mask in events:

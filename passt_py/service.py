@@ -34,7 +34,7 @@ from passt_py.pcap import PcapWriter
 from passt_py.tap import GuestLink
 from passt_py.tcp import TcpHandler
 from passt_py.tcp_ring import RingDataPath
-from passt_py.udp import UdpHandler
+from passt_py.udp import RECV_BATCH, UdpHandler
 from passt_py.udp_ring import UdpRingPath
 from passt_py.vhost_user.device import RX, TX, NetDevice, RxFlush
 from passt_py.vhost_user.events import (DeviceStateTransfer, Event, FrontendConnected,
@@ -144,7 +144,13 @@ class Service:
         # what the TCP and UDP paths place is published once per loop batch.
         rx_flush = RxFlush(self.device, self.loop.defer)
         udp_path = None if self.pcap is not None else UdpRingPath(self.device, rx_flush)
-        self.udp = UdpHandler(*args, rx_path=udp_path) if view.udp else None
+        # Established UDP flows both ways in C, inside the loop's wait (no capture either).
+        self.fast = core.FastPath(self.config.max_flows) \
+            if self.pcap is None and view.udp else None
+        self._fast_mac = self.guest.mac
+        if self.fast is not None:
+            self.loop.set_poller(self._fast_poll)
+        self.udp = UdpHandler(*args, rx_path=udp_path, fast=self.fast) if view.udp else None
         link.icmp, link.udp = self.icmp, self.udp
         if self.udp is not None and self.config.udp_forwards.forwards:
             bound = self.udp.start_forwards(self.config.udp_forwards)
@@ -221,6 +227,34 @@ class Service:
                 self._device_state(event)
             elif isinstance(event, SendRarp):
                 self._announce()
+        self._sync_fast()
+
+    def _sync_fast(self) -> None:
+        """Give the fast path the rings it may use now: running and enabled ones only (and
+        the TX kick fd the loop watches); the header format follows the negotiation."""
+        fast, dev = self.fast, self.device
+        if fast is None:
+            return
+        if dev.ring_active(RX):
+            opts = core.UDP_RX_CSUM_PARTIAL if dev.guest_csum else 0
+            fast.set_rx(dev.rings[RX], dev.hdr_len, dev.mergeable, opts, RECV_BATCH)
+        else:
+            fast.set_rx(None)
+        kick = self._kick_fds.get(TX)
+        if dev.ring_active(TX) and kick is not None:
+            fast.set_tx(dev.rings[TX], kick)
+        else:
+            fast.set_tx(None)
+
+    def _fast_poll(self, epfd: int, timeout: float) -> list[tuple[int, int]]:
+        """The loop's wait, through the fast path; its templates carry the guest's MAC, so
+        they go when the guest shows another (flows register again on their next event)."""
+        fast = self.fast
+        assert fast is not None
+        if self.guest.mac != self._fast_mac:
+            self._fast_mac = self.guest.mac
+            fast.clear(epfd)
+        return fast.poll(epfd, timeout)
 
     def _watch_kick(self, index: int, fd: int | None) -> None:
         old = self._kick_fds.pop(index, None)
@@ -242,6 +276,8 @@ class Service:
         if index == TX:
             self._drain_tx()
         elif index == RX:
+            if self.fast is not None:
+                self.fast.rx_ready(self.loop.fileno())
             self.link.flush()
             if self.tcp is not None:
                 self.tcp.rx_ready()

@@ -80,12 +80,15 @@ _RELAY_TYPES6 = {icmp.ICMPV6_DEST_UNREACH, icmp.ICMPV6_PKT_TOOBIG, icmp.ICMPV6_T
 class _UdpState:
     """A UDP flow's socket; ``peer`` is set (and the socket shared) for forwarded flows."""
 
-    __slots__ = ("sock", "peer", "tmpls")
+    __slots__ = ("sock", "peer", "tmpls", "fast_rx", "fast_tx")
 
     def __init__(self, sock: socket.socket, peer: tuple[object, ...] | None) -> None:
         self.sock = sock
         self.peer = peer
         self.tmpls: core.UdpTemplates | None = None     # for the ring path
+        # core.FastPath generation its entries (host side, guest side) were added in, or -1
+        self.fast_rx = -1
+        self.fast_tx = -1
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,7 @@ class UdpHandler:
     def __init__(self, loop: EventLoop, view: NetView, guest: GuestState, flows: FlowTable,
                  to_guest: Callable[[list[bytes]], None], timeout: float = UDP_TIMEOUT,
                  timeout_bidir: float = UDP_TIMEOUT_BIDIR,
-                 rx_path: UdpRingPath | None = None) -> None:
+                 rx_path: UdpRingPath | None = None, fast: core.FastPath | None = None) -> None:
         self._loop = loop
         self._view = view
         self._guest = guest
@@ -154,7 +157,17 @@ class UdpHandler:
         self._listeners: list[_Listener] = []
         self._rx_path = rx_path
         self._rx_waiting: list[socket.socket] = []   # muted until the guest adds RX buffers
-        self.dropped = 0
+        self._dropped = 0
+        # Established flows' datagrams, both ways, handled in C inside the loop's wait; the
+        # flow table asks it for the activity it saw before expiring a flow.
+        self._fast = fast
+        if fast is not None:
+            flows.set_activity_probe(FlowType.UDP, self._fast_activity)
+
+    @property
+    def dropped(self) -> int:
+        """Datagrams lost either way (undeliverable, refused by the host, no flow)."""
+        return self._dropped + (int(self._fast.stats().dropped) if self._fast else 0)
 
     # ---- from the guest ----
     def from_guest(self, pkt: IpPacket, dgram: UdpDatagram) -> None:
@@ -192,6 +205,8 @@ class UdpHandler:
                     continue
                 run.fd = state.sock.fileno()
                 sent.append((r, flow))  # type: ignore[arg-type]
+                if self._fast is not None and state.fast_tx != self._fast.gen:
+                    self._fast_tx(flow, state)
             failed = runs.send() if sent else 0
         except Exception:  # noqa: BLE001 - a broken batch is the copying path's business
             log.exception("UDP fast path failed: batch left to the copying path")
@@ -208,7 +223,7 @@ class UdpHandler:
                                                             rec.payload_len))
                     if code:
                         ok -= 1
-                        self.dropped += 1
+                        self._dropped += 1
                         trace(log, "UDP flow %d: send failed: %s", flow.id,
                               errno.errorcode.get(-code))
             if ok:
@@ -234,7 +249,7 @@ class UdpHandler:
         if flow is None:
             flow = self._new_outbound(tap, pkt)
             if flow is None:
-                self.dropped += 1
+                self._dropped += 1
                 return
         state: _UdpState = flow.data  # type: ignore[assignment]
         for attempt in range(2):
@@ -247,13 +262,52 @@ class UdpHandler:
             except ConnectionRefusedError:
                 # A pending error from an earlier ICMP message; it is cleared now: retry once.
                 if attempt:
-                    self.dropped += 1
+                    self._dropped += 1
                     return
             except OSError as e:
-                self.dropped += 1
+                self._dropped += 1
                 trace(log, "UDP flow %d: send failed: %s", flow.id, e)
                 return
         self._activity(flow, Pif.TAP)
+
+    # ---- the C fast path's share (core.FastPath) ----
+    def _fast_tx(self, flow: Flow, state: _UdpState) -> None:
+        """The guest's datagrams of ``flow`` go to its socket from C from now on."""
+        fast = self._fast
+        assert fast is not None
+        tap = flow.side(Pif.TAP)
+        if fast.add_tx(tap.eaddr, tap.oaddr, tap.eport, tap.oport, state.sock.fileno()):
+            state.fast_tx = fast.gen
+
+    def _fast_forget(self, flow: Flow, state: _UdpState) -> None:
+        """Before the socket closes: no C entry may name its fd any more."""
+        fast = self._fast
+        if fast is None:
+            return
+        if state.fast_rx == fast.gen:
+            fast.remove_rx(state.sock.fileno())
+        if state.fast_tx == fast.gen:
+            tap = flow.side(Pif.TAP)
+            fast.remove_tx(tap.eaddr, tap.oaddr, tap.eport, tap.oport)
+        state.fast_rx = state.fast_tx = -1
+
+    def _fast_activity(self, flow: Flow) -> bool:
+        """The flow table's probe before expiring ``flow``: did C move datagrams of it since
+        last asked? Counted as the Python paths count (host side: bidirectional)."""
+        fast = self._fast
+        state: _UdpState = flow.data  # type: ignore[assignment]
+        if fast is None or state.peer is not None:
+            return False
+        rx = fast.rx_count(state.sock.fileno()) if state.fast_rx == fast.gen else 0
+        tx = 0
+        if state.fast_tx == fast.gen:
+            tap = flow.side(Pif.TAP)
+            tx = fast.tx_count(tap.eaddr, tap.oaddr, tap.eport, tap.oport)
+        if rx:
+            self._activity(flow, Pif.HOST)
+        if tx:
+            self._activity(flow, Pif.TAP)
+        return bool(rx or tx)
 
     def _activity(self, flow: Flow, pif: Pif) -> None:
         """Traffic from side ``pif``: from the target side it makes the flow bidirectional."""
@@ -357,9 +411,14 @@ class UdpHandler:
         assert path is not None
         n = path.deliver(state.sock.fileno(), tmpls, RECV_BATCH)
         res = path.last
-        self.dropped += res.dropped
+        self._dropped += res.dropped
         if n:
             self._activity(flow, Pif.HOST)
+        fast = self._fast
+        if fast is not None and state.fast_rx != fast.gen:
+            # From now on C takes this socket's readiness itself (and gives back errors).
+            if fast.add_rx(state.sock.fileno(), tmpls):
+                state.fast_rx = fast.gen
         if res.stop == core.UDP_STOP_ERROR:
             # An ICMP error reported through recv (also queued): relay it.
             trace(log, "UDP flow %d: receive error %s", flow.id, errno.errorcode.get(-res.err))
@@ -379,7 +438,7 @@ class UdpHandler:
             tmpls = self._listener_templates(lst)
             path.deliver(lst.sock.fileno(), tmpls, RECV_BATCH)
             res = path.last
-            self.dropped += res.dropped
+            self._dropped += res.dropped
             for i, flow in enumerate(lst.ring_flows):
                 if tmpls.take_count(i):
                     self._activity(flow, Pif.HOST)
@@ -390,7 +449,7 @@ class UdpHandler:
             payload, addr, port = path.spilled()
             flow = self._forward_flow(lst, _sockaddr(addr, port))
             if flow is None:
-                self.dropped += 1
+                self._dropped += 1
                 continue
             self._activity(flow, Pif.HOST)
             frame = self._frame(flow.side(Pif.TAP), payload)
@@ -501,6 +560,7 @@ class UdpHandler:
     def _on_close(self, flow: Flow) -> None:
         state: _UdpState = flow.data  # type: ignore[assignment]
         if state.peer is None:          # forwarded flows share their listener's socket
+            self._fast_forget(flow, state)
             self._loop.remove(state.sock.fileno())
             state.sock.close()
 
@@ -580,7 +640,7 @@ class UdpHandler:
                 continue
             flow = self._forward_flow(lst, peer)
             if flow is None:
-                self.dropped += 1
+                self._dropped += 1
                 continue
             tap = flow.side(Pif.TAP)
             frames.append(self._frame(tap, memoryview(self._buf)[:n]))

@@ -41,6 +41,7 @@ DEFAULT_SUITES = (
     "tests/test_hostile_vhost.py",
     "tests/test_hostile_frames.py",
     "tests/test_hostile_migrate.py",
+    "tests/test_fastpath.py",
 )
 #: Exit code the sanitizers use when they report (distinct from pytest's own 0..5).
 SANITIZER_EXIT = 86

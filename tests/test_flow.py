@@ -216,3 +216,27 @@ def test_packet_lookup_aliases_the_raw_tuple_until_the_flow_closes(loop: EventLo
     table.close(again)
     table.add_alias(again, ("late", 1))                 # a closed flow gets no alias
     assert table.lookup_alias(FlowType.UDP, ("late", 1)) is None
+
+
+def test_activity_probe_keeps_a_flow_its_path_saw_busy() -> None:
+    """A flow whose traffic a path outside touch() saw (the C fast path) is asked about
+    before it expires: busy, it is touched and lives on; idle, it goes."""
+    now = [0.0]
+    loop = EventLoop()
+    table = FlowTable(loop, clock=lambda: now[0])
+    busy = {"n": 2}
+
+    def probe(flow) -> bool:
+        if busy["n"]:
+            busy["n"] -= 1
+            table.touch(flow)
+            return True
+        return False
+    table.set_activity_probe(FlowType.UDP, probe)
+    flow = table.new(FlowType.UDP, *sides(1), 10.0, None, None)
+    for _ in range(2):
+        now[0] += 11
+        assert table.expire() == 0 and not flow.closed
+    now[0] += 11
+    assert table.expire() == 1 and flow.closed
+    loop.close()

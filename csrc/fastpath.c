@@ -1,0 +1,758 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+/* fastpath.c - readiness events the C core handles inside the event loop's wait
+ *
+ * The interpreter's fixed cost per event (dispatch, handler, result decoding) is most of what
+ * a UDP request/response or a UDP flood costs the back-end. The hot events of established UDP
+ * flows need no decision Python does not take once per flow, so Python registers those flows
+ * here and calls pc_fast_poll() instead of epoll_wait():
+ *
+ * - a UDP flow socket (connected to its host peer) that is readable: its datagrams go into
+ *   the guest's RX buffers (pc_udp_rx() with the flow's header template);
+ * - the TX ring's kick: the guest's frames are drained while they are datagrams of
+ *   registered flows (tuple -> socket) and sent from guest memory (pc_send_udp_runs()).
+ *
+ * Anything else (other fds, other events, a frame that is not such a datagram, a bad chain, a
+ * socket error, a stopped ring) is returned to Python as the plain epoll event it was, with
+ * whatever C did not consume left where Python's own path finds it: a TX batch with a frame
+ * C does not handle is given back from that frame on, a datagram C did not deliver stays in
+ * its socket, a socket error is reported as EPOLLERR (Python reads the error queue).
+ *
+ * The tables are caches of Python's flow table: Python adds an entry when a flow can take
+ * this path and removes it before the socket closes. Activity counts per entry let Python's
+ * flow expiry see traffic it did not handle.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/epoll.h>
+
+#include "passt_core.h"
+#include "guest_mem.h"
+
+enum {
+	FAST_TX_FRAMES = 256,		/* frames per TX round: a whole ring of the usual size */
+	FAST_TX_IOV = 2048,
+	FAST_TX_ROUNDS = 4,		/* then the kick goes to Python, which defers the rest */
+	FAST_EVENTS = 64,
+	FAST_SPILL = 65536,
+	SLOT_FREE = 0, SLOT_USED = 1, SLOT_GONE = 2,
+	KEY_LEN = 37			/* IP version, source, destination, ports */
+};
+
+/**
+ * struct fast_rx - a UDP flow socket whose datagrams C delivers
+ * @fd:		the socket (connected to the flow's host peer)
+ * @state:	SLOT_*
+ * @muted:	out of RX buffers: removed from the epoll set until pc_fast_rx_ready()
+ * @tmpl:	header template of its datagrams (count: datagrams delivered)
+ */
+struct fast_rx {
+	int32_t fd;
+	uint8_t state;
+	uint8_t muted;
+	struct pc_udp_flow tmpl;
+};
+
+/**
+ * struct fast_tx - a guest UDP tuple whose datagrams C sends
+ * @key:	IP version, source and destination address (16 bytes each), ports
+ * @state:	SLOT_*
+ * @fd:		the flow's socket (connected)
+ * @count:	datagrams sent
+ */
+struct fast_tx {
+	uint8_t key[KEY_LEN];
+	uint8_t state;
+	int32_t fd;
+	uint64_t count;
+};
+
+/**
+ * struct pc_fast - fast-path tables, the rings they use, and scratch for one TX round
+ * @rx:		RX ring, or NULL (datagrams from the host go to Python)
+ * @tx:		TX ring, or NULL (kicks go to Python)
+ * @kick_fd:	the TX ring's kick eventfd, or -1
+ * @hdr_len:	virtio-net header length
+ * @mergeable:	VIRTIO_NET_F_MRG_RXBUF
+ * @rx_opts:	PC_UDP_RX_* checksum options
+ * @rx_batch:	datagrams per socket and event
+ * @max:	entries each table may hold
+ * @rxt:	flow sockets, by fd, @rx_cap slots (a power of two, grown as needed)
+ * @txt:	guest tuples, @tx_cap slots
+ * @rx_live:	used slots of @rxt (and @rx_dead: gone ones)
+ * @tx_live:	used slots of @txt (and @tx_dead: gone ones)
+ * @muted:	fds of muted entries (@nmuted of them, room for @muted_cap)
+ * @stats:	counters
+ * @spill:	spill buffer pc_udp_rx() needs (never used: templates take any peer)
+ * @frames:	TX round scratch: frames, slices, bad chains, records, index list, runs, items
+ */
+struct pc_fast {
+	struct pc_vq *rx, *tx;
+	int kick_fd;
+	size_t hdr_len;
+	int mergeable;
+	unsigned rx_opts, rx_batch;
+	unsigned max;
+	struct fast_rx *rxt;
+	struct fast_tx *txt;
+	unsigned rx_cap, tx_cap;
+	unsigned rx_live, rx_dead, tx_live, tx_dead;
+	int *muted;
+	unsigned nmuted, muted_cap;
+	struct pc_fast_stats stats;
+	uint8_t *spill;
+	struct pc_tx_frame frames[FAST_TX_FRAMES];
+	struct iovec iov[FAST_TX_IOV];
+	struct pc_bad_chain bad[FAST_TX_FRAMES];
+	struct pc_pkt recs[FAST_TX_FRAMES];
+	uint32_t idx[FAST_TX_FRAMES];
+	struct pc_udp_run runs[FAST_TX_FRAMES];
+	struct pc_dgram_ref items[FAST_TX_FRAMES];
+};
+
+enum { TABLE_MIN = 64 };
+
+/**
+ * pc_fast_new() - allocate empty tables
+ * @max_entries: flows each table may hold (the flow table's limit)
+ * Return: the fast path, or NULL without memory. Free with pc_fast_free().
+ */
+struct pc_fast *pc_fast_new(unsigned max_entries)
+{
+	struct pc_fast *f = calloc(1, sizeof(*f));
+
+	if (!f)
+		return NULL;
+	f->rxt = calloc(TABLE_MIN, sizeof(*f->rxt));
+	f->txt = calloc(TABLE_MIN, sizeof(*f->txt));
+	f->spill = malloc(FAST_SPILL);
+	if (!f->rxt || !f->txt || !f->spill) {
+		pc_fast_free(f);
+		return NULL;
+	}
+	f->rx_cap = f->tx_cap = TABLE_MIN;
+	f->max = max_entries;
+	f->kick_fd = -1;
+	f->hdr_len = 12;
+	f->rx_batch = 64;
+	return f;
+}
+
+/**
+ * pc_fast_free() - release the tables (NULL is fine)
+ * @f:		fast path
+ */
+void pc_fast_free(struct pc_fast *f)
+{
+	if (!f)
+		return;
+	free(f->rxt);
+	free(f->txt);
+	free(f->muted);
+	free(f->spill);
+	free(f);
+}
+
+/**
+ * pc_fast_set_rx() - the RX ring datagrams go into, or NULL to hand every datagram to Python
+ * @f:		fast path
+ * @rx:		running, enabled RX ring, or NULL
+ * @hdr_len:	virtio-net header length (10 or 12)
+ * @mergeable:	VIRTIO_NET_F_MRG_RXBUF
+ * @opts:	PC_UDP_RX_CSUM_PARTIAL or PC_UDP_RX_DATA_VALID, as for pc_udp_rx()
+ * @batch:	datagrams per socket and event (at least 1)
+ */
+void pc_fast_set_rx(struct pc_fast *f, struct pc_vq *rx, size_t hdr_len, int mergeable,
+		    unsigned opts, unsigned batch)
+{
+	f->rx = rx;
+	f->hdr_len = hdr_len;
+	f->mergeable = mergeable;
+	f->rx_opts = opts & (PC_UDP_RX_CSUM_PARTIAL | PC_UDP_RX_DATA_VALID);
+	f->rx_batch = batch ? batch : 1;
+}
+
+/**
+ * pc_fast_set_tx() - the TX ring and its kick fd, or NULL/-1 to hand every kick to Python
+ * @f:		fast path
+ * @tx:		running, enabled TX ring, or NULL
+ * @kick_fd:	its kick eventfd (in the epoll set), or -1
+ */
+void pc_fast_set_tx(struct pc_fast *f, struct pc_vq *tx, int kick_fd)
+{
+	f->tx = tx;
+	f->kick_fd = tx ? kick_fd : -1;
+}
+
+/* ---- tables: open addressing, linear probing, tombstones; rebuilt (and grown) when the
+ * used and gone slots pass three quarters ---- */
+
+static unsigned hash_fd(int fd, unsigned cap)
+{
+	return ((uint32_t)fd * 2654435761u) & (cap - 1);
+}
+
+static unsigned hash_key(const uint8_t *k, unsigned cap)
+{
+	uint32_t h = 2166136261u;	/* FNV-1a */
+	unsigned i;
+
+	for (i = 0; i < KEY_LEN; i++)
+		h = (h ^ k[i]) * 16777619u;
+	return h & (cap - 1);
+}
+
+static struct fast_rx *rx_find(const struct pc_fast *f, int fd)
+{
+	unsigned i, n, m = f->rx_cap - 1;
+
+	for (i = hash_fd(fd, f->rx_cap), n = 0; n < f->rx_cap; i = (i + 1) & m, n++) {
+		struct fast_rx *e = &f->rxt[i];
+
+		if (e->state == SLOT_FREE)
+			return NULL;
+		if (e->state == SLOT_USED && e->fd == fd)
+			return e;
+	}
+	return NULL;
+}
+
+static void make_key(uint8_t *key, unsigned ipver, const uint8_t *src, const uint8_t *dst,
+		     uint16_t sport, uint16_t dport)
+{
+	key[0] = (uint8_t)ipver;
+	memcpy(key + 1, src, 16);
+	memcpy(key + 17, dst, 16);
+	key[33] = (uint8_t)(sport >> 8);
+	key[34] = (uint8_t)sport;
+	key[35] = (uint8_t)(dport >> 8);
+	key[36] = (uint8_t)dport;
+}
+
+static struct fast_tx *tx_find(const struct pc_fast *f, const uint8_t *key)
+{
+	unsigned i, n, m = f->tx_cap - 1;
+
+	for (i = hash_key(key, f->tx_cap), n = 0; n < f->tx_cap; i = (i + 1) & m, n++) {
+		struct fast_tx *e = &f->txt[i];
+
+		if (e->state == SLOT_FREE)
+			return NULL;
+		if (e->state == SLOT_USED && !memcmp(e->key, key, KEY_LEN))
+			return e;
+	}
+	return NULL;
+}
+
+/* The capacity a table with @live entries (one more coming) is rebuilt to. */
+static unsigned table_cap(unsigned live)
+{
+	unsigned cap = TABLE_MIN;
+
+	while (cap < 4 * ((size_t)live + 1) && cap < (1u << 30))
+		cap <<= 1;
+	return cap;
+}
+
+static int rx_rebuild(struct pc_fast *f)
+{
+	unsigned cap = table_cap(f->rx_live), k;
+	struct fast_rx *t = calloc(cap, sizeof(*t));
+
+	if (!t)
+		return -ENOMEM;
+	for (k = 0; k < f->rx_cap; k++) {
+		unsigned i;
+
+		if (f->rxt[k].state != SLOT_USED)
+			continue;
+		for (i = hash_fd(f->rxt[k].fd, cap); t[i].state; i = (i + 1) & (cap - 1))
+			;
+		t[i] = f->rxt[k];
+	}
+	free(f->rxt);
+	f->rxt = t;
+	f->rx_cap = cap;
+	f->rx_dead = 0;
+	return 0;
+}
+
+static int tx_rebuild(struct pc_fast *f)
+{
+	unsigned cap = table_cap(f->tx_live), k;
+	struct fast_tx *t = calloc(cap, sizeof(*t));
+
+	if (!t)
+		return -ENOMEM;
+	for (k = 0; k < f->tx_cap; k++) {
+		unsigned i;
+
+		if (f->txt[k].state != SLOT_USED)
+			continue;
+		for (i = hash_key(f->txt[k].key, cap); t[i].state; i = (i + 1) & (cap - 1))
+			;
+		t[i] = f->txt[k];
+	}
+	free(f->txt);
+	f->txt = t;
+	f->tx_cap = cap;
+	f->tx_dead = 0;
+	return 0;
+}
+
+/**
+ * pc_fast_add_rx() - deliver a UDP flow socket's datagrams in C (replaces an entry of @fd)
+ * @f:		fast path
+ * @fd:		the flow's socket, connected to its host peer, in the epoll set for EPOLLIN
+ * @tmpl:	header template of its datagrams (any_peer is forced: the socket has one peer)
+ * Return: 0, -EINVAL, -ENOSPC when the table holds its maximum, or -ENOMEM
+ */
+int pc_fast_add_rx(struct pc_fast *f, int fd, const struct pc_udp_flow *tmpl)
+{
+	struct fast_rx *e;
+	uint32_t count;
+	unsigned i;
+
+	if (fd < 0 || (tmpl->ipver != 4 && tmpl->ipver != 6))
+		return -EINVAL;
+	e = rx_find(f, fd);
+	if (!e) {
+		if (f->rx_live >= f->max)
+			return -ENOSPC;
+		if (4 * (f->rx_live + f->rx_dead + 1) > 3 * f->rx_cap && rx_rebuild(f))
+			return -ENOMEM;
+		for (i = hash_fd(fd, f->rx_cap); f->rxt[i].state == SLOT_USED;
+		     i = (i + 1) & (f->rx_cap - 1))
+			;
+		e = &f->rxt[i];
+		if (e->state == SLOT_GONE)
+			f->rx_dead--;
+		f->rx_live++;
+		e->muted = 0;
+		e->tmpl.count = 0;
+	}
+	e->fd = fd;
+	e->state = SLOT_USED;
+	count = e->tmpl.count;
+	e->tmpl = *tmpl;
+	e->tmpl.count = count;
+	e->tmpl.any_peer = 1;
+	return 0;
+}
+
+/**
+ * pc_fast_add_tx() - send the guest's datagrams of a UDP tuple in C (replaces an entry)
+ * @f:		fast path
+ * @ipver:	4 or 6
+ * @src:	guest address (16 bytes, IPv4 as ::ffff:a.b.c.d)
+ * @dst:	address the guest sends to (same form)
+ * @sport:	guest port
+ * @dport:	destination port
+ * @fd:		the flow's socket, connected to the host peer
+ * Return: 0, -EINVAL, -ENOSPC when the table holds its maximum, or -ENOMEM
+ */
+int pc_fast_add_tx(struct pc_fast *f, unsigned ipver, const uint8_t *src, const uint8_t *dst,
+		   uint16_t sport, uint16_t dport, int fd)
+{
+	uint8_t key[KEY_LEN];
+	struct fast_tx *e;
+	unsigned i;
+
+	if (fd < 0 || (ipver != 4 && ipver != 6))
+		return -EINVAL;
+	make_key(key, ipver, src, dst, sport, dport);
+	e = tx_find(f, key);
+	if (!e) {
+		if (f->tx_live >= f->max)
+			return -ENOSPC;
+		if (4 * (f->tx_live + f->tx_dead + 1) > 3 * f->tx_cap && tx_rebuild(f))
+			return -ENOMEM;
+		for (i = hash_key(key, f->tx_cap); f->txt[i].state == SLOT_USED;
+		     i = (i + 1) & (f->tx_cap - 1))
+			;
+		e = &f->txt[i];
+		if (e->state == SLOT_GONE)
+			f->tx_dead--;
+		f->tx_live++;
+		memcpy(e->key, key, KEY_LEN);
+		e->count = 0;
+	}
+	e->state = SLOT_USED;
+	e->fd = fd;
+	return 0;
+}
+
+/**
+ * pc_fast_remove_rx() - forget a socket's entry (before the socket is closed)
+ * @f:		fast path
+ * @fd:		the socket
+ * Return: datagrams delivered since its count was last taken, or -ENOENT
+ */
+int64_t pc_fast_remove_rx(struct pc_fast *f, int fd)
+{
+	struct fast_rx *e = rx_find(f, fd);
+	unsigned k;
+
+	if (!e)
+		return -ENOENT;
+	for (k = 0; e->muted && k < f->nmuted; k++) {
+		if (f->muted[k] == fd) {
+			f->muted[k] = f->muted[--f->nmuted];
+			break;
+		}
+	}
+	e->state = SLOT_GONE;
+	e->muted = 0;
+	f->rx_live--;
+	f->rx_dead++;
+	return e->tmpl.count;
+}
+
+/**
+ * pc_fast_remove_tx() - forget a tuple's entry
+ * @f:		fast path
+ * @ipver:	as for pc_fast_add_tx()
+ * @src:	as for pc_fast_add_tx()
+ * @dst:	as for pc_fast_add_tx()
+ * @sport:	as for pc_fast_add_tx()
+ * @dport:	as for pc_fast_add_tx()
+ * Return: datagrams sent since its count was last taken, or -ENOENT
+ */
+int64_t pc_fast_remove_tx(struct pc_fast *f, unsigned ipver, const uint8_t *src,
+			  const uint8_t *dst, uint16_t sport, uint16_t dport)
+{
+	uint8_t key[KEY_LEN];
+	struct fast_tx *e;
+
+	make_key(key, ipver, src, dst, sport, dport);
+	e = tx_find(f, key);
+	if (!e)
+		return -ENOENT;
+	e->state = SLOT_GONE;
+	f->tx_live--;
+	f->tx_dead++;
+	return (int64_t)e->count;
+}
+
+/**
+ * pc_fast_rx_count() - datagrams delivered from a socket since the caller last asked
+ * @f:		fast path
+ * @fd:		the socket
+ * Return: the count (then reset), or -ENOENT without an entry
+ */
+int64_t pc_fast_rx_count(struct pc_fast *f, int fd)
+{
+	struct fast_rx *e = rx_find(f, fd);
+	int64_t n;
+
+	if (!e)
+		return -ENOENT;
+	n = e->tmpl.count;
+	e->tmpl.count = 0;
+	return n;
+}
+
+/**
+ * pc_fast_tx_count() - guest datagrams of a tuple sent since the caller last asked
+ * @f:		fast path
+ * @ipver:	as for pc_fast_add_tx()
+ * @src:	as for pc_fast_add_tx()
+ * @dst:	as for pc_fast_add_tx()
+ * @sport:	as for pc_fast_add_tx()
+ * @dport:	as for pc_fast_add_tx()
+ * Return: the count (then reset), or -ENOENT without an entry
+ */
+int64_t pc_fast_tx_count(struct pc_fast *f, unsigned ipver, const uint8_t *src,
+			 const uint8_t *dst, uint16_t sport, uint16_t dport)
+{
+	uint8_t key[KEY_LEN];
+	struct fast_tx *e;
+	int64_t n;
+
+	make_key(key, ipver, src, dst, sport, dport);
+	e = tx_find(f, key);
+	if (!e)
+		return -ENOENT;
+	n = (int64_t)e->count;
+	e->count = 0;
+	return n;
+}
+
+/**
+ * pc_fast_clear() - forget every entry (a new front-end, a capture, the guest's MAC changed)
+ * @f:		fast path
+ * @epfd:	epoll set muted sockets are restored in
+ * Return: 0, or -ENOMEM (the tables are then left as they were)
+ */
+int pc_fast_clear(struct pc_fast *f, int epfd)
+{
+	struct fast_rx *rxt = calloc(TABLE_MIN, sizeof(*rxt));
+	struct fast_tx *txt = calloc(TABLE_MIN, sizeof(*txt));
+
+	if (!rxt || !txt) {
+		free(rxt);
+		free(txt);
+		return -ENOMEM;
+	}
+	pc_fast_rx_ready(f, epfd);
+	free(f->rxt);
+	free(f->txt);
+	f->rxt = rxt;
+	f->txt = txt;
+	f->rx_cap = f->tx_cap = TABLE_MIN;
+	f->rx_live = f->rx_dead = f->tx_live = f->tx_dead = 0;
+	return 0;
+}
+
+/**
+ * pc_fast_stats() - copy the counters out
+ * @f:		fast path
+ * @out:	counters
+ */
+void pc_fast_stats(const struct pc_fast *f, struct pc_fast_stats *out)
+{
+	*out = f->stats;
+	out->rx_entries = f->rx_live;
+	out->tx_entries = f->tx_live;
+	out->muted = f->nmuted;
+}
+
+/**
+ * pc_fast_rx_ready() - the guest added RX buffers: sockets muted for lack of them read again
+ * @f:		fast path
+ * @epfd:	the epoll set
+ * Return: sockets restored
+ */
+int pc_fast_rx_ready(struct pc_fast *f, int epfd)
+{
+	int n = 0;
+
+	while (f->nmuted) {
+		int fd = f->muted[--f->nmuted];
+		struct epoll_event ev = { .events = EPOLLIN, .data.fd = fd };
+		struct fast_rx *e = rx_find(f, fd);
+
+		if (e)
+			e->muted = 0;
+		if (!epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &ev))
+			n++;
+	}
+	return n;
+}
+
+/* Take @e out of the epoll set until pc_fast_rx_ready(); 0, or -errno (left as it was). */
+static int mute(struct pc_fast *f, int epfd, struct fast_rx *e)
+{
+	struct epoll_event ev = { .events = 0, .data.fd = e->fd };
+
+	if (f->nmuted == f->muted_cap) {
+		unsigned cap = f->muted_cap ? 2 * f->muted_cap : 16;
+		int *m = realloc(f->muted, cap * sizeof(*m));
+
+		if (!m)
+			return -ENOMEM;
+		f->muted = m;
+		f->muted_cap = cap;
+	}
+	if (epoll_ctl(epfd, EPOLL_CTL_MOD, e->fd, &ev))
+		return -errno;
+	e->muted = 1;
+	f->muted[f->nmuted++] = e->fd;
+	return 0;
+}
+
+/* ---- the events ---- */
+
+enum { DONE, REPORT, REPORT_ERR };
+
+/* A flow socket is readable: its datagrams into the guest's RX buffers. */
+static int fast_rx(struct pc_fast *f, int epfd, struct fast_rx *e, int *placed)
+{
+	struct pc_udp_rx_result res;
+	int ret;
+
+	ret = pc_udp_rx(f->rx, e->fd, &e->tmpl, 1, f->hdr_len, f->mergeable, f->rx_batch,
+			f->rx_opts | PC_UDP_RX_NO_FLUSH, f->spill, FAST_SPILL, &res);
+	f->stats.dropped += res.dropped;
+	f->stats.rx_dgrams += res.dgrams;
+	if (res.bufs)
+		*placed = 1;
+	if (ret < 0)
+		return REPORT;
+	switch (res.stop) {
+	case PC_UDP_STOP_DRAINED:
+	case PC_UDP_STOP_LIMIT:		/* level-triggered: the next wait reports the rest */
+		return DONE;
+	case PC_UDP_STOP_NOBUFS:	/* mute until the guest adds buffers (its RX kick) */
+		return mute(f, epfd, e) ? REPORT : DONE;
+	case PC_UDP_STOP_ERROR:
+		return REPORT_ERR;
+	default:			/* stopped ring, or a datagram spilled (cannot happen) */
+		return REPORT;
+	}
+}
+
+/* Send the registered datagrams of a classified round, in order, up to the first frame that
+ * is not one; returns how many frames (a prefix) were taken. */
+static unsigned tx_prefix(struct pc_fast *f, unsigned n)
+{
+	unsigned r, k = 0, nruns = 0;
+	int nr, failed;
+
+	for (r = 0; r < n; r++)
+		f->idx[r] = r;
+	nr = pc_udp_runs(f->recs, n, f->idx, n, f->runs, FAST_TX_FRAMES);
+	if (nr <= 0)
+		return 0;
+	for (r = 0; r < (unsigned)nr; r++) {
+		const struct pc_pkt *p = &f->recs[f->runs[r].first];
+		uint8_t key[KEY_LEN];
+		struct fast_tx *e;
+
+		if (!f->runs[r].udp)
+			break;
+		make_key(key, p->ipver, p->src, p->dst, p->sport, p->dport);
+		e = tx_find(f, key);
+		if (!e)
+			break;
+		f->runs[r].fd = e->fd;
+		e->count += f->runs[r].count;
+		k += f->runs[r].count;
+		nruns++;
+	}
+	if (!k)
+		return 0;
+	failed = pc_send_udp_runs(f->frames, n, f->iov, FAST_TX_IOV, f->recs, n, f->idx, k,
+				  f->runs, nruns, f->items);
+	if (failed < 0)
+		return 0;	/* nothing was sent: Python's path decides */
+	for (r = 0; failed && r < k; r++) {
+		struct pc_dgram_ref *it = &f->items[r];
+
+		if (!it->err)
+			continue;
+		if (it->err == -ECONNREFUSED) {
+			/* A pending error from an earlier ICMP message, cleared by this send:
+			 * once more, alone (the items array is this one's scratch). */
+			struct pc_dgram_ref one = *it;
+			struct pc_udp_run run = { .first = 0, .count = 1, .fd = it->fd, .udp = 1 };
+			uint32_t at = it->frame;
+
+			one.err = 0;
+			if (pc_send_udp_runs(f->frames, n, f->iov, FAST_TX_IOV, f->recs, n, &at,
+					     1, &run, 1, &one) == 0)
+				continue;
+		}
+		f->stats.dropped++;
+	}
+	f->stats.tx_dgrams += k;
+	return k;
+}
+
+/* The TX kick: drain datagrams of registered tuples. DONE when the ring is empty. */
+static int fast_tx(struct pc_fast *f)
+{
+	uint64_t v;
+	unsigned round;
+
+	if (read(f->kick_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+		return REPORT;
+	for (round = 0; round < FAST_TX_ROUNDS; round++) {
+		uint16_t mark = pc_vq_rx_mark(f->tx);	/* an avail position (any ring) */
+		unsigned nbad, k;
+		int n;
+
+		n = pc_vq_pop_tx(f->tx, FAST_TX_FRAMES, f->hdr_len, f->frames, f->iov,
+				 FAST_TX_IOV, f->bad, &nbad);
+		if (n < 0)
+			return REPORT;
+		if (!n && !nbad)
+			return DONE;
+		if (nbad || pc_classify(f->frames, f->iov, FAST_TX_IOV, (unsigned)n, f->recs) < 0) {
+			pc_vq_rx_seek(f->tx, mark);	/* Python's path reports bad chains */
+			return REPORT;
+		}
+		k = tx_prefix(f, (unsigned)n);
+		/* The chains from the first frame not taken on go back, unused, for Python. */
+		pc_vq_rx_seek(f->tx, (uint16_t)(mark + k));
+		if (k && pc_vq_release(f->tx, f->frames, k, f->bad, 0) < 0)
+			return REPORT;
+		if (k < (unsigned)n)
+			return REPORT;
+	}
+	return REPORT;		/* more than the rounds' worth: Python drains on, then defers */
+}
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/**
+ * pc_fast_poll() - epoll_wait() that handles the fast events itself
+ * @f:		fast path
+ * @epfd:	the event loop's epoll set (registered with data.fd set to the fd)
+ * @timeout_ms:	as for epoll_wait() (-1: no limit)
+ * @out:	events for the caller: fd and mask
+ * @max_out:	room in @out
+ *
+ * Waits again after a wake-up that brought only events handled here, until @timeout_ms has
+ * passed overall: the caller's timers are due then. RX buffers filled here are published
+ * (and the guest notified) before returning or waiting again.
+ *
+ * Return: events in @out (0: timeout, or interrupted by a signal), or -errno
+ */
+int pc_fast_poll(struct pc_fast *f, int epfd, int timeout_ms, struct pc_fast_event *out,
+		 unsigned max_out)
+{
+	struct epoll_event ev[FAST_EVENTS];
+	int64_t deadline = timeout_ms > 0 ? now_ms() + timeout_ms : 0;
+	int wait = timeout_ms;
+
+	if (!max_out)
+		return -EINVAL;
+	for (;;) {
+		int n, i, placed = 0;
+		unsigned k = 0;
+
+		n = epoll_wait(epfd, ev, (int)(max_out < FAST_EVENTS ? max_out : FAST_EVENTS),
+			       wait);
+		if (n < 0)
+			return errno == EINTR ? 0 : -errno;
+		for (i = 0; i < n; i++) {
+			int fd = ev[i].data.fd, how = REPORT;
+			uint32_t mask = ev[i].events;
+			struct fast_rx *e;
+
+			if (mask == EPOLLIN && fd == f->kick_fd && f->tx && f->tx_live &&
+			    pc_vq_started(f->tx))
+				how = fast_tx(f);
+			else if (mask == EPOLLIN && f->rx && f->rx_live && (e = rx_find(f, fd)))
+				how = fast_rx(f, epfd, e, &placed);
+			if (how == DONE) {
+				f->stats.handled++;
+				continue;
+			}
+			out[k].fd = fd;
+			out[k].events = mask | (how == REPORT_ERR ? (uint32_t)EPOLLERR : 0);
+			k++;
+		}
+		if (placed)
+			pc_vq_flush(f->rx);
+		f->stats.reported += k;
+		if (k || !n || timeout_ms == 0)
+			return (int)k;
+		if (timeout_ms > 0) {
+			int64_t left = deadline - now_ms();
+
+			if (left <= 0)
+				return 0;
+			wait = (int)left;
+		}
+	}
+}
