@@ -42,31 +42,36 @@ enum {
 };
 
 /**
- * struct fast_rx - a UDP flow socket whose datagrams C delivers
- * @fd:		the socket (connected to the flow's host peer)
+ * struct fast_entry - one registered flow side: a socket whose datagrams C delivers (RX
+ *		       table, keyed by fd) or a guest tuple whose datagrams C sends (TX table)
+ * @key:	RX: 0, then the fd; TX: IP version, source and destination address (16 bytes
+ *		each, IPv4 as ::ffff:a.b.c.d), ports
  * @state:	SLOT_*
- * @muted:	out of RX buffers: removed from the epoll set until pc_fast_rx_ready()
- * @tmpl:	header template of its datagrams (count: datagrams delivered)
+ * @muted:	RX: out of RX buffers, removed from the epoll set until pc_fast_rx_ready()
+ * @fd:		the flow's socket (connected to its host peer)
+ * @count:	datagrams moved since the count was last taken
+ * @tmpl:	RX: header template of the socket's datagrams (its count unused)
  */
-struct fast_rx {
-	int32_t fd;
+struct fast_entry {
+	uint8_t key[KEY_LEN];
 	uint8_t state;
 	uint8_t muted;
+	int32_t fd;
+	uint64_t count;
 	struct pc_udp_flow tmpl;
 };
 
 /**
- * struct fast_tx - a guest UDP tuple whose datagrams C sends
- * @key:	IP version, source and destination address (16 bytes each), ports
- * @state:	SLOT_*
- * @fd:		the flow's socket (connected)
- * @count:	datagrams sent
+ * struct fast_table - open addressing, linear probing, tombstones; rebuilt (and resized)
+ *		       when used and gone slots pass three quarters
+ * @slot:	@cap slots, a power of two
+ * @cap:	number of slots
+ * @live:	used slots
+ * @dead:	gone slots (tombstones)
  */
-struct fast_tx {
-	uint8_t key[KEY_LEN];
-	uint8_t state;
-	int32_t fd;
-	uint64_t count;
+struct fast_table {
+	struct fast_entry *slot;
+	unsigned cap, live, dead;
 };
 
 /**
@@ -79,10 +84,8 @@ struct fast_tx {
  * @rx_opts:	PC_UDP_RX_* checksum options
  * @rx_batch:	datagrams per socket and event
  * @max:	entries each table may hold
- * @rxt:	flow sockets, by fd, @rx_cap slots (a power of two, grown as needed)
- * @txt:	guest tuples, @tx_cap slots
- * @rx_live:	used slots of @rxt (and @rx_dead: gone ones)
- * @tx_live:	used slots of @txt (and @tx_dead: gone ones)
+ * @rxt:	flow sockets, by fd
+ * @txt:	guest tuples
  * @muted:	fds of muted entries (@nmuted of them, room for @muted_cap)
  * @stats:	counters
  * @spill:	spill buffer pc_udp_rx() needs (never used: templates take any peer)
@@ -95,10 +98,7 @@ struct pc_fast {
 	int mergeable;
 	unsigned rx_opts, rx_batch;
 	unsigned max;
-	struct fast_rx *rxt;
-	struct fast_tx *txt;
-	unsigned rx_cap, tx_cap;
-	unsigned rx_live, rx_dead, tx_live, tx_dead;
+	struct fast_table rxt, txt;
 	int *muted;
 	unsigned nmuted, muted_cap;
 	struct pc_fast_stats stats;
@@ -114,6 +114,167 @@ struct pc_fast {
 
 enum { TABLE_MIN = 64 };
 
+/* ---- tables ---- */
+
+static unsigned hash_key(const uint8_t *k, unsigned cap)
+{
+	uint32_t h = 2166136261u;	/* FNV-1a */
+	unsigned i;
+
+	for (i = 0; i < KEY_LEN; i++)
+		h = (h ^ k[i]) * 16777619u;
+	return h & (cap - 1);
+}
+
+static int table_init(struct fast_table *t)
+{
+	t->slot = calloc(TABLE_MIN, sizeof(*t->slot));
+	t->cap = TABLE_MIN;
+	t->live = t->dead = 0;
+	return t->slot ? 0 : -ENOMEM;
+}
+
+static struct fast_entry *table_find(const struct fast_table *t, const uint8_t *key)
+{
+	unsigned i, n;
+
+	for (i = hash_key(key, t->cap), n = 0; n < t->cap; i = (i + 1) & (t->cap - 1), n++) {
+		struct fast_entry *e = &t->slot[i];
+
+		if (e->state == SLOT_FREE)
+			return NULL;
+		if (e->state == SLOT_USED && !memcmp(e->key, key, KEY_LEN))
+			return e;
+	}
+	return NULL;
+}
+
+/* Reinsert the live entries into a table sized for them (and one more): no tombstones. */
+static int table_rebuild(struct fast_table *t)
+{
+	unsigned cap = TABLE_MIN, k;
+	struct fast_entry *slot;
+
+	while (cap < 4 * ((size_t)t->live + 1) && cap < (1u << 30))
+		cap <<= 1;
+	slot = calloc(cap, sizeof(*slot));
+	if (!slot)
+		return -ENOMEM;
+	for (k = 0; k < t->cap; k++) {
+		unsigned i;
+
+		if (t->slot[k].state != SLOT_USED)
+			continue;
+		for (i = hash_key(t->slot[k].key, cap); slot[i].state; i = (i + 1) & (cap - 1))
+			;
+		slot[i] = t->slot[k];
+	}
+	free(t->slot);
+	t->slot = slot;
+	t->cap = cap;
+	t->dead = 0;
+	return 0;
+}
+
+/* The entry of @key, added (zeroed but for its key) if new; NULL at @max entries or without
+ * memory (@err says which). */
+static struct fast_entry *table_get(struct fast_table *t, const uint8_t *key, unsigned max,
+				    int *err)
+{
+	struct fast_entry *e = table_find(t, key);
+	unsigned i;
+
+	if (e)
+		return e;
+	if (t->live >= max) {
+		*err = -ENOSPC;
+		return NULL;
+	}
+	if (4 * (t->live + t->dead + 1) > 3 * t->cap && table_rebuild(t)) {
+		*err = -ENOMEM;
+		return NULL;
+	}
+	for (i = hash_key(key, t->cap); t->slot[i].state == SLOT_USED; i = (i + 1) & (t->cap - 1))
+		;
+	e = &t->slot[i];
+	if (e->state == SLOT_GONE)
+		t->dead--;
+	t->live++;
+	memset(e, 0, sizeof(*e));
+	memcpy(e->key, key, KEY_LEN);
+	e->state = SLOT_USED;
+	return e;
+}
+
+static void table_drop(struct fast_table *t, struct fast_entry *e)
+{
+	e->state = SLOT_GONE;
+	t->live--;
+	t->dead++;
+}
+
+static void fd_key(uint8_t *key, int fd)
+{
+	memset(key, 0, KEY_LEN);
+	memcpy(key + 1, &fd, sizeof(fd));
+}
+
+static void tuple_key(uint8_t *key, unsigned ipver, const uint8_t *src, const uint8_t *dst,
+		      uint16_t sport, uint16_t dport)
+{
+	key[0] = (uint8_t)ipver;
+	memcpy(key + 1, src, 16);
+	memcpy(key + 17, dst, 16);
+	key[33] = (uint8_t)(sport >> 8);
+	key[34] = (uint8_t)sport;
+	key[35] = (uint8_t)(dport >> 8);
+	key[36] = (uint8_t)dport;
+}
+
+static struct fast_entry *rx_find(const struct pc_fast *f, int fd)
+{
+	uint8_t key[KEY_LEN];
+
+	fd_key(key, fd);
+	return table_find(&f->rxt, key);
+}
+
+static struct fast_entry *tx_find(const struct pc_fast *f, unsigned ipver, const uint8_t *src,
+				  const uint8_t *dst, uint16_t sport, uint16_t dport)
+{
+	uint8_t key[KEY_LEN];
+
+	tuple_key(key, ipver, src, dst, sport, dport);
+	return table_find(&f->txt, key);
+}
+
+/* Forget an entry; returns its count. */
+static int64_t forget(struct pc_fast *f, struct fast_table *t, struct fast_entry *e)
+{
+	unsigned k;
+
+	for (k = 0; e->muted && k < f->nmuted; k++) {
+		if (f->muted[k] == e->fd) {
+			f->muted[k] = f->muted[--f->nmuted];
+			break;
+		}
+	}
+	table_drop(t, e);
+	return (int64_t)e->count;
+}
+
+/* An entry's count, then reset. */
+static int64_t take_count(struct fast_entry *e)
+{
+	int64_t n;
+
+	if (!e)
+		return -ENOENT;
+	n = (int64_t)e->count;
+	e->count = 0;
+	return n;
+}
+
 /**
  * pc_fast_new() - allocate empty tables
  * @max_entries: flows each table may hold (the flow table's limit)
@@ -125,14 +286,11 @@ struct pc_fast *pc_fast_new(unsigned max_entries)
 
 	if (!f)
 		return NULL;
-	f->rxt = calloc(TABLE_MIN, sizeof(*f->rxt));
-	f->txt = calloc(TABLE_MIN, sizeof(*f->txt));
 	f->spill = malloc(FAST_SPILL);
-	if (!f->rxt || !f->txt || !f->spill) {
+	if (!f->spill || table_init(&f->rxt) || table_init(&f->txt)) {
 		pc_fast_free(f);
 		return NULL;
 	}
-	f->rx_cap = f->tx_cap = TABLE_MIN;
 	f->max = max_entries;
 	f->kick_fd = -1;
 	f->hdr_len = 12;
@@ -148,8 +306,8 @@ void pc_fast_free(struct pc_fast *f)
 {
 	if (!f)
 		return;
-	free(f->rxt);
-	free(f->txt);
+	free(f->rxt.slot);
+	free(f->txt.slot);
 	free(f->muted);
 	free(f->spill);
 	free(f);
@@ -186,122 +344,6 @@ void pc_fast_set_tx(struct pc_fast *f, struct pc_vq *tx, int kick_fd)
 	f->kick_fd = tx ? kick_fd : -1;
 }
 
-/* ---- tables: open addressing, linear probing, tombstones; rebuilt (and grown) when the
- * used and gone slots pass three quarters ---- */
-
-static unsigned hash_fd(int fd, unsigned cap)
-{
-	return ((uint32_t)fd * 2654435761u) & (cap - 1);
-}
-
-static unsigned hash_key(const uint8_t *k, unsigned cap)
-{
-	uint32_t h = 2166136261u;	/* FNV-1a */
-	unsigned i;
-
-	for (i = 0; i < KEY_LEN; i++)
-		h = (h ^ k[i]) * 16777619u;
-	return h & (cap - 1);
-}
-
-static struct fast_rx *rx_find(const struct pc_fast *f, int fd)
-{
-	unsigned i, n, m = f->rx_cap - 1;
-
-	for (i = hash_fd(fd, f->rx_cap), n = 0; n < f->rx_cap; i = (i + 1) & m, n++) {
-		struct fast_rx *e = &f->rxt[i];
-
-		if (e->state == SLOT_FREE)
-			return NULL;
-		if (e->state == SLOT_USED && e->fd == fd)
-			return e;
-	}
-	return NULL;
-}
-
-static void make_key(uint8_t *key, unsigned ipver, const uint8_t *src, const uint8_t *dst,
-		     uint16_t sport, uint16_t dport)
-{
-	key[0] = (uint8_t)ipver;
-	memcpy(key + 1, src, 16);
-	memcpy(key + 17, dst, 16);
-	key[33] = (uint8_t)(sport >> 8);
-	key[34] = (uint8_t)sport;
-	key[35] = (uint8_t)(dport >> 8);
-	key[36] = (uint8_t)dport;
-}
-
-static struct fast_tx *tx_find(const struct pc_fast *f, const uint8_t *key)
-{
-	unsigned i, n, m = f->tx_cap - 1;
-
-	for (i = hash_key(key, f->tx_cap), n = 0; n < f->tx_cap; i = (i + 1) & m, n++) {
-		struct fast_tx *e = &f->txt[i];
-
-		if (e->state == SLOT_FREE)
-			return NULL;
-		if (e->state == SLOT_USED && !memcmp(e->key, key, KEY_LEN))
-			return e;
-	}
-	return NULL;
-}
-
-/* The capacity a table with @live entries (one more coming) is rebuilt to. */
-static unsigned table_cap(unsigned live)
-{
-	unsigned cap = TABLE_MIN;
-
-	while (cap < 4 * ((size_t)live + 1) && cap < (1u << 30))
-		cap <<= 1;
-	return cap;
-}
-
-static int rx_rebuild(struct pc_fast *f)
-{
-	unsigned cap = table_cap(f->rx_live), k;
-	struct fast_rx *t = calloc(cap, sizeof(*t));
-
-	if (!t)
-		return -ENOMEM;
-	for (k = 0; k < f->rx_cap; k++) {
-		unsigned i;
-
-		if (f->rxt[k].state != SLOT_USED)
-			continue;
-		for (i = hash_fd(f->rxt[k].fd, cap); t[i].state; i = (i + 1) & (cap - 1))
-			;
-		t[i] = f->rxt[k];
-	}
-	free(f->rxt);
-	f->rxt = t;
-	f->rx_cap = cap;
-	f->rx_dead = 0;
-	return 0;
-}
-
-static int tx_rebuild(struct pc_fast *f)
-{
-	unsigned cap = table_cap(f->tx_live), k;
-	struct fast_tx *t = calloc(cap, sizeof(*t));
-
-	if (!t)
-		return -ENOMEM;
-	for (k = 0; k < f->tx_cap; k++) {
-		unsigned i;
-
-		if (f->txt[k].state != SLOT_USED)
-			continue;
-		for (i = hash_key(f->txt[k].key, cap); t[i].state; i = (i + 1) & (cap - 1))
-			;
-		t[i] = f->txt[k];
-	}
-	free(f->txt);
-	f->txt = t;
-	f->tx_cap = cap;
-	f->tx_dead = 0;
-	return 0;
-}
-
 /**
  * pc_fast_add_rx() - deliver a UDP flow socket's datagrams in C (replaces an entry of @fd)
  * @f:		fast path
@@ -311,33 +353,18 @@ static int tx_rebuild(struct pc_fast *f)
  */
 int pc_fast_add_rx(struct pc_fast *f, int fd, const struct pc_udp_flow *tmpl)
 {
-	struct fast_rx *e;
-	uint32_t count;
-	unsigned i;
+	uint8_t key[KEY_LEN];
+	struct fast_entry *e;
+	int err = 0;
 
 	if (fd < 0 || (tmpl->ipver != 4 && tmpl->ipver != 6))
 		return -EINVAL;
-	e = rx_find(f, fd);
-	if (!e) {
-		if (f->rx_live >= f->max)
-			return -ENOSPC;
-		if (4 * (f->rx_live + f->rx_dead + 1) > 3 * f->rx_cap && rx_rebuild(f))
-			return -ENOMEM;
-		for (i = hash_fd(fd, f->rx_cap); f->rxt[i].state == SLOT_USED;
-		     i = (i + 1) & (f->rx_cap - 1))
-			;
-		e = &f->rxt[i];
-		if (e->state == SLOT_GONE)
-			f->rx_dead--;
-		f->rx_live++;
-		e->muted = 0;
-		e->tmpl.count = 0;
-	}
+	fd_key(key, fd);
+	e = table_get(&f->rxt, key, f->max, &err);
+	if (!e)
+		return err;
 	e->fd = fd;
-	e->state = SLOT_USED;
-	count = e->tmpl.count;
 	e->tmpl = *tmpl;
-	e->tmpl.count = count;
 	e->tmpl.any_peer = 1;
 	return 0;
 }
@@ -357,29 +384,15 @@ int pc_fast_add_tx(struct pc_fast *f, unsigned ipver, const uint8_t *src, const 
 		   uint16_t sport, uint16_t dport, int fd)
 {
 	uint8_t key[KEY_LEN];
-	struct fast_tx *e;
-	unsigned i;
+	struct fast_entry *e;
+	int err = 0;
 
 	if (fd < 0 || (ipver != 4 && ipver != 6))
 		return -EINVAL;
-	make_key(key, ipver, src, dst, sport, dport);
-	e = tx_find(f, key);
-	if (!e) {
-		if (f->tx_live >= f->max)
-			return -ENOSPC;
-		if (4 * (f->tx_live + f->tx_dead + 1) > 3 * f->tx_cap && tx_rebuild(f))
-			return -ENOMEM;
-		for (i = hash_key(key, f->tx_cap); f->txt[i].state == SLOT_USED;
-		     i = (i + 1) & (f->tx_cap - 1))
-			;
-		e = &f->txt[i];
-		if (e->state == SLOT_GONE)
-			f->tx_dead--;
-		f->tx_live++;
-		memcpy(e->key, key, KEY_LEN);
-		e->count = 0;
-	}
-	e->state = SLOT_USED;
+	tuple_key(key, ipver, src, dst, sport, dport);
+	e = table_get(&f->txt, key, f->max, &err);
+	if (!e)
+		return err;
 	e->fd = fd;
 	return 0;
 }
@@ -392,22 +405,9 @@ int pc_fast_add_tx(struct pc_fast *f, unsigned ipver, const uint8_t *src, const 
  */
 int64_t pc_fast_remove_rx(struct pc_fast *f, int fd)
 {
-	struct fast_rx *e = rx_find(f, fd);
-	unsigned k;
+	struct fast_entry *e = rx_find(f, fd);
 
-	if (!e)
-		return -ENOENT;
-	for (k = 0; e->muted && k < f->nmuted; k++) {
-		if (f->muted[k] == fd) {
-			f->muted[k] = f->muted[--f->nmuted];
-			break;
-		}
-	}
-	e->state = SLOT_GONE;
-	e->muted = 0;
-	f->rx_live--;
-	f->rx_dead++;
-	return e->tmpl.count;
+	return e ? forget(f, &f->rxt, e) : -ENOENT;
 }
 
 /**
@@ -423,17 +423,9 @@ int64_t pc_fast_remove_rx(struct pc_fast *f, int fd)
 int64_t pc_fast_remove_tx(struct pc_fast *f, unsigned ipver, const uint8_t *src,
 			  const uint8_t *dst, uint16_t sport, uint16_t dport)
 {
-	uint8_t key[KEY_LEN];
-	struct fast_tx *e;
+	struct fast_entry *e = tx_find(f, ipver, src, dst, sport, dport);
 
-	make_key(key, ipver, src, dst, sport, dport);
-	e = tx_find(f, key);
-	if (!e)
-		return -ENOENT;
-	e->state = SLOT_GONE;
-	f->tx_live--;
-	f->tx_dead++;
-	return (int64_t)e->count;
+	return e ? forget(f, &f->txt, e) : -ENOENT;
 }
 
 /**
@@ -444,14 +436,7 @@ int64_t pc_fast_remove_tx(struct pc_fast *f, unsigned ipver, const uint8_t *src,
  */
 int64_t pc_fast_rx_count(struct pc_fast *f, int fd)
 {
-	struct fast_rx *e = rx_find(f, fd);
-	int64_t n;
-
-	if (!e)
-		return -ENOENT;
-	n = e->tmpl.count;
-	e->tmpl.count = 0;
-	return n;
+	return take_count(rx_find(f, fd));
 }
 
 /**
@@ -467,17 +452,7 @@ int64_t pc_fast_rx_count(struct pc_fast *f, int fd)
 int64_t pc_fast_tx_count(struct pc_fast *f, unsigned ipver, const uint8_t *src,
 			 const uint8_t *dst, uint16_t sport, uint16_t dport)
 {
-	uint8_t key[KEY_LEN];
-	struct fast_tx *e;
-	int64_t n;
-
-	make_key(key, ipver, src, dst, sport, dport);
-	e = tx_find(f, key);
-	if (!e)
-		return -ENOENT;
-	n = (int64_t)e->count;
-	e->count = 0;
-	return n;
+	return take_count(tx_find(f, ipver, src, dst, sport, dport));
 }
 
 /**
@@ -488,21 +463,18 @@ int64_t pc_fast_tx_count(struct pc_fast *f, unsigned ipver, const uint8_t *src,
  */
 int pc_fast_clear(struct pc_fast *f, int epfd)
 {
-	struct fast_rx *rxt = calloc(TABLE_MIN, sizeof(*rxt));
-	struct fast_tx *txt = calloc(TABLE_MIN, sizeof(*txt));
+	struct fast_table rxt, txt;
 
-	if (!rxt || !txt) {
-		free(rxt);
-		free(txt);
+	if (table_init(&rxt) || table_init(&txt)) {
+		free(rxt.slot);
+		free(txt.slot);
 		return -ENOMEM;
 	}
 	pc_fast_rx_ready(f, epfd);
-	free(f->rxt);
-	free(f->txt);
+	free(f->rxt.slot);
+	free(f->txt.slot);
 	f->rxt = rxt;
 	f->txt = txt;
-	f->rx_cap = f->tx_cap = TABLE_MIN;
-	f->rx_live = f->rx_dead = f->tx_live = f->tx_dead = 0;
 	return 0;
 }
 
@@ -514,8 +486,8 @@ int pc_fast_clear(struct pc_fast *f, int epfd)
 void pc_fast_stats(const struct pc_fast *f, struct pc_fast_stats *out)
 {
 	*out = f->stats;
-	out->rx_entries = f->rx_live;
-	out->tx_entries = f->tx_live;
+	out->rx_entries = f->rxt.live;
+	out->tx_entries = f->txt.live;
 	out->muted = f->nmuted;
 }
 
@@ -532,7 +504,7 @@ int pc_fast_rx_ready(struct pc_fast *f, int epfd)
 	while (f->nmuted) {
 		int fd = f->muted[--f->nmuted];
 		struct epoll_event ev = { .events = EPOLLIN, .data.fd = fd };
-		struct fast_rx *e = rx_find(f, fd);
+		struct fast_entry *e = rx_find(f, fd);
 
 		if (e)
 			e->muted = 0;
@@ -543,7 +515,7 @@ int pc_fast_rx_ready(struct pc_fast *f, int epfd)
 }
 
 /* Take @e out of the epoll set until pc_fast_rx_ready(); 0, or -errno (left as it was). */
-static int mute(struct pc_fast *f, int epfd, struct fast_rx *e)
+static int mute(struct pc_fast *f, int epfd, struct fast_entry *e)
 {
 	struct epoll_event ev = { .events = 0, .data.fd = e->fd };
 
@@ -568,7 +540,7 @@ static int mute(struct pc_fast *f, int epfd, struct fast_rx *e)
 enum { DONE, REPORT, REPORT_ERR };
 
 /* A flow socket is readable: its datagrams into the guest's RX buffers. */
-static int fast_rx(struct pc_fast *f, int epfd, struct fast_rx *e, int *placed)
+static int fast_rx(struct pc_fast *f, int epfd, struct fast_entry *e, int *placed)
 {
 	struct pc_udp_rx_result res;
 	int ret;
@@ -577,6 +549,7 @@ static int fast_rx(struct pc_fast *f, int epfd, struct fast_rx *e, int *placed)
 			f->rx_opts | PC_UDP_RX_NO_FLUSH, f->spill, FAST_SPILL, &res);
 	f->stats.dropped += res.dropped;
 	f->stats.rx_dgrams += res.dgrams;
+	e->count += res.dgrams;
 	if (res.bufs)
 		*placed = 1;
 	if (ret < 0)
@@ -608,13 +581,11 @@ static unsigned tx_prefix(struct pc_fast *f, unsigned n)
 		return 0;
 	for (r = 0; r < (unsigned)nr; r++) {
 		const struct pc_pkt *p = &f->recs[f->runs[r].first];
-		uint8_t key[KEY_LEN];
-		struct fast_tx *e;
+		struct fast_entry *e;
 
 		if (!f->runs[r].udp)
 			break;
-		make_key(key, p->ipver, p->src, p->dst, p->sport, p->dport);
-		e = tx_find(f, key);
+		e = tx_find(f, p->ipver, p->src, p->dst, p->sport, p->dport);
 		if (!e)
 			break;
 		f->runs[r].fd = e->fd;
@@ -727,12 +698,12 @@ int pc_fast_poll(struct pc_fast *f, int epfd, int timeout_ms, struct pc_fast_eve
 		for (i = 0; i < n; i++) {
 			int fd = ev[i].data.fd, how = REPORT;
 			uint32_t mask = ev[i].events;
-			struct fast_rx *e;
+			struct fast_entry *e;
 
-			if (mask == EPOLLIN && fd == f->kick_fd && f->tx && f->tx_live &&
+			if (mask == EPOLLIN && fd == f->kick_fd && f->tx && f->txt.live &&
 			    pc_vq_started(f->tx))
 				how = fast_tx(f);
-			else if (mask == EPOLLIN && f->rx && f->rx_live && (e = rx_find(f, fd)))
+			else if (mask == EPOLLIN && f->rx && f->rxt.live && (e = rx_find(f, fd)))
 				how = fast_rx(f, epfd, e, &placed);
 			if (how == DONE) {
 				f->stats.handled++;

@@ -1048,7 +1048,6 @@ class FastPath:
             raise MemoryError("pc_fast_new")
         self._out = ffi.new("struct pc_fast_event[]", max_events)
         self._max = max_events
-        self._stats = ffi.new("struct pc_fast_stats *")
         self._rx: Virtqueue | None = None        # referenced while C holds the ring
         self._tx: Virtqueue | None = None
         self._key = (ffi.new("uint8_t[16]"), ffi.new("uint8_t[16]"))
@@ -1082,6 +1081,13 @@ class FastPath:
         ffi.memmove(b, _ip16(dst), 16)
         return a, b
 
+    def _by_tuple(self, fn: Any, src: ipaddress.IPv4Address | ipaddress.IPv6Address,
+                  dst: ipaddress.IPv4Address | ipaddress.IPv6Address, sport: int,
+                  dport: int) -> int:
+        """A count-returning call on a tuple's entry (0 without one)."""
+        a, b = self._tuple(src, dst)
+        return max(0, fn(self._f, src.version, a, b, sport, dport))
+
     def add_tx(self, src: ipaddress.IPv4Address | ipaddress.IPv6Address,
                dst: ipaddress.IPv4Address | ipaddress.IPv6Address, sport: int, dport: int,
                fd: int) -> bool:
@@ -1101,8 +1107,7 @@ class FastPath:
                   dst: ipaddress.IPv4Address | ipaddress.IPv6Address, sport: int,
                   dport: int) -> int:
         """Forget a tuple's entry; datagrams sent since last counted (0 if none)."""
-        a, b = self._tuple(src, dst)
-        return max(0, lib.pc_fast_remove_tx(self._f, src.version, a, b, sport, dport))
+        return self._by_tuple(lib.pc_fast_remove_tx, src, dst, sport, dport)
 
     def rx_count(self, fd: int) -> int:
         """Datagrams delivered from ``fd`` since the last call (0 without an entry)."""
@@ -1112,8 +1117,7 @@ class FastPath:
                  dst: ipaddress.IPv4Address | ipaddress.IPv6Address, sport: int,
                  dport: int) -> int:
         """Guest datagrams of a tuple sent since the last call (0 without an entry)."""
-        a, b = self._tuple(src, dst)
-        return max(0, lib.pc_fast_tx_count(self._f, src.version, a, b, sport, dport))
+        return self._by_tuple(lib.pc_fast_tx_count, src, dst, sport, dport)
 
     def clear(self, epfd: int) -> None:
         """Forget every entry (muted sockets are restored in ``epfd`` first)."""
@@ -1127,8 +1131,9 @@ class FastPath:
     def stats(self) -> Any:
         """Counters (struct pc_fast_stats): datagrams each way, dropped, events handled and
         reported, entries, muted sockets."""
-        lib.pc_fast_stats(self._f, self._stats)
-        return self._stats
+        out = ffi.new("struct pc_fast_stats *")
+        lib.pc_fast_stats(self._f, out)
+        return out
 
     def poll(self, epfd: int, timeout: float) -> list[tuple[int, int]]:
         """Like epoll's poll(timeout) (seconds, negative: no limit): the events C left."""
