@@ -549,6 +549,11 @@ static int64_t rr_sent_at;
 static uint16_t guest_sport = GUEST_SPORT;	/* first (or only) guest port */
 static uint32_t iss_base;
 static uint64_t rto_count;
+/* Why the guest side last stopped sending before it slept (TCP): a diagnosis of who waits. */
+enum { WAIT_OTHER, WAIT_RING, WAIT_WINDOW, WAIT_CWND, WAIT_KINDS };
+static const char *const wait_names[WAIT_KINDS] = { "other", "ring", "window", "cwnd" };
+static unsigned last_stop;
+static uint64_t waits[WAIT_KINDS];
 
 /* ---- TCP, guest side ---- */
 enum tcp_state { T_CLOSED, T_LISTEN, T_SYN_SENT, T_SYN_RCVD, T_EST };
@@ -655,6 +660,7 @@ static unsigned tcp_output(struct tcb *t, int64_t now)
 
 		if (SEQ_LT(t->app_end, limit))
 			limit = t->app_end;
+		last_stop = t->cwnd < t->snd_wnd ? WAIT_CWND : WAIT_WINDOW;
 		if (!SEQ_LT(t->snd_nxt, limit))
 			break;
 		len = limit - t->snd_nxt;
@@ -662,8 +668,10 @@ static unsigned tcp_output(struct tcb *t, int64_t now)
 			len = t->mss;
 		if (len < t->mss && t->app_end != limit && t->snd_nxt != t->snd_una)
 			break;	/* no small segments while data is in flight */
+		last_stop = WAIT_RING;
 		if (!send_tcp(t, TH_ACK | TH_PSH, t->snd_nxt, len))
 			break;
+		last_stop = WAIT_OTHER;
 		if (t->snd_nxt == t->snd_una)
 			t->last_progress = now;
 		t->snd_nxt += len;
@@ -1316,7 +1324,8 @@ static void print_json(const struct snap *a, const struct snap *b, long rss_idle
 	       "\"tps\": %.3f, \"retransmits\": %llu, \"tx_frames\": %llu, "
 	       "\"frontend_cpu_s\": %.6f, \"host_cpu_s\": %.6f, \"backend_cpu_s\": %.6f, "
 	       "\"rss_idle_kib\": %ld, \"rss_kib\": %ld, \"flows\": %llu, "
-	       "\"features\": %llu}\n",
+	       "\"features\": %llu, \"waits\": {\"%s\": %llu, \"%s\": %llu, \"%s\": %llu, "
+	       "\"%s\": %llu}}\n",
 	       mode_names[opt.mode], opt.mtu, opt.size, status, secs, (unsigned long long)bytes,
 	       secs > 0 ? (double)bytes * 8 / secs / 1e9 : 0.0,
 	       (unsigned long long)(b->trans - a->trans),
@@ -1325,7 +1334,10 @@ static void print_json(const struct snap *a, const struct snap *b, long rss_idle
 	       b->self_cpu - a->self_cpu, b->host_cpu - a->host_cpu,
 	       b->backend_cpu - a->backend_cpu, rss_idle, rss_peak,
 	       (unsigned long long)(opt.mode == M_TCP_FLOWS ? established : b->host_msgs),
-	       (unsigned long long)features);
+	       (unsigned long long)features,
+	       wait_names[0], (unsigned long long)waits[0], wait_names[1],
+	       (unsigned long long)waits[1], wait_names[2], (unsigned long long)waits[2],
+	       wait_names[3], (unsigned long long)waits[3]);
 	fflush(stdout);
 }
 
@@ -1557,6 +1569,9 @@ int main(int argc, char **argv)
 
 			if (opt.mode == M_UDP_RR || opt.mode == M_TCP_RR || opt.mode == M_TCP_TX)
 				wait = 2000000LL;
+			if (measuring)
+				waits[last_stop]++;
+			last_stop = WAIT_OTHER;
 			wait_events(wait);
 		}
 	}
