@@ -1066,13 +1066,17 @@ class FastPath:
         lib.pc_fast_set_tx(self._f, ring._vq if ring is not None else ffi.NULL,
                            kick_fd if ring is not None else -1)
 
-    def add_rx(self, fd: int, tmpls: UdpTemplates) -> bool:
-        """Deliver ``fd``'s datagrams with ``tmpls``' first template; False if full."""
-        ret = lib.pc_fast_add_rx(self._f, fd, tmpls.c)
+    @staticmethod
+    def _added(ret: int, what: str) -> bool:
+        """An add call's result: True, False for a full table, CoreError otherwise."""
         if ret == -errno.ENOSPC:
             return False
-        check(ret, "fast_add_rx")
+        check(ret, what)
         return True
+
+    def add_rx(self, fd: int, tmpls: UdpTemplates) -> bool:
+        """Deliver ``fd``'s datagrams with ``tmpls``' first template; False if full."""
+        return self._added(lib.pc_fast_add_rx(self._f, fd, tmpls.c), "fast_add_rx")
 
     def _tuple(self, src: ipaddress.IPv4Address | ipaddress.IPv6Address,
                dst: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[object, object]:
@@ -1093,11 +1097,8 @@ class FastPath:
                fd: int) -> bool:
         """Send the guest's datagrams src:sport -> dst:dport on ``fd``; False if full."""
         a, b = self._tuple(src, dst)
-        ret = lib.pc_fast_add_tx(self._f, src.version, a, b, sport, dport, fd)
-        if ret == -errno.ENOSPC:
-            return False
-        check(ret, "fast_add_tx")
-        return True
+        return self._added(lib.pc_fast_add_tx(self._f, src.version, a, b, sport, dport, fd),
+                           "fast_add_tx")
 
     def remove_rx(self, fd: int) -> int:
         """Forget ``fd``'s entry; datagrams delivered since last counted (0 if none)."""

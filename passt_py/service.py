@@ -236,8 +236,8 @@ class Service:
         if fast is None:
             return
         if dev.ring_active(RX):
-            opts = core.UDP_RX_CSUM_PARTIAL if dev.guest_csum else 0
-            fast.set_rx(dev.rings[RX], dev.hdr_len, dev.mergeable, opts, RECV_BATCH)
+            fast.set_rx(dev.rings[RX], dev.hdr_len, dev.mergeable, dev.udp_rx_opts(),
+                        RECV_BATCH)
         else:
             fast.set_rx(None)
         kick = self._kick_fds.get(TX)

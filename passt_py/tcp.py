@@ -286,9 +286,9 @@ class TcpHandler:
             if c.local is None:
                 c.local = _is_local(c.sock)
             info = c.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
-            space = (int.from_bytes(info[TCPI_SND_WND:], "little")
-                     if len(info) == _TCP_INFO_LEN else MAX_WINDOW)
-            if not c.local or len(info) < _TCP_INFO_LEN:
+            peer = len(info) == _TCP_INFO_LEN       # kernels before 5.4: the buffer alone
+            space = int.from_bytes(info[TCPI_SND_WND:], "little") if peer else MAX_WINDOW
+            if not (c.local and peer):
                 sndbuf = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
                 buf = array.array("i", [0])
                 fcntl.ioctl(c.fd, SIOCOUTQ, buf)

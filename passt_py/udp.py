@@ -296,7 +296,7 @@ class UdpHandler:
         last asked? Counted as the Python paths count (host side: bidirectional)."""
         fast = self._fast
         state: _UdpState = flow.data  # type: ignore[assignment]
-        if fast is None or state.peer is not None:
+        if fast is None:
             return False
         rx = fast.rx_count(state.sock.fileno()) if state.fast_rx == fast.gen else 0
         tx = 0

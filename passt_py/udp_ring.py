@@ -42,8 +42,8 @@ class UdpRingPath:
         ring = dev.rings[RX]
         if self._path is None or self._path.ring is not ring:
             self._path = core.UdpPath(ring)
-        opts = core.UDP_RX_CSUM_PARTIAL if dev.guest_csum else 0
-        n = self._path.rx(fd, tmpls, dev.hdr_len, dev.mergeable, max_dgrams, opts, flush=False)
+        n = self._path.rx(fd, tmpls, dev.hdr_len, dev.mergeable, max_dgrams, dev.udp_rx_opts(),
+                          flush=False)
         if self._path.last.bufs:
             self._flush.request()
         return n

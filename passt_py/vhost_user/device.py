@@ -154,6 +154,11 @@ class NetDevice:
         feature = VIRTIO_NET_F_HOST_TSO4 if ipver == 4 else VIRTIO_NET_F_HOST_TSO6
         return self.host_csum and self._has(feature)
 
+    def udp_rx_opts(self) -> int:
+        """core.UDP_RX_* options for the C paths that receive datagrams into RX buffers:
+        a partial checksum (the guest completes it) when it negotiated GUEST_CSUM."""
+        return core.UDP_RX_CSUM_PARTIAL if self.guest_csum else 0
+
     def tcp_rx_opts(self, ipver: int, full_csum: bool = False) -> int:
         """core.TCP_RX_* options for core.TcpPath.rx() as negotiated, for one IP version.
 
