@@ -20,6 +20,11 @@
  * The tables are caches of Python's flow table: Python adds an entry when a flow can take
  * this path and removes it before the socket closes. Activity counts per entry let Python's
  * flow expiry see traffic it did not handle.
+ *
+ * The same tables and wait carry established TCP connections whose steady state C runs
+ * (fast_tcp.c): their sockets by fd, their guest tuples with KEY_TCP in the version byte. A TX
+ * round is cut by its head frame's kind (UDP datagrams or TCP segments of registered
+ * entries) and taken up to the first frame of another kind; the next round looks again.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -31,87 +36,7 @@
 #include "passt_core.h"
 #include "guest_mem.h"
 #include "wire.h"
-
-enum {
-	FAST_TX_FRAMES = 256,		/* frames per TX round: a whole ring of the usual size */
-	FAST_TX_IOV = 2048,
-	FAST_TX_ROUNDS = 4,		/* then the kick goes to Python, which defers the rest */
-	FAST_EVENTS = 64,
-	FAST_SPILL = 65536,
-	SLOT_FREE = 0, SLOT_USED = 1, SLOT_GONE = 2,
-	KEY_LEN = 37			/* IP version, source, destination, ports */
-};
-
-/**
- * struct fast_entry - one registered flow side: a socket whose datagrams C delivers (RX
- *		       table, keyed by fd) or a guest tuple whose datagrams C sends (TX table)
- * @key:	RX: 0, then the fd; TX: IP version, source and destination address (16 bytes
- *		each, IPv4 as ::ffff:a.b.c.d), ports
- * @state:	SLOT_*
- * @muted:	RX: out of RX buffers, removed from the epoll set until pc_fast_rx_ready()
- * @fd:		the flow's socket (connected to its host peer)
- * @count:	datagrams moved since the count was last taken
- * @tmpl:	RX: header template of the socket's datagrams (its count unused)
- */
-struct fast_entry {
-	uint8_t key[KEY_LEN];
-	uint8_t state;
-	uint8_t muted;
-	int32_t fd;
-	uint64_t count;
-	struct pc_udp_flow tmpl;
-};
-
-/**
- * struct fast_table - open addressing, linear probing, tombstones; rebuilt (and resized)
- *		       when used and gone slots pass three quarters
- * @slot:	@cap slots, a power of two
- * @cap:	number of slots
- * @live:	used slots
- * @dead:	gone slots (tombstones)
- */
-struct fast_table {
-	struct fast_entry *slot;
-	unsigned cap, live, dead;
-};
-
-/**
- * struct pc_fast - fast-path tables, the rings they use, and scratch for one TX round
- * @rx:		RX ring, or NULL (datagrams from the host go to Python)
- * @tx:		TX ring, or NULL (kicks go to Python)
- * @kick_fd:	the TX ring's kick eventfd, or -1
- * @hdr_len:	virtio-net header length
- * @mergeable:	VIRTIO_NET_F_MRG_RXBUF
- * @rx_opts:	PC_UDP_RX_* checksum options
- * @rx_batch:	datagrams per socket and event
- * @max:	entries each table may hold
- * @rxt:	flow sockets, by fd
- * @txt:	guest tuples
- * @muted:	fds of muted entries (@nmuted of them, room for @muted_cap)
- * @stats:	counters
- * @spill:	spill buffer pc_udp_rx() needs (never used: templates take any peer)
- * @frames:	TX round scratch: frames, slices, bad chains, records, index list, runs, items
- */
-struct pc_fast {
-	struct pc_vq *rx, *tx;
-	int kick_fd;
-	size_t hdr_len;
-	int mergeable;
-	unsigned rx_opts, rx_batch;
-	unsigned max;
-	struct fast_table rxt, txt;
-	int *muted;
-	unsigned nmuted, muted_cap;
-	struct pc_fast_stats stats;
-	uint8_t *spill;
-	struct pc_tx_frame frames[FAST_TX_FRAMES];
-	struct iovec iov[FAST_TX_IOV];
-	struct pc_bad_chain bad[FAST_TX_FRAMES];
-	struct pc_pkt recs[FAST_TX_FRAMES];
-	uint32_t idx[FAST_TX_FRAMES];
-	struct pc_udp_run runs[FAST_TX_FRAMES];
-	struct pc_dgram_ref items[FAST_TX_FRAMES];
-};
+#include "fastpath.h"
 
 enum { TABLE_MIN = 64 };
 
@@ -135,7 +60,7 @@ static int table_init(struct fast_table *t)
 	return t->slot ? 0 : -ENOMEM;
 }
 
-static struct fast_entry *table_find(const struct fast_table *t, const uint8_t *key)
+struct fast_entry *fast_table_find(const struct fast_table *t, const uint8_t *key)
 {
 	unsigned i, n;
 
@@ -179,10 +104,10 @@ static int table_rebuild(struct fast_table *t)
 
 /* The entry of @key, added (zeroed but for its key) if new; NULL at @max entries or without
  * memory (@err says which). */
-static struct fast_entry *table_get(struct fast_table *t, const uint8_t *key, unsigned max,
+struct fast_entry *fast_table_get(struct fast_table *t, const uint8_t *key, unsigned max,
 				    int *err)
 {
-	struct fast_entry *e = table_find(t, key);
+	struct fast_entry *e = fast_table_find(t, key);
 	unsigned i;
 
 	if (e)
@@ -207,20 +132,20 @@ static struct fast_entry *table_get(struct fast_table *t, const uint8_t *key, un
 	return e;
 }
 
-static void table_drop(struct fast_table *t, struct fast_entry *e)
+void fast_table_drop(struct fast_table *t, struct fast_entry *e)
 {
 	e->state = SLOT_GONE;
 	t->live--;
 	t->dead++;
 }
 
-static void fd_key(uint8_t *key, int fd)
+void fast_fd_key(uint8_t *key, int fd)
 {
 	memset(key, 0, KEY_LEN);
 	memcpy(key + 1, &fd, sizeof(fd));
 }
 
-static void tuple_key(uint8_t *key, unsigned ipver, const uint8_t *src, const uint8_t *dst,
+void fast_tuple_key(uint8_t *key, unsigned ipver, const uint8_t *src, const uint8_t *dst,
 		      uint16_t sport, uint16_t dport)
 {
 	key[0] = (uint8_t)ipver;
@@ -232,12 +157,21 @@ static void tuple_key(uint8_t *key, unsigned ipver, const uint8_t *src, const ui
 	key[36] = (uint8_t)dport;
 }
 
-static struct fast_entry *rx_find(const struct pc_fast *f, int fd)
+/* The entry of a socket, UDP or TCP. */
+static struct fast_entry *fd_find(const struct pc_fast *f, int fd)
 {
 	uint8_t key[KEY_LEN];
 
-	fd_key(key, fd);
-	return table_find(&f->rxt, key);
+	fast_fd_key(key, fd);
+	return fast_table_find(&f->rxt, key);
+}
+
+/* The entry of a UDP flow's socket (the UDP calls never see TCP connections). */
+static struct fast_entry *rx_find(const struct pc_fast *f, int fd)
+{
+	struct fast_entry *e = fd_find(f, fd);
+
+	return e && !e->tcp ? e : NULL;
 }
 
 static struct fast_entry *tx_find(const struct pc_fast *f, unsigned ipver, const uint8_t *src,
@@ -245,8 +179,8 @@ static struct fast_entry *tx_find(const struct pc_fast *f, unsigned ipver, const
 {
 	uint8_t key[KEY_LEN];
 
-	tuple_key(key, ipver, src, dst, sport, dport);
-	return table_find(&f->txt, key);
+	fast_tuple_key(key, ipver, src, dst, sport, dport);
+	return fast_table_find(&f->txt, key);
 }
 
 /* Forget an entry; returns its count. */
@@ -260,7 +194,7 @@ static int64_t forget(struct pc_fast *f, struct fast_table *t, struct fast_entry
 			break;
 		}
 	}
-	table_drop(t, e);
+	fast_table_drop(t, e);
 	return (int64_t)e->count;
 }
 
@@ -296,6 +230,8 @@ struct pc_fast *pc_fast_new(unsigned max_entries)
 	f->kick_fd = -1;
 	f->hdr_len = 12;
 	f->rx_batch = 64;
+	f->tcp_per_event = 1u << 20;
+	f->tcp_max_window = 0xFFFFu << 8;
 	return f;
 }
 
@@ -307,10 +243,16 @@ void pc_fast_free(struct pc_fast *f)
 {
 	if (!f)
 		return;
+	if (f->rxt.slot)
+		fast_tcp_free_all(f);
 	free(f->rxt.slot);
 	free(f->txt.slot);
 	free(f->muted);
 	free(f->spill);
+	free(f->tcp_scratch);
+	free(f->more);
+	free(f->backq);
+	free(f->rxwaitq);
 	free(f);
 }
 
@@ -360,8 +302,8 @@ int pc_fast_add_rx(struct pc_fast *f, int fd, const struct pc_udp_flow *tmpl)
 
 	if (fd < 0 || (tmpl->ipver != 4 && tmpl->ipver != 6))
 		return -EINVAL;
-	fd_key(key, fd);
-	e = table_get(&f->rxt, key, f->max, &err);
+	fast_fd_key(key, fd);
+	e = fast_table_get(&f->rxt, key, f->max, &err);
 	if (!e)
 		return err;
 	e->fd = fd;
@@ -390,8 +332,8 @@ int pc_fast_add_tx(struct pc_fast *f, unsigned ipver, const uint8_t *src, const 
 
 	if (fd < 0 || (ipver != 4 && ipver != 6))
 		return -EINVAL;
-	tuple_key(key, ipver, src, dst, sport, dport);
-	e = table_get(&f->txt, key, f->max, &err);
+	fast_tuple_key(key, ipver, src, dst, sport, dport);
+	e = fast_table_get(&f->txt, key, f->max, &err);
 	if (!e)
 		return err;
 	e->fd = fd;
@@ -457,7 +399,8 @@ int64_t pc_fast_tx_count(struct pc_fast *f, unsigned ipver, const uint8_t *src,
 }
 
 /**
- * pc_fast_clear() - forget every entry (a new front-end, a capture, the guest's MAC changed)
+ * pc_fast_clear() - forget every entry (a new front-end, a capture, the guest's MAC changed);
+ *		    TCP connections are dropped with their state: take them back first
  * @f:		fast path
  * @epfd:	epoll set muted sockets are restored in
  * Return: 0, or -ENOMEM (the tables are then left as they were)
@@ -471,6 +414,7 @@ int pc_fast_clear(struct pc_fast *f, int epfd)
 		free(txt.slot);
 		return -ENOMEM;
 	}
+	fast_tcp_free_all(f);
 	pc_fast_rx_ready(f, epfd);
 	free(f->rxt.slot);
 	free(f->txt.slot);
@@ -487,16 +431,18 @@ int pc_fast_clear(struct pc_fast *f, int epfd)
 void pc_fast_stats(const struct pc_fast *f, struct pc_fast_stats *out)
 {
 	*out = f->stats;
-	out->rx_entries = f->rxt.live;
-	out->tx_entries = f->txt.live;
+	out->rx_entries = f->rxt.live - f->ntcp;
+	out->tx_entries = f->txt.live - f->ntcp;
+	out->tcp_entries = f->ntcp;
 	out->muted = f->nmuted;
 }
 
 /**
- * pc_fast_rx_ready() - the guest added RX buffers: sockets muted for lack of them read again
+ * pc_fast_rx_ready() - the guest added RX buffers: sockets muted for lack of them read again,
+ *		       TCP connections that waited for them send (RX buffers published)
  * @f:		fast path
  * @epfd:	the epoll set
- * Return: sockets restored
+ * Return: sockets restored and connections resumed
  */
 int pc_fast_rx_ready(struct pc_fast *f, int epfd)
 {
@@ -512,7 +458,7 @@ int pc_fast_rx_ready(struct pc_fast *f, int epfd)
 		if (!epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &ev))
 			n++;
 	}
-	return n;
+	return n + fast_tcp_rx_ready(f);
 }
 
 /* Take @e out of the epoll set until pc_fast_rx_ready(); 0, or -errno (left as it was). */
@@ -537,8 +483,6 @@ static int mute(struct pc_fast *f, int epfd, struct fast_entry *e)
 }
 
 /* ---- the events ---- */
-
-enum { DONE, REPORT, REPORT_ERR };
 
 /* A flow socket is readable: its datagrams into the guest's RX buffers. */
 static int fast_rx(struct pc_fast *f, int epfd, struct fast_entry *e, int *placed)
@@ -623,10 +567,13 @@ static unsigned tx_prefix(struct pc_fast *f, unsigned n)
 	return k;
 }
 
-/* A look at the first frame only (put back at once): is it a datagram of a registered tuple?
- * A kick while other traffic flows (TCP, with some UDP flow registered) then costs one chain
+/* What the ring's first frame is, at a look at it alone (put back at once): HEAD_EMPTY,
+ * HEAD_OTHER (Python's business), HEAD_UDP (a datagram of a registered tuple) or HEAD_TCP (a
+ * segment of a registered connection). A kick while other traffic flows then costs one chain
  * walk, not a whole batch's walk and classification done twice. */
-static int head_is_ours(struct pc_fast *f, uint16_t mark)
+enum { HEAD_EMPTY, HEAD_OTHER, HEAD_UDP, HEAD_TCP };
+
+static int head_kind(struct pc_fast *f, uint16_t mark)
 {
 	const struct pc_pkt *p = &f->recs[0];
 	unsigned nbad;
@@ -635,27 +582,37 @@ static int head_is_ours(struct pc_fast *f, uint16_t mark)
 	n = pc_vq_pop_tx(f->tx, 1, f->hdr_len, f->frames, f->iov, FAST_TX_IOV, f->bad, &nbad);
 	pc_vq_rx_seek(f->tx, mark);
 	if (n <= 0)
-		return n == 0 && !nbad;		/* empty: nothing to hand over */
-	if (pc_classify(f->frames, f->iov, FAST_TX_IOV, 1, f->recs) < 0)
-		return 0;
-	return p->valid == PC_PKT_OK && p->proto == PROTO_UDP && !p->gso_type &&
-	       tx_find(f, p->ipver, p->src, p->dst, p->sport, p->dport) != NULL;
+		return n == 0 && !nbad ? HEAD_EMPTY : HEAD_OTHER;
+	if (pc_classify(f->frames, f->iov, FAST_TX_IOV, 1, f->recs) < 0 ||
+	    p->valid != PC_PKT_OK)
+		return HEAD_OTHER;
+	if (p->proto == PROTO_UDP && !p->gso_type &&
+	    tx_find(f, p->ipver, p->src, p->dst, p->sport, p->dport))
+		return HEAD_UDP;
+	if (p->proto == PROTO_TCP && f->ntcp && fast_tcp_head(f, p))
+		return HEAD_TCP;
+	return HEAD_OTHER;
 }
 
-/* The TX kick: drain datagrams of registered tuples. DONE when the ring is empty. */
-static int fast_tx(struct pc_fast *f)
+/* The TX kick (@consume: read its eventfd): drain datagrams of registered tuples and segments
+ * of registered connections, a round per run of one kind. DONE when the ring is empty; after
+ * FAST_TX_ROUNDS rounds the rest waits for the next pass of the wait (tx_more), after the
+ * other events, as Python's drain defers it. */
+static int fast_tx(struct pc_fast *f, int *placed, int consume)
 {
 	uint64_t v;
 	unsigned round;
 
-	if (read(f->kick_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+	if (consume && read(f->kick_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
 		return REPORT;
 	for (round = 0; round < FAST_TX_ROUNDS; round++) {
 		uint16_t mark = pc_vq_rx_mark(f->tx);	/* an avail position (any ring) */
+		int n, kind = head_kind(f, mark), ret = REPORT;
 		unsigned nbad, k;
-		int n;
 
-		if (!round && !head_is_ours(f, mark))
+		if (kind == HEAD_EMPTY)
+			return DONE;
+		if (kind == HEAD_OTHER)
 			return REPORT;
 		n = pc_vq_pop_tx(f->tx, FAST_TX_FRAMES, f->hdr_len, f->frames, f->iov,
 				 FAST_TX_IOV, f->bad, &nbad);
@@ -667,15 +624,18 @@ static int fast_tx(struct pc_fast *f)
 			pc_vq_rx_seek(f->tx, mark);	/* Python's path reports bad chains */
 			return REPORT;
 		}
-		k = tx_prefix(f, (unsigned)n);
-		/* The chains from the first frame not taken on go back, unused, for Python. */
+		k = kind == HEAD_UDP ? tx_prefix(f, (unsigned)n) : fast_tcp_prefix(f, (unsigned)n);
+		/* The chains from the first frame not taken on go back, unused, for Python (or
+		 * for the next round, when they start with frames of the other kind). */
 		pc_vq_rx_seek(f->tx, (uint16_t)(mark + k));
-		if (k && pc_vq_release(f->tx, f->frames, k, f->bad, 0) < 0)
-			return REPORT;
-		if (k < (unsigned)n)
-			return REPORT;
+		if (!k || (pc_vq_release(f->tx, f->frames, k, f->bad, 0) >= 0))
+			ret = k ? DONE : REPORT;
+		fast_tcp_round_end(f, placed);
+		if (ret != DONE)
+			return ret;
 	}
-	return REPORT;		/* more than the rounds' worth: Python drains on, then defers */
+	f->tx_more = 1;		/* more than the rounds' worth: again after the other events */
+	return DONE;
 }
 
 static int64_t now_ms(void)
@@ -710,13 +670,15 @@ int pc_fast_poll(struct pc_fast *f, int epfd, int timeout_ms, struct pc_fast_eve
 	if (!max_out)
 		return -EINVAL;
 	for (;;) {
-		int n, i, placed = 0;
-		unsigned k = 0;
+		unsigned k = fast_tcp_report(f, out, max_out), room = max_out - k;
+		int n, i, placed = 0, busy = 0;
 
-		n = epoll_wait(epfd, ev, (int)(max_out < FAST_EVENTS ? max_out : FAST_EVENTS),
-			       wait);
+		if (!room)
+			return (int)k;
+		n = epoll_wait(epfd, ev, (int)(room < FAST_EVENTS ? room : FAST_EVENTS),
+			       k || f->nmore || f->tx_more ? 0 : wait);
 		if (n < 0)
-			return errno == EINTR ? 0 : -errno;
+			return errno == EINTR ? (int)k : -errno;
 		for (i = 0; i < n; i++) {
 			int fd = ev[i].data.fd, how = REPORT;
 			uint32_t mask = ev[i].events;
@@ -724,9 +686,14 @@ int pc_fast_poll(struct pc_fast *f, int epfd, int timeout_ms, struct pc_fast_eve
 
 			if (mask == EPOLLIN && fd == f->kick_fd && f->tx && f->txt.live &&
 			    pc_vq_started(f->tx))
-				how = fast_tx(f);
-			else if (mask == EPOLLIN && f->rx && f->rxt.live && (e = rx_find(f, fd)))
-				how = fast_rx(f, epfd, e, &placed);
+				how = fast_tx(f, &placed, 1);
+			else if (f->rxt.live && !(mask & ~(uint32_t)(EPOLLIN | EPOLLOUT)) &&
+				 (e = fd_find(f, fd))) {
+				if (e->tcp)
+					how = fast_tcp_sock(f, e->tcp, mask, &placed);
+				else if (mask == EPOLLIN && f->rx)
+					how = fast_rx(f, epfd, e, &placed);
+			}
 			if (how == DONE) {
 				f->stats.handled++;
 				continue;
@@ -735,11 +702,28 @@ int pc_fast_poll(struct pc_fast *f, int epfd, int timeout_ms, struct pc_fast_eve
 			out[k].events = mask | (how == REPORT_ERR ? (uint32_t)EPOLLERR : 0);
 			k++;
 		}
+		if (f->nmore)
+			busy = fast_tcp_more(f, &placed);
+		if (f->tx_more && k < max_out) {
+			f->tx_more = 0;
+			busy = 1;
+			if (f->tx && f->txt.live && pc_vq_started(f->tx) &&
+			    fast_tx(f, &placed, 0) == DONE) {
+				f->stats.handled++;
+			} else if (f->kick_fd >= 0) {	/* Python drains what C leaves */
+				out[k].fd = f->kick_fd;
+				out[k].events = EPOLLIN;
+				k++;
+			}
+		}
+		k += fast_tcp_report(f, out + k, max_out - k);
 		if (placed)
 			pc_vq_flush(f->rx);
 		f->stats.reported += k;
-		if (k || !n || timeout_ms == 0)
+		if (k || timeout_ms == 0)
 			return (int)k;
+		if (!n && !busy && !f->nmore && !f->tx_more)
+			return 0;			/* the wait timed out */
 		if (timeout_ms > 0) {
 			int64_t left = deadline - now_ms();
 

@@ -14,7 +14,7 @@
 
 /* CDEF-BEGIN */
 /* Bumped whenever the C API changes; passt_py.core refuses an extension of another version. */
-enum { PC_API_VERSION = 9 };
+enum { PC_API_VERSION = 10 };
 int pc_api_version(void);
 
 /* ---- checksum.c: Internet checksum (RFC 1071) ---- */
@@ -267,7 +267,7 @@ struct pc_fast_event { int32_t fd; uint32_t events; };
 struct pc_fast_stats {
 	uint64_t rx_dgrams; uint64_t tx_dgrams; uint64_t dropped; uint64_t handled;
 	uint64_t reported; uint32_t rx_entries; uint32_t tx_entries; uint32_t muted;
-	uint32_t pad;
+	uint32_t tcp_entries;
 };
 struct pc_fast *pc_fast_new(unsigned max_entries);
 void pc_fast_free(struct pc_fast *f);
@@ -288,6 +288,37 @@ void pc_fast_stats(const struct pc_fast *f, struct pc_fast_stats *out);
 int pc_fast_rx_ready(struct pc_fast *f, int epfd);
 int pc_fast_poll(struct pc_fast *f, int epfd, int timeout_ms, struct pc_fast_event *out,
 		 unsigned max_out);
+/* fast_tcp.c: an established TCP connection C runs between Python's decisions, as handed
+ * over (pc_fast_add_tcp()) and taken back (pc_fast_remove_tcp()). tmpl is its frames' header
+ * template: tmpl.seq the next sequence number to the guest (SND.NXT), tmpl.ack the next one
+ * expected from it (RCV.NXT). una: the guest's last ACK; acked_to_guest: our last ACK;
+ * windows in bytes (wnd_from_guest scaled); last_wnd_raw: the window field last sent. Times
+ * are seconds of CLOCK_MONOTONIC, 0 for none: deadline (retransmission), timer_at (when the
+ * caller's timer fires), rto/rto0 (current, initial). back: why C handed it back
+ * (PC_FAST_BACK_*); to_host, to_guest, segs, events: what C moved since it was added. */
+struct pc_fast_tcp {
+	struct pc_tcp_flow tmpl;
+	uint32_t una; uint32_t acked_to_guest; uint32_t wnd_from_guest; uint32_t wnd_to_guest;
+	uint32_t retries; uint32_t back; int32_t fd; int32_t last_wnd_raw;
+	uint8_t ws_from_guest; uint8_t ws_to_guest; uint8_t local; uint8_t pad;
+	double rto; double rto0; double deadline; double timer_at;
+	uint64_t to_host; uint64_t to_guest; uint64_t segs; uint64_t events;
+};
+/* PC_FAST_EV_BACK: event bit of a connection handed back. Reasons: an ACK is due; host data
+ * is due (or a zero window to probe, end of stream, no RX buffers); the socket refused data
+ * (window closed until it drains); a send failed (reset); a timer must be armed. */
+enum {
+	PC_FAST_EV_BACK = 0x10000000,
+	PC_FAST_BACK_ACK = 1, PC_FAST_BACK_H2G = 2, PC_FAST_BACK_FULL = 4, PC_FAST_BACK_ERR = 8,
+	PC_FAST_BACK_TIMER = 16
+};
+void pc_fast_set_tcp(struct pc_fast *f, unsigned opts4, unsigned opts6, unsigned per_event,
+		     unsigned max_window);
+int pc_fast_add_tcp(struct pc_fast *f, const struct pc_fast_tcp *conn);
+int pc_fast_remove_tcp(struct pc_fast *f, int fd, struct pc_fast_tcp *out);
+int64_t pc_fast_tcp_events(struct pc_fast *f, int fd);
+int64_t pc_tcp_sndbuf_limit(int64_t sndbuf);
+int64_t pc_tcp_send_window(int fd, int local, uint32_t max_window);
 
 /* ---- migration helpers ---- */
 /* sock_filter.c: a loaded eBPF socket filter that drops every packet (fd, or -errno). Loaded

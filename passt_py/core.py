@@ -15,7 +15,7 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
         "passt_py's C core (passt_py._core) is not built: run 'pip install .' or "
         "'pip install -e .' from the source tree") from exc
 
-API_VERSION = 9
+API_VERSION = 10
 
 if lib.pc_api_version() != API_VERSION:  # pragma: no cover - stale builds only
     raise ImportError(
@@ -1136,12 +1136,53 @@ class FastPath:
         lib.pc_fast_stats(self._f, out)
         return out
 
+    # ---- TCP connections (csrc/fast_tcp.c) ----
+    def set_tcp(self, opts4: int, opts6: int, per_event: int, max_window: int) -> None:
+        """RX options (TCP_RX_*: GSO, checksums) per IP version, host bytes per connection
+        and event, the largest window offered."""
+        lib.pc_fast_set_tcp(self._f, opts4, opts6, per_event, max_window)
+
+    @staticmethod
+    def tcp_state() -> Any:
+        """A zeroed struct pc_fast_tcp, to fill for add_tcp() or receive remove_tcp()'s."""
+        return ffi.new("struct pc_fast_tcp *")
+
+    def add_tcp(self, state: Any) -> bool:
+        """Run an established connection's steady state in C; False if a table is full."""
+        return self._added(lib.pc_fast_add_tcp(self._f, state), "fast_add_tcp")
+
+    def remove_tcp(self, fd: int, out: Any) -> bool:
+        """Take ``fd``'s connection back into ``out``; False if C did not hold it."""
+        return lib.pc_fast_remove_tcp(self._f, fd, out) == 0
+
+    def tcp_events(self, fd: int) -> int:
+        """Events C handled for ``fd``'s connection since the last call (0 without one)."""
+        return max(0, lib.pc_fast_tcp_events(self._f, fd))
+
     def poll(self, epfd: int, timeout: float) -> list[tuple[int, int]]:
         """Like epoll's poll(timeout) (seconds, negative: no limit): the events C left."""
         ms = -1 if timeout < 0 else int(timeout * 1000 + 0.999)
         n = check(lib.pc_fast_poll(self._f, epfd, ms, self._out, self._max), "fast_poll")
         out = self._out
         return [(out[i].fd, out[i].events) for i in range(n)]
+
+
+FAST_EV_BACK = lib.PC_FAST_EV_BACK
+FAST_BACK_ACK = lib.PC_FAST_BACK_ACK
+FAST_BACK_H2G = lib.PC_FAST_BACK_H2G
+FAST_BACK_FULL = lib.PC_FAST_BACK_FULL
+FAST_BACK_ERR = lib.PC_FAST_BACK_ERR
+FAST_BACK_TIMER = lib.PC_FAST_BACK_TIMER
+
+
+def tcp_send_window(fd: int, local: bool, max_window: int) -> int:
+    """The window to offer the guest on socket ``fd`` (see pc_tcp_send_window())."""
+    return lib.pc_tcp_send_window(fd, 1 if local else 0, max_window)
+
+
+def tcp_sndbuf_limit(sndbuf: int) -> int:
+    """How much the guest may queue in a socket of SO_SNDBUF ``sndbuf``."""
+    return lib.pc_tcp_sndbuf_limit(sndbuf)
 
 
 # ---- migration helpers ----

@@ -32,7 +32,7 @@ from passt_py.ndp import NdpResponder
 from passt_py.netview import GuestState, Ip4View, Ip6View, NetView
 from passt_py.pcap import PcapWriter
 from passt_py.tap import GuestLink
-from passt_py.tcp import TcpHandler
+from passt_py.tcp import BYTES_PER_EVENT, MAX_WINDOW, TcpHandler
 from passt_py.tcp_ring import RingDataPath
 from passt_py.udp import RECV_BATCH, UdpHandler
 from passt_py.udp_ring import UdpRingPath
@@ -144,9 +144,10 @@ class Service:
         # what the TCP and UDP paths place is published once per loop batch.
         rx_flush = RxFlush(self.device, self.loop.defer)
         udp_path = None if self.pcap is not None else UdpRingPath(self.device, rx_flush)
-        # Established UDP flows both ways in C, inside the loop's wait (no capture either).
+        # Established UDP flows both ways and the steady state of established TCP connections
+        # in C, inside the loop's wait (no capture either).
         self.fast = core.FastPath(self.config.max_flows) \
-            if self.pcap is None and view.udp else None
+            if self.pcap is None and (view.udp or view.tcp) else None
         self._fast_mac = self.guest.mac
         if self.fast is not None:
             self.loop.set_poller(self._fast_poll)
@@ -156,7 +157,7 @@ class Service:
             bound = self.udp.start_forwards(self.config.udp_forwards)
             log.info("UDP: %d forwarding sockets bound", bound)
         datapath = None if self.pcap is not None else RingDataPath(self.device, rx_flush)
-        self.tcp = TcpHandler(*args, datapath=datapath) if view.tcp else None
+        self.tcp = TcpHandler(*args, datapath=datapath, fast=self.fast) if view.tcp else None
         link.tcp = self.tcp
         if self.tcp is not None and self.config.tcp_forwards.forwards:
             bound = self.tcp.start_forwards(self.config.tcp_forwards)
@@ -238,6 +239,7 @@ class Service:
         if dev.ring_active(RX):
             fast.set_rx(dev.rings[RX], dev.hdr_len, dev.mergeable, dev.udp_rx_opts(),
                         RECV_BATCH)
+            fast.set_tcp(dev.tcp_rx_opts(4), dev.tcp_rx_opts(6), BYTES_PER_EVENT, MAX_WINDOW)
         else:
             fast.set_rx(None)
         kick = self._kick_fds.get(TX)
@@ -253,6 +255,8 @@ class Service:
         assert fast is not None
         if self.guest.mac != self._fast_mac:
             self._fast_mac = self.guest.mac
+            if self.tcp is not None:
+                self.tcp.fast_release()     # TCP entries carry state: taken back, not lost
             fast.clear(epfd)
         return fast.poll(epfd, timeout)
 
@@ -327,6 +331,8 @@ class Service:
             self.link.drop_held()
             return
         log.info("guest link up")
+        if self.tcp is not None:
+            self.tcp.fast_resume()
         if self._migrated is not None:
             # Our state went out, yet the guest runs here again: QEMU gave up the migration.
             source, self._migrated = self._migrated, None

@@ -12,8 +12,8 @@ Theory of operation (passt's model, RFC 9293 semantics on the guest side):
   peer's address as the guest must see it (127.0.0.1 -> the gateway...).
 - No data buffers of our own. Guest -> host: a segment's payload is written to the socket as
   it arrives, in order only; what the socket does not take is not acknowledged, and the
-  guest sends it again. The window we advertise is the socket's free send-buffer space
-  (SO_SNDBUF minus SIOCOUTQ). Host -> guest: data stays in the socket's receive queue until
+  guest sends it again. The window we advertise is the host peer's receive window for a
+  peer on this host, else also bounded by the free send-buffer space (pc_tcp_send_window()). Host -> guest: data stays in the socket's receive queue until
   the guest acknowledges it; it is read with MSG_PEEK from SO_PEEK_OFF (the offset advances
   with each peek) and discarded with MSG_TRUNC when acknowledged. Retransmission is
   go-back-N: rewind SO_PEEK_OFF to zero and send again from the guest's last ACK.
@@ -47,20 +47,23 @@ Where the bytes go (Python decides per run of segments or per event, never per b
   passt_py.tcp_ring.RingDataPath (C peeks into the guest's RX buffers and writes headers,
   stopping when they run out: the connection then waits for the guest's RX kick, rx_ready());
   tests and captures (-p) use passt_py.tcp_copy.CopyingDataPath (frames through the link).
+- the steady state in C: with the service's fast path (core.FastPath), a connection with
+  nothing pending but data and ACKs (:meth:`TcpHandler._steady`) is handed to C after the
+  batch that left it so (csrc/fast_tcp.c runs the same rules inside the loop's wait). Every
+  Python entry point for it (its socket events C reports, its frames C leaves, its timer,
+  closing, export) first takes its state back (:meth:`TcpHandler._fast_take`), including
+  what C left for Python to do; it is handed over again once steady.
 """
 from __future__ import annotations
 
-import array
 import enum
 import errno
-import fcntl
 import hashlib
 import ipaddress
 import logging
 import os
 import socket
 import struct
-import termios
 import time
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable
@@ -72,6 +75,7 @@ from passt_py.log import trace
 from passt_py.loop import ERR, HUP, IN, OUT, EventLoop, Timer
 from passt_py.netview import GuestState, NetView
 from passt_py.portspec import Forward, PortForwards
+from passt_py.tcp_ring import RingDataPath
 from passt_py.tcp_copy import (STOP_AGAIN, STOP_EOF, STOP_NOBUFS, STOP_WINDOW,
                                CopyingDataPath, TcpDataPath)
 from passt_py.tcp_seg import (ACK, FIN, MSS_DEFAULT4, MSS_DEFAULT6, RST, SYN, FrameTemplate,
@@ -93,17 +97,14 @@ GAP_ACKS = 3                # duplicate ACKs for gaps, per connection and TX bat
 WND_POLL = 0.01             # send-buffer poll while our advertised window is closed
 WS_OURS = 8                 # our window scale: windows up to 16 MiB
 MAX_WINDOW = 0xFFFF << WS_OURS
-SNDBUF_BOOST = 2            # window = this many times a small send buffer...
-SNDBUF_BOOST_BELOW = 1 << 20  # ...below this size (see TcpHandler._sndbuf_limit)
 BYTES_PER_EVENT = 1 << 20   # host -> guest bytes per connection and event (then deferred)
 ACCEPT_BATCH = 64
+SNDBUF_BIG = 4 << 20        # net.core.wmem_max from which sockets get the largest send buffer...
+RCVBUF_BIG = 2 << 20        # ...and rmem_max from which the largest receive buffer (as passt)
 LISTEN_BACKLOG = 128
 DISCARD_CHUNK = 1 << 20
 
 SO_PEEK_OFF = getattr(socket, "SO_PEEK_OFF", 42)
-SIOCOUTQ = termios.TIOCOUTQ
-TCPI_SND_WND = 228          # struct tcp_info: tcpi_snd_wnd (Linux 5.4), the peer's window
-_TCP_INFO_LEN = TCPI_SND_WND + 4
 ET = 1 << 31                # EPOLLET
 _LINGER0 = struct.pack("ii", 1, 0)
 
@@ -174,7 +175,7 @@ class _Conn:
     __slots__ = ("st", "sock", "fd", "flow", "tpl", "seg_size", "retries", "rto", "deadline",
                  "timer", "dup_acks", "recovering", "wnd_poll", "probe", "ack_due",
                  "more_due", "last_wnd_raw", "send_full", "rx_wait", "discard_due",
-                 "batch_end", "gap_acks", "local", "stats")
+                 "batch_end", "gap_acks", "local", "stats", "fast", "offered")
 
     def __init__(self, st: TcpState, sock: socket.socket) -> None:
         self.st = st
@@ -200,6 +201,8 @@ class _Conn:
         self.batch_end = False                  # listed for _end_batch (ACK or discard due)
         self.gap_acks = 0                       # duplicate ACKs for gaps in this batch
         self.local: bool | None = None          # host peer on this host (known once connected)
+        self.fast = False                       # C runs its steady state (core.FastPath)
+        self.offered = False                    # listed for TcpHandler._fast_give_offered
         # bytes to host, bytes to guest, timeouts, fast retransmits, socket-full refusals,
         # RX-full waits, out-of-order drops
         self.stats = [0, 0, 0, 0, 0, 0, 0]
@@ -224,6 +227,23 @@ def _addr_of(name: tuple[object, ...]) -> tuple[IPAddr, int]:
     return ipaddress.ip_address(str(name[0]).partition("%")[0]), int(name[1])  # type: ignore
 
 
+def _sysctl_int(path: str) -> int:
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _big_buffers() -> tuple[bool, bool]:
+    """Whether the system lets a socket ask for a big send / receive buffer (net.core.wmem_max
+    and rmem_max): then every connection gets the largest one from the start, as passt does.
+    Autotuning grows a buffer only after it was found full, and each time the send buffer is
+    full the guest's data past it is refused and must be resent."""
+    return (_sysctl_int("/proc/sys/net/core/wmem_max") >= SNDBUF_BIG,
+            _sysctl_int("/proc/sys/net/core/rmem_max") >= RCVBUF_BIG)
+
+
 def _is_local(sock: socket.socket) -> bool:
     """The socket's peer is on this host: a loopback address, or our own address (the kernel
     picks the destination itself as source when we connect to one of our addresses)."""
@@ -240,7 +260,7 @@ class TcpHandler:
                  to_guest: Callable[[list[bytes]], None], datapath: TcpDataPath | None = None,
                  rto: float = RTO_INITIAL, max_retries: int = MAX_RETRIES,
                  connect_timeout: float = CONNECT_TIMEOUT,
-                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+                 idle_timeout: float = IDLE_TIMEOUT, fast: core.FastPath | None = None) -> None:
         self._loop = loop
         self._view = view
         self._guest = guest
@@ -252,10 +272,22 @@ class TcpHandler:
         self._connect_timeout = connect_timeout
         self._idle_timeout = idle_timeout
         self._secret = os.urandom(16)
+        self._big_snd, self._big_rcv = _big_buffers()
         self._scratch = bytearray(DISCARD_CHUNK)
         self._listeners: list[_Listener] = []
         self._batch_end: list[_Conn] = []      # work due at the end of this loop batch
         self._rx_waiting: list[_Conn] = []
+        # Established connections whose steady state C runs (csrc/fast_tcp.c): only with the
+        # ring data path, whose RX ring and header templates C shares.
+        self._fast = fast if isinstance(self.datapath, RingDataPath) else None
+        self._fast_conns: dict[int, _Conn] = {}     # by fd
+        self._offers: list[_Conn] = []
+        self._fast_hold = False                     # a migration froze the sockets
+        if self._fast is not None:
+            self._fast_in = self._fast.tcp_state()
+            self._fast_out = self._fast.tcp_state()
+            flows.set_activity_probe(FlowType.TCP, self._fast_activity)
+        self.fast_bytes = 0             # bytes C moved (both ways) for connections it ran
         self.dropped = 0
         self.resets = 0
         self.retransmits = 0
@@ -266,6 +298,15 @@ class TcpHandler:
         h = hashlib.blake2b(a.packed + ap.to_bytes(2, "big") + b.packed + bp.to_bytes(2, "big"),
                             key=self._secret, digest_size=4).digest()
         return (int.from_bytes(h, "big") + time.monotonic_ns() // 4000) & 0xFFFFFFFF
+
+    def _set_bufsize(self, sock: socket.socket) -> None:
+        """The largest buffers the system allows, where it allows big ones (_big_buffers)."""
+        for big, opt in ((self._big_snd, socket.SO_SNDBUF), (self._big_rcv, socket.SO_RCVBUF)):
+            if big:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, opt, 1 << 30)
+                except OSError:
+                    pass
 
     def _our_mss(self, version: int) -> int:
         return max(536, min(0xFFFF, self._view.mtu - (40 if version == 4 else 60)))
@@ -285,31 +326,16 @@ class TcpHandler:
         try:
             if c.local is None:
                 c.local = _is_local(c.sock)
-            info = c.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
-            peer = len(info) == _TCP_INFO_LEN       # kernels before 5.4: the buffer alone
-            space = int.from_bytes(info[TCPI_SND_WND:], "little") if peer else MAX_WINDOW
-            if not (c.local and peer):
-                sndbuf = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-                buf = array.array("i", [0])
-                fcntl.ioctl(c.fd, SIOCOUTQ, buf)
-                space = min(space, self._sndbuf_limit(sndbuf) - buf[0])
         except OSError:
             return 0
-        return max(0, min(space, MAX_WINDOW))
+        return core.tcp_send_window(c.fd, c.local, MAX_WINDOW)
 
     @staticmethod
     def _sndbuf_limit(sndbuf: int) -> int:
-        """How much we let the guest queue in a socket whose SO_SNDBUF is ``sndbuf``.
-
-        The kernel grows a send buffer (autotuning) only after a write found it full, and
-        a window that never exceeds the buffer never fills it: small buffers are boosted
-        (SNDBUF_BOOST) so they grow, as passt does. Large ones keep a quarter as margin,
-        since SO_SNDBUF also counts kernel overhead; what a socket refuses costs the guest a
-        resend, nothing more.
-        """
-        if sndbuf < SNDBUF_BOOST_BELOW:
-            return sndbuf * SNDBUF_BOOST
-        return sndbuf * 3 // 4
+        """How much we let the guest queue in a socket whose SO_SNDBUF is ``sndbuf``: small
+        buffers boosted so that autotuning grows them, large ones with a quarter of margin
+        (pc_tcp_sndbuf_limit(); what a socket refuses costs the guest a resend, no more)."""
+        return core.tcp_sndbuf_limit(sndbuf)
 
     def _wnd_raw(self, c: _Conn) -> int:
         st = c.st
@@ -354,7 +380,10 @@ class TcpHandler:
         c.deadline = None
 
     def _on_timer(self, c: _Conn) -> None:
+        if c.fast:
+            self._fast_take(c)      # while c.timer is this one: no second timer armed
         c.timer = None
+        self._fast_offer(c)
         if c.st.phase == Phase.CLOSED or c.deadline is None:
             return
         now = time.monotonic()
@@ -399,6 +428,7 @@ class TcpHandler:
     def _poll_window(self, c: _Conn) -> None:
         """Our window was closed: tell the guest as soon as the send buffer drains."""
         c.wnd_poll = False
+        self._fast_offer(c)
         if c.st.phase != Phase.ESTABLISHED or c.st.guest_fin:
             return
         if self._wnd_raw(c) > 0:
@@ -428,6 +458,8 @@ class TcpHandler:
                 self._rst_unknown(pkt, seg)
             return
         c: _Conn = flow.data  # type: ignore[assignment]
+        if c.fast:
+            self._fast_take(c)
         self._flows.touch(flow)
         st = c.st
         if st.phase == Phase.ESTABLISHED:
@@ -463,6 +495,7 @@ class TcpHandler:
             except OSError:
                 pass
             sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+            self._set_bufsize(sock)
             err = sock.connect_ex(_sockaddr(target, tap.oport))
             if err not in (0, errno.EINPROGRESS):
                 raise OSError(err, os.strerror(err))
@@ -645,7 +678,11 @@ class TcpHandler:
 
     def settle(self) -> None:
         """Drop acknowledged bytes now, not at the batch's end: before a migration freezes
-        the sockets, whose receive queues must then start at the guest's last ACK."""
+        the sockets, whose receive queues must then start at the guest's last ACK. The
+        connections C ran come back first, and stay with Python until fast_resume()."""
+        self._fast_hold = True
+        for c in list(self._fast_conns.values()):
+            self._fast_take(c, act=False)
         for c in self._batch_end:
             self._settle(c)
 
@@ -753,6 +790,8 @@ class TcpHandler:
                 continue
             flow = self._flows.lookup_packet(FlowType.TCP, recs, first)
             c = flow.data if flow is not None else None
+            if c is not None and c.fast:
+                self._fast_take(c)
             if c is None or flow.id in held or c.st.phase != Phase.ESTABLISHED \
                     or c.st.guest_fin or c.send_full:
                 if flow is not None:
@@ -795,6 +834,8 @@ class TcpHandler:
         if flow is None:
             return False
         c: _Conn = flow.data  # type: ignore[assignment]
+        if c.fast:
+            self._fast_take(c)
         if flow.id in held or flow.id in groups or c.st.phase != Phase.ESTABLISHED or \
                 (last_of_run and seq_diff(r.ack, c.st.seq_to_guest) > 0):
             held.add(flow.id)
@@ -874,9 +915,16 @@ class TcpHandler:
             self._settle(c)
             if c.ack_due and c.st.phase == Phase.ESTABLISHED:
                 self._control(c, ACK)
+            self._fast_offer(c)
 
     # ---- from the host ----
     def _on_sock(self, c: _Conn, mask: int) -> None:
+        if c.fast:
+            self._fast_take(c)      # mask may be FAST_EV_BACK alone: C handed it back
+        self._sock_event(c, mask)
+        self._fast_offer(c)
+
+    def _sock_event(self, c: _Conn, mask: int) -> None:
         st = c.st
         if st.phase == Phase.CLOSED:
             return
@@ -914,6 +962,7 @@ class TcpHandler:
     def _host_to_guest(self, c: _Conn) -> None:
         """Send host data the guest's window allows; FIN once the stream ended and is acked."""
         st = c.st
+        self._fast_offer(c)
         if st.phase != Phase.ESTABLISHED or st.fin_sent or c.rx_wait:
             return                          # rx_wait: the guest's RX kick brings us back
         in_flight = seq_diff(st.seq_to_guest, st.seq_acked_by_guest)
@@ -989,12 +1038,121 @@ class TcpHandler:
         self._arm(c, c.rto)
         self._host_to_guest(c)
 
+    # ---- the steady state in C (core.FastPath, csrc/fast_tcp.c) ----
+    def _fast_offer(self, c: _Conn) -> None:
+        """Look at ``c`` after this batch: C may run it if nothing else is pending then."""
+        if c.fast or c.offered or self._fast is None or self._fast_hold:
+            return
+        c.offered = True
+        if not self._offers:
+            self._loop.defer(self._fast_give_offered)
+        self._offers.append(c)
+
+    def _fast_give_offered(self) -> None:
+        offers, self._offers = self._offers, []
+        for c in offers:
+            c.offered = False
+            if not c.fast and self._steady(c):
+                self._fast_give(c)
+
+    def _steady(self, c: _Conn) -> bool:
+        """Established with nothing pending that only Python handles: no FIN either way, no
+        refused data, closed window, retransmission in progress, deferred work or wait."""
+        st = c.st
+        return (st.phase == Phase.ESTABLISHED and not self._fast_hold
+                and not (st.guest_fin or st.host_eof or st.fin_sent)
+                and not (c.send_full or c.rx_wait or c.probe or c.recovering or c.wnd_poll)
+                and not (c.dup_acks or c.more_due or c.batch_end or c.ack_due
+                         or c.discard_due or c.gap_acks)
+                and c.last_wnd_raw > 0 and c.local is not None)
+
+    def _fast_give(self, c: _Conn) -> None:
+        """Hand ``c``'s state to C (it stays in Python if C's table is full)."""
+        fast = self._fast
+        assert fast is not None
+        st, s = c.st, self._fast_in
+        s.tmpl = RingDataPath.template(c.tpl, *self._macs()).c[0]
+        s.tmpl.seq, s.tmpl.ack = st.seq_to_guest, st.seq_from_guest
+        s.tmpl.window, s.tmpl.mss = c.last_wnd_raw, c.seg_size
+        s.una, s.acked_to_guest = st.seq_acked_by_guest, st.seq_acked_to_guest
+        s.wnd_from_guest, s.wnd_to_guest = st.wnd_from_guest, st.wnd_to_guest
+        s.ws_from_guest, s.ws_to_guest = st.ws_from_guest, st.ws_to_guest
+        s.retries, s.fd, s.last_wnd_raw, s.local = c.retries, c.fd, c.last_wnd_raw, c.local
+        s.rto, s.rto0, s.deadline = c.rto, self._rto0, c.deadline or 0.0
+        s.timer_at = c.timer.deadline if c.timer is not None else 0.0
+        try:
+            given = fast.add_tcp(s)
+        except core.CoreError as e:
+            log.warning("TCP flow %s stays in Python: %s", self._fid(c), e)
+            return
+        if given:
+            c.fast = True
+            self._fast_conns[c.fd] = c
+
+    def _fast_take(self, c: _Conn, act: bool = True) -> None:
+        """Take ``c``'s state back from C; with ``act``, do what C left for Python."""
+        c.fast = False
+        self._fast_conns.pop(c.fd, None)
+        fast, s = self._fast, self._fast_out
+        if fast is None or not fast.remove_tcp(c.fd, s):
+            return
+        st = c.st
+        st.seq_to_guest, st.seq_from_guest = s.tmpl.seq, s.tmpl.ack
+        st.seq_acked_by_guest, st.seq_acked_to_guest = s.una, s.acked_to_guest
+        st.wnd_from_guest, st.wnd_to_guest = s.wnd_from_guest, s.wnd_to_guest
+        c.last_wnd_raw, c.retries, c.rto = s.last_wnd_raw, s.retries, s.rto
+        c.stats[0] += s.to_host
+        c.stats[1] += s.to_guest
+        self.fast_bytes += s.to_host + s.to_guest
+        self.datapath.frames_sent += s.segs
+        if s.events and c.flow is not None:
+            self._flows.touch(c.flow)
+        if s.deadline:
+            self._arm(c, s.deadline - time.monotonic())   # lazily: a later timer moves
+        else:
+            self._disarm(c)
+        why = s.back
+        if not act or st.phase != Phase.ESTABLISHED:
+            return
+        if why & core.FAST_BACK_ERR:
+            trace(log, "TCP flow %s: host send failed", self._fid(c))
+            self._reset(c)
+            return
+        if why & core.FAST_BACK_FULL:
+            c.stats[4] += 1
+            c.send_full = True
+            self._control(c, ACK)
+        elif why & core.FAST_BACK_ACK:
+            self._queue_ack(c)
+        if why & core.FAST_BACK_H2G:
+            self._host_to_guest(c)
+
+    def fast_release(self) -> None:
+        """Take every connection back from C (its templates are about to go stale)."""
+        for c in list(self._fast_conns.values()):
+            self._fast_take(c)
+
+    def fast_resume(self) -> None:
+        """After a migration that did not happen (or a rollback): C may run connections
+        again, from their next event on."""
+        self._fast_hold = False
+
+    def _fast_activity(self, flow: Flow) -> bool:
+        """Flow expiry's probe: traffic C moved for the connection since last asked."""
+        c: _Conn = flow.data  # type: ignore[assignment]
+        if not c.fast or self._fast is None or not self._fast.tcp_events(c.fd):
+            return False
+        self._flows.touch(flow)
+        return True
+
     # ---- closing ----
     def _fid(self, c: _Conn) -> str:
         return str(c.flow.id) if c.flow is not None else "?"
 
     def _reset(self, c: _Conn) -> None:
         """RST to the guest and to the host peer, then forget the connection."""
+        if c.fast:
+            self._fast_take(c, act=False)
         st = c.st
         if st.phase not in (Phase.CONNECTING, Phase.CLOSED):
             self._control(c, RST | ACK)
@@ -1005,6 +1163,8 @@ class TcpHandler:
         self._close(c, rst_host=True)
 
     def _close(self, c: _Conn, rst_host: bool) -> None:
+        if c.fast:
+            self._fast_take(c, act=False)   # before the socket (and its fd number) goes
         st = c.st
         if st.phase == Phase.CLOSED:
             return
@@ -1044,6 +1204,8 @@ class TcpHandler:
     def export(self, flow: Flow) -> TcpState:
         """A copy of the flow's guest-side state record."""
         c: _Conn = flow.data  # type: ignore[assignment]
+        if c.fast:
+            self._fast_take(c, act=False)
         self._settle(c)             # the queue must start at seq_acked_by_guest (see settle)
         return replace(c.st)
 
@@ -1170,6 +1332,7 @@ class TcpHandler:
 
     def _new_inbound(self, lst: _Listener, sock: socket.socket, peer: tuple[object, ...]) -> None:
         sock.setblocking(False)
+        self._set_bufsize(sock)
         flow = None
         try:
             peer_addr, peer_port = _addr_of(peer)

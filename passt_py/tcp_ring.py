@@ -67,7 +67,7 @@ class RingDataPath:
         if not self._device.ring_active(RX):
             return 0, STOP_NOBUFS
         path = self._tcp_path()
-        tmpl = self._template(tpl, dst_mac, src_mac)
+        tmpl = self.template(tpl, dst_mac, src_mac)
         tmpl.seq, tmpl.ack, tmpl.window, tmpl.mss = seq, ack, min(wnd, 0xFFFF), mss
         dev = self._device
         n = path.rx(sock.fileno(), tmpl, max_bytes, dev.hdr_len, dev.mergeable,
@@ -78,7 +78,7 @@ class RingDataPath:
         return n, _STOPS.get(path.last.stop, STOP_DRAINED)
 
     @staticmethod
-    def _template(tpl: FrameTemplate, dst_mac: bytes, src_mac: bytes) -> core.TcpTemplate:
+    def template(tpl: FrameTemplate, dst_mac: bytes, src_mac: bytes) -> core.TcpTemplate:
         """The C header template of this connection, cached on its FrameTemplate."""
         cached = tpl.ext
         if cached is None or cached[0] != dst_mac or cached[1] != src_mac:

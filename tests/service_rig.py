@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 from passt_py.conf import config_from_argv
 from passt_py.service import Service
@@ -20,6 +20,19 @@ GUEST_MAC = bytes.fromhex("525400abcdef")
 OUR_MAC = bytes.fromhex("9a559a559a55")
 ARGS = ["-a", "10.9.8.7/24", "-g", "10.9.8.1", "-4", "-i", "lo", "--no-dhcp", "--no-ndp",
         "--no-dhcpv6", "--no-ra"]
+
+
+T = TypeVar("T")
+
+
+def on_loop(service: Service, fn: Callable[[], T], timeout: float = 5.0) -> T:
+    """``fn()`` run on the service's own thread (between two waits of its loop): what the
+    back-end holds in C is only consistent there."""
+    done = threading.Event()
+    box: list[T] = []
+    service.loop.defer(lambda: (box.append(fn()), done.set()))
+    assert done.wait(timeout), "the service loop did not run the call"
+    return box[0]
 
 
 @contextmanager

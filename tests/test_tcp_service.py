@@ -17,10 +17,10 @@ import pytest
 
 from passt_py.ethernet import parse_header
 from passt_py.ip import parse_ip
-from passt_py.tcp_seg import (ACK, FIN, RST, SYN, FrameTemplate, parse_tcp, seq_add, seq_diff,
+from passt_py.tcp_seg import (ACK, FIN, PSH, RST, SYN, FrameTemplate, parse_tcp, seq_add, seq_diff,
                               syn_options)
 from tests.frontend import Frontend
-from tests.service_rig import GUEST, GUEST_MAC, GW, OUR_MAC, service_with_frontend
+from tests.service_rig import GUEST, GUEST_MAC, GW, OUR_MAC, on_loop, service_with_frontend
 
 
 
@@ -42,10 +42,11 @@ class Guest:
         self.rcv = 0
         self.data = bytearray()
         self.fin = self.rst = False
+        self.mac = GUEST_MAC
 
     def send(self, flags: int, payload: bytes = b"", seq: int | None = None, opts: bytes = b"",
              wnd: int = 0xFFFF, kick: bool = True) -> None:
-        frame = self.tpl.control(OUR_MAC, GUEST_MAC, self.snd if seq is None else seq,
+        frame = self.tpl.control(OUR_MAC, self.mac, self.snd if seq is None else seq,
                                  self.rcv, flags, wnd, opts, payload)
         self.fe.send_frame(bytes(frame), kick=kick)
 
@@ -133,6 +134,9 @@ def test_tcp_both_ways_through_real_rings(backend) -> None:
     assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
     tcp = service.tcp
     flow = next(iter(service.flows))
+    # The steady state ran in C (csrc/fast_tcp.c); taken back, its counts are the whole.
+    on_loop(service, tcp.fast_release)
+    assert tcp.fast_bytes > 0
     assert flow.data.stats[0] == len(data)
     # Host -> guest: the C path places the segments in our RX buffers.
     back = os.urandom(2 << 20)
@@ -259,3 +263,91 @@ def test_frames_held_for_a_guest_that_never_offers_buffers_stay_bounded(tmp_path
         fe.provide_rx(64, 4096)
         frames = fe.recv_frames(64, timeout=2)
         assert sum(1 for f in frames if ARP in Ether(f) and Ether(f)[ARP].op == 2) >= 63
+
+
+def _exchange(g: Guest, host: socket.socket, k: int) -> None:
+    """One request from the guest (carrying the ACK of the last reply), echoed reversed."""
+    req = b"request %d " % k + os.urandom(k % 50)
+    g.send(ACK | PSH, req)
+    g.snd = seq_add(g.snd, len(req))
+    assert _recv_n(host, len(req)) == req
+    host.sendall(req[::-1])
+    want = len(g.data) + len(req)
+    deadline = time.monotonic() + 5
+    while len(g.data) < want and time.monotonic() < deadline:
+        g.segments(0.05)
+    assert bytes(g.data[-len(req):]) == req[::-1]
+
+
+def _recv_n(sock: socket.socket, n: int) -> bytes:
+    got = b""
+    while len(got) < n:
+        chunk = sock.recv(n - len(got))
+        assert chunk
+        got += chunk
+    return got
+
+
+def test_request_response_runs_in_c_and_survives_a_new_guest_mac(backend) -> None:
+    """200 exchanges on one connection: each request reaches the host and each reply the
+    guest intact; after the first ones C runs the connection (its counters say so). The guest
+    changes its MAC halfway: C's templates are taken back with the connection's state and the
+    replies go to the new address, the stream continuing without a gap or a reset."""
+    from scapy.layers.l2 import ARP, Ether
+    service, fe = backend
+    lst = _listener()
+    g = Guest(fe, lst.getsockname()[1], sport=43220)
+    g.connect()
+    host, _ = lst.accept()
+    host.settimeout(5)
+    lst.close()
+    for k in range(100):
+        _exchange(g, host, k)
+    new_mac = bytes.fromhex("525400654321")
+    fe.send_frame(bytes(Ether(src=new_mac.hex(":"), dst="ff:ff:ff:ff:ff:ff") /
+                        ARP(op=1, hwsrc=new_mac.hex(":"), psrc=str(GUEST), pdst=str(GW))))
+    g.mac = new_mac
+    seen: list[bytes] = []
+    orig = fe.recv_frames
+
+    def recv_frames(count: int = 1, timeout: float | None = None, **kw):
+        frames = orig(count, timeout=timeout, **kw)
+        seen.extend(f[:6] for f in frames if f[12:14] == b"\x08\x00")
+        return frames
+    fe.recv_frames = recv_frames
+    for k in range(100, 200):
+        _exchange(g, host, k)
+    assert seen and set(seen[-50:]) == {new_mac}
+    assert not g.rst
+    on_loop(service, service.tcp.fast_release)
+    assert service.tcp.fast_bytes > 0
+    c = next(iter(service.flows)).data
+    assert c.stats[0] == c.stats[1] == sum(len(b"request %d " % k) + k % 50 for k in range(200))
+    host.close()
+
+
+def test_a_connection_busy_only_in_c_does_not_expire_and_an_idle_one_does(tmp_path) -> None:
+    """With a 0.5 s idle timeout: exchanges that all go through C for 2 s keep the
+    connection (its expiry asks C for activity); once idle it is reset."""
+    with service_with_frontend(tmp_path, 200) as (service, fe):
+        service.tcp._idle_timeout = 0.5
+        service.flows._sweep_interval = 0.1
+        lst = _listener()
+        g = Guest(fe, lst.getsockname()[1], sport=43221)
+        g.connect()
+        host, _ = lst.accept()
+        host.settimeout(5)
+        lst.close()
+        deadline = time.monotonic() + 2.0
+        k = 0
+        while time.monotonic() < deadline:
+            _exchange(g, host, k)
+            k += 1
+            time.sleep(0.05)
+        assert len(service.flows) == 1 and not g.rst
+        end = time.monotonic() + 5
+        while len(service.flows) and time.monotonic() < end:
+            time.sleep(0.05)
+        assert len(service.flows) == 0, "an idle connection never expired"
+        assert service.fast.stats().tcp_entries == 0
+        host.close()

@@ -1,0 +1,337 @@
+"""The TCP steady state in C (csrc/fast_tcp.c through core.FastPath) on real rings.
+
+A loopback TCP connection plays the host side (our socket and its peer), the test drives the
+guest side through the rings. Checked: in-order guest data reaches the peer intact with one
+ACK for the round; host data reaches the RX ring as segments at the right sequence numbers,
+the guest's ACK discards it from the socket; the host's data is shared out per event (more
+list) without loss; every frame C does not handle (gap, duplicate ACK, FIN, RST, SYN, an ACK
+of data never sent) ends its share of the batch and Python's pop finds exactly the rest; a
+socket that refuses data, a ring without RX buffers, a timer to arm hand the connection back
+with their reason, after which its events are Python's; taking a connection back returns the
+state C advanced.
+"""
+from __future__ import annotations
+
+import array
+import fcntl
+import hashlib
+import os
+import select
+import socket
+import termios
+import time
+
+import pytest
+from scapy.all import IP, TCP, Ether, raw
+
+from passt_py import core
+from passt_py.core import CoreError, TcpTemplate
+from tests.test_fastpath import GUEST4, GW4, Wait, _kick_rig
+from tests.test_tcp_path import GUEST_MAC, HDR, OUR_MAC, E, rig  # noqa: F401 - fixture
+
+GPORT, OPORT = 40000, 5000          # the guest's port, the port it talks to
+SEQ0, ACK0 = 1000, 5000             # our next sequence number, the guest's
+SO_PEEK_OFF = 42
+ET = select.EPOLLET
+
+
+@pytest.fixture
+def wait():
+    w = Wait()
+    yield w
+    w.close()
+
+
+@pytest.fixture
+def conn():
+    """(ours, peer): a loopback TCP connection, ours non-blocking with SO_PEEK_OFF on."""
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(1)
+    ours = socket.create_connection(lst.getsockname())
+    peer, _ = lst.accept()
+    lst.close()
+    ours.setblocking(False)
+    ours.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+    yield ours, peer
+    ours.close()
+    peer.close()
+
+
+def _state(fast: core.FastPath, sock: socket.socket, seq: int = SEQ0, una: int | None = None,
+           timer_at: float | None = None, wnd: int = 1 << 20, ws: int = 7):
+    s = fast.tcp_state()
+    s.tmpl = TcpTemplate(GUEST_MAC, OUR_MAC, GW4, GUEST4, OPORT, GPORT, ttl=255).c[0]
+    s.tmpl.seq, s.tmpl.ack, s.tmpl.window, s.tmpl.mss = seq, ACK0, 1000, 1460
+    s.una = seq if una is None else una
+    s.acked_to_guest, s.wnd_from_guest, s.wnd_to_guest = ACK0, wnd, 1000 << 8
+    s.ws_from_guest, s.ws_to_guest, s.local = ws, 8, 1
+    s.fd, s.last_wnd_raw, s.rto, s.rto0 = sock.fileno(), 1000, 1.0, 1.0
+    s.timer_at = time.monotonic() + 0.5 if timer_at is None else timer_at
+    return s
+
+
+def _register(wait: Wait, r, sock: socket.socket, **kw) -> int:
+    """Our socket watched as the service watches it; the connection handed to C."""
+    wait.ep.register(sock.fileno(), select.EPOLLIN | select.EPOLLOUT | select.EPOLLERR |
+                     select.EPOLLHUP | select.EPOLLRDHUP | ET)
+    wait.fast.set_rx(r.rxq, HDR, True, 0, 64)
+    wait.fast.set_tcp(0, 0, 1 << 20, 0xFFFF << 8)
+    assert wait.fast.add_tcp(_state(wait.fast, sock, **kw))
+    return _kick_rig(r, wait)
+
+
+def _seg(seq: int, ack: int, flags: str = "A", payload: bytes = b"", wnd: int = 8192) -> bytes:
+    return raw(E() / IP(src=str(GUEST4), dst=str(GW4)) /
+               TCP(sport=GPORT, dport=OPORT, seq=seq, ack=ack, flags=flags, window=wnd) /
+               payload)
+
+
+def _take(wait: Wait, sock: socket.socket):
+    out = wait.fast.tcp_state()
+    assert wait.fast.remove_tcp(sock.fileno(), out)
+    return out
+
+
+def _queued(sock: socket.socket) -> int:
+    buf = array.array("i", [0])
+    fcntl.ioctl(sock.fileno(), termios.FIONREAD, buf)
+    return buf[0]
+
+
+def _until_queued(sock: socket.socket, n: int) -> None:
+    deadline = time.monotonic() + 5
+    while _queued(sock) < n and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert _queued(sock) >= n
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    sock.settimeout(5)
+    got = bytearray()
+    while len(got) < n:
+        chunk = sock.recv(n - len(got))
+        assert chunk
+        got += chunk
+    return bytes(got)
+
+
+def _tcp_frames(r) -> list:
+    """The TCP segments published on the RX ring, as scapy packets (checksums verified)."""
+    out = []
+    for _hdr, frame, _n in r.rx_frames():
+        pkt = Ether(frame)
+        assert TCP in pkt
+        got_tcp, got_ip = pkt[TCP].chksum, pkt[IP].chksum
+        del pkt[TCP].chksum, pkt[IP].chksum
+        again = Ether(raw(pkt))
+        assert (again[TCP].chksum, again[IP].chksum) == (got_tcp, got_ip)
+        out.append(Ether(frame))
+    return out
+
+
+def test_guest_data_reaches_the_peer_and_earns_one_ack(rig, wait, conn):
+    """Twenty in-order segments in one kick: nothing for Python, the peer gets every byte, the
+    guest one ACK of all of them; taken back, the state says so."""
+    ours, peer = conn
+    r = rig()
+    r.rx.add_rx_buffers(16, 4096)
+    kick = _register(wait, r, ours)
+    data = os.urandom(20 * 1400)
+    for k in range(20):
+        r.tx.add_tx_buffer(_seg(ACK0 + 1400 * k, SEQ0, "PA", data[1400 * k:1400 * (k + 1)]),
+                           bytes(HDR))
+    os.eventfd_write(kick, 1)
+    assert wait.poll() == []
+    assert hashlib.sha256(_recv_exactly(peer, len(data))).digest() == \
+        hashlib.sha256(data).digest()
+    assert len(r.tx.pop_used()) == 20
+    acks = _tcp_frames(r)
+    assert [(p[TCP].seq, p[TCP].ack, str(p[TCP].flags)) for p in acks] == \
+        [(SEQ0, ACK0 + len(data), "A")]
+    assert acks[0][TCP].window > 0
+    s = _take(wait, ours)
+    assert (s.tmpl.ack, s.acked_to_guest, s.to_host, s.back) == \
+        (ACK0 + len(data), ACK0 + len(data), len(data), 0)
+    assert s.wnd_from_guest == 8192 << 7
+    os.close(kick)
+
+
+def test_host_data_reaches_the_ring_and_the_guest_ack_discards_it(rig, wait, conn):
+    """50,000 bytes from the peer become segments of at most the MSS from SEQ0 on, intact;
+    the guest's ACK of all of them empties our receive queue and stops the timer."""
+    ours, peer = conn
+    r = rig()
+    r.rx.add_rx_buffers(100, 4096)
+    kick = _register(wait, r, ours)
+    data = os.urandom(50000)
+    peer.sendall(data)
+    _until_queued(ours, len(data))
+    assert wait.poll() == []
+    segs = _tcp_frames(r)
+    assert all(len(p[TCP].payload) <= 1460 for p in segs)
+    assert [p[TCP].seq for p in segs] == \
+        [SEQ0 + sum(len(q[TCP].payload) for q in segs[:k]) for k in range(len(segs))]
+    assert b"".join(bytes(p[TCP].payload) for p in segs) == data
+    assert _queued(ours) == len(data)              # peeked, kept until acknowledged
+    r.tx.add_tx_buffer(_seg(ACK0, SEQ0 + len(data)), bytes(HDR))
+    os.eventfd_write(kick, 1)
+    assert wait.poll() == []
+    assert _queued(ours) == 0
+    s = _take(wait, ours)
+    assert (s.una, s.tmpl.seq, s.to_guest, s.deadline, s.back) == \
+        (SEQ0 + len(data), SEQ0 + len(data), len(data), 0, 0)
+    os.close(kick)
+
+
+def test_host_data_beyond_the_share_per_event_goes_out_in_the_same_wait(rig, wait, conn):
+    """With 1,000 bytes per event, 30,000 bytes still all arrive within one wait, in order
+    (the more list, not a busy loop through Python)."""
+    ours, peer = conn
+    r = rig()
+    r.rx.add_rx_buffers(100, 4096)
+    _register(wait, r, ours)
+    wait.fast.set_tcp(0, 0, 1000, 0xFFFF << 8)
+    data = os.urandom(30000)
+    peer.sendall(data)
+    _until_queued(ours, len(data))
+    assert wait.poll() == []
+    segs = _tcp_frames(r)
+    assert b"".join(bytes(p[TCP].payload) for p in segs) == data
+    assert max(len(p[TCP].payload) for p in segs) <= 1000
+    assert _take(wait, ours).tmpl.seq == SEQ0 + len(data)
+
+
+@pytest.mark.parametrize("stopper", ["gap", "dup-ack", "fin", "rst", "syn", "ack-unsent",
+                                     "old-ack"])
+def test_a_frame_c_does_not_handle_ends_its_share(rig, wait, conn, stopper):
+    """[data, data, X, data]: the two in-order segments go to the peer; at X the kick comes
+    back to Python, whose own pop finds exactly X and what follows; the state covers only
+    the first two."""
+    ours, peer = conn
+    r = rig()
+    r.rx.add_rx_buffers(16, 4096)
+    kick = _register(wait, r, ours, seq=SEQ0 + 100, una=SEQ0)    # 100 bytes in flight
+    first = [_seg(ACK0, SEQ0, "A", b"a" * 500), _seg(ACK0 + 500, SEQ0, "PA", b"b" * 500)]
+    nxt = ACK0 + 1000
+    x = {"gap": _seg(nxt + 1, SEQ0, "A", b"c" * 10),
+         "dup-ack": _seg(nxt, SEQ0, "A", wnd=8192),
+         "fin": _seg(nxt, SEQ0, "FA"),
+         "rst": _seg(nxt, SEQ0, "R"),
+         "syn": _seg(nxt, 0, "S"),
+         "ack-unsent": _seg(nxt, SEQ0 + 101, "A"),
+         "old-ack": _seg(nxt, SEQ0 - 1, "A", wnd=100)}[stopper]
+    rest = [x, _seg(nxt, SEQ0, "A", b"d" * 10)]
+    for f in first + rest:
+        r.tx.add_tx_buffer(f, bytes(HDR))
+    os.eventfd_write(kick, 1)
+    assert wait.poll() == [(kick, select.EPOLLIN)]
+    assert _recv_exactly(peer, 1000) == b"a" * 500 + b"b" * 500
+    assert len(r.tx.pop_used()) == 2
+    batch = r.txq.pop_tx(64, HDR)
+    assert [batch.frame(i) for i in range(batch.count)] == rest
+    r.txq.release(batch)
+    s = _take(wait, ours)
+    assert (s.tmpl.ack, s.una, s.back) == (nxt, SEQ0, 0)
+    os.close(kick)
+
+
+def test_a_full_socket_hands_the_connection_back(rig, wait, conn):
+    """The peer does not read: what the socket took reaches it, in order; C hands the
+    connection back (FULL: Python closes the window), and its events are Python's after."""
+    ours, peer = conn
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    r = rig(num=512)
+    r.rx.add_rx_buffers(16, 4096)
+    kick = _register(wait, r, ours)
+    data = os.urandom(300 * 8000)
+    for k in range(300):
+        r.tx.add_tx_buffer(_seg(ACK0 + 8000 * k, SEQ0, "A", data[8000 * k:8000 * (k + 1)]),
+                           bytes(HDR))
+    os.eventfd_write(kick, 1)
+    events = wait.poll()
+    assert (ours.fileno(), core.FAST_EV_BACK) in events
+    s = _take(wait, ours)
+    assert s.back & core.FAST_BACK_FULL
+    took = s.tmpl.ack - ACK0
+    assert 0 < took < len(data) and s.to_host == took
+    assert _recv_exactly(peer, took) == data[:took]
+    os.close(kick)
+
+
+def test_no_rx_buffers_the_connection_waits_in_c_for_the_rx_kick(rig, wait, conn):
+    """Host data and no RX buffer: nothing for Python, the data stays in the socket, unpeeked,
+    and later readable edges do not spin; once the guest adds buffers, rx_ready() sends it all,
+    intact. Taken back while it waits, the connection says host data is due (H2G)."""
+    ours, peer = conn
+    r = rig()
+    _register(wait, r, ours)
+    peer.sendall(b"x" * 3000)
+    _until_queued(ours, 3000)
+    assert wait.poll() == []
+    handled = wait.fast.stats().handled
+    peer.sendall(b"y" * 3000)
+    _until_queued(ours, 6000)
+    assert wait.poll() == [] and wait.fast.stats().handled == handled + 1
+    assert _tcp_frames(r) == [] and _queued(ours) == 6000
+    assert ours.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF) == 0
+    r.rx.add_rx_buffers(16, 4096)
+    assert wait.fast.rx_ready(wait.ep.fileno()) == 1
+    assert b"".join(bytes(p[TCP].payload) for p in _tcp_frames(r)) == b"x" * 3000 + b"y" * 3000
+    peer.sendall(b"z" * 100000)                       # more than 16 buffers hold
+    _until_queued(ours, 106000)
+    assert wait.poll() == []
+    got = b"".join(bytes(p[TCP].payload) for p in _tcp_frames(r))
+    assert 0 < len(got) < 100000 and got == b"z" * len(got)
+    s = _take(wait, ours)
+    assert s.back & core.FAST_BACK_H2G and s.tmpl.seq == SEQ0 + 6000 + len(got)
+
+
+def test_a_timer_to_arm_hands_back_and_later_events_are_python_s(rig, wait, conn):
+    """Data sent with no caller timer armed: delivered, then handed back with TIMER and a
+    deadline one RTO ahead; the next readable edge is a plain event for Python."""
+    ours, peer = conn
+    r = rig()
+    r.rx.add_rx_buffers(16, 4096)
+    _register(wait, r, ours, timer_at=0.0)
+    before = time.monotonic()
+    peer.sendall(b"hello")
+    _until_queued(ours, 5)
+    assert wait.poll() == [(ours.fileno(), core.FAST_EV_BACK)]
+    assert [bytes(p[TCP].payload) for p in _tcp_frames(r)] == [b"hello"]
+    peer.sendall(b"again")
+    _until_queued(ours, 10)
+    events = wait.poll()
+    assert len(events) == 1 and events[0][0] == ours.fileno()
+    assert events[0][1] & select.EPOLLIN and not events[0][1] & core.FAST_EV_BACK
+    assert _tcp_frames(r) == []                     # C left it alone
+    s = _take(wait, ours)
+    assert s.back == core.FAST_BACK_TIMER and s.tmpl.seq == SEQ0 + 5
+    assert before + 1.0 <= s.deadline <= time.monotonic() + 1.0
+
+
+def test_entries_are_unique_and_removal_hands_events_back(rig, wait, conn):
+    """A second add for the same socket is refused; after removal the socket's events and
+    the connection's frames are Python's, and a second removal finds nothing."""
+    ours, peer = conn
+    r = rig()
+    r.rx.add_rx_buffers(16, 4096)
+    kick = _register(wait, r, ours)
+    with pytest.raises(CoreError):
+        wait.fast.add_tcp(_state(wait.fast, ours))
+    assert wait.fast.stats().tcp_entries == 1
+    _take(wait, ours)
+    assert not wait.fast.remove_tcp(ours.fileno(), wait.fast.tcp_state())
+    assert wait.fast.stats().tcp_entries == 0
+    r.tx.add_tx_buffer(_seg(ACK0, SEQ0, "A", b"data"), bytes(HDR))
+    os.eventfd_write(kick, 1)
+    assert sorted(wait.poll()) == sorted([(ours.fileno(), select.EPOLLOUT),   # its first edge
+                                          (kick, select.EPOLLIN)])
+    assert os.eventfd_read(kick) == 1                   # left for Python
+    peer.sendall(b"x")
+    _until_queued(ours, 1)
+    events = wait.poll()
+    assert len(events) == 1 and events[0][0] == ours.fileno() and events[0][1] & select.EPOLLIN
+    assert r.txq.pop_tx(64, HDR).count == 1 and _tcp_frames(r) == []
+    os.close(kick)
