@@ -158,6 +158,9 @@ static void acked(struct pc_fast *f, struct fast_tcp *t, uint32_t ack, uint32_t 
 /* The raw window field to advertise now (and the window it stands for). */
 static uint16_t window_raw(const struct pc_fast *f, struct fast_tcp *t)
 {
+	if (t->wnd_fresh && t->s.last_wnd_raw > 0)
+		return (uint16_t)t->s.last_wnd_raw;
+	t->wnd_fresh = 1;
 	int64_t space = pc_tcp_send_window(t->s.fd, t->s.local, f->tcp_max_window);
 	int64_t raw = space >> t->s.ws_to_guest;
 
@@ -172,13 +175,26 @@ static unsigned rx_opts(const struct pc_fast *f, const struct fast_tcp *t)
 	return t->s.tmpl.ipver == 4 ? f->tcp_opts4 : f->tcp_opts6;
 }
 
-/* Host data the guest's window allows into the RX ring. */
+/* Bytes queued past the peek offset, which is what is in flight plus what the guest
+ * acknowledged and is not discarded yet; -1 if the socket cannot tell. */
+static int64_t queued(const struct fast_tcp *t)
+{
+	int inq = 0;
+
+	if (ioctl(t->s.fd, SIOCINQ, &inq) || inq < 0)
+		return -1;
+	return (int64_t)inq - (t->s.tmpl.seq - t->s.una) - t->discard;
+}
+
+/* Host data the guest's window allows into the RX ring. End of stream is not looked for
+ * here: it comes as EPOLLRDHUP, which is Python's. */
 static void to_guest(struct pc_fast *f, struct fast_tcp *t, int *placed)
 {
 	struct pc_fast_tcp *s = &t->s;
 	uint32_t in_flight = s->tmpl.seq - s->una;
-	int64_t room = (int64_t)s->wnd_from_guest - in_flight, limit;
+	int64_t room = (int64_t)s->wnd_from_guest - in_flight, limit, ready;
 	struct pc_tcp_rx_result res;
+	unsigned opts;
 	uint16_t raw;
 	int n;
 
@@ -194,6 +210,14 @@ static void to_guest(struct pc_fast *f, struct fast_tcp *t, int *placed)
 		return;
 	}
 	limit = room < f->tcp_per_event ? room : f->tcp_per_event;
+	ready = queued(t);
+	if (!ready)
+		return;				/* nothing new (the usual case after guest data) */
+	opts = rx_opts(f, t) | PC_TCP_RX_NO_FLUSH;
+	if (ready > 0 && ready <= limit) {
+		limit = ready;
+		opts |= PC_TCP_RX_QUEUED;
+	}
 	raw = window_raw(f, t);
 	if (!raw) {
 		back(f, t, PC_FAST_BACK_H2G);	/* our window closes: Python polls it */
@@ -201,7 +225,7 @@ static void to_guest(struct pc_fast *f, struct fast_tcp *t, int *placed)
 	}
 	s->tmpl.window = raw;
 	n = pc_tcp_rx(f->rx, f->tcp_scratch, s->fd, &s->tmpl, f->hdr_len, f->mergeable,
-		      (uint32_t)limit, rx_opts(f, t) | PC_TCP_RX_NO_FLUSH, &res);
+		      (uint32_t)limit, opts, &res);
 	if (res.bufs)
 		*placed = 1;
 	if (n < 0) {
@@ -371,6 +395,7 @@ unsigned fast_tcp_prefix(struct pc_fast *f, unsigned n)
 			} else {
 				s->tmpl.ack += (uint32_t)sent;
 				s->to_host += (uint64_t)sent;
+				t->wnd_fresh = 0;	/* the window is the guest's data's */
 				if (sent < run->bytes)	/* the guest resends the rest */
 					back(f, t, PC_FAST_BACK_FULL);
 				else
@@ -618,6 +643,11 @@ int pc_fast_add_tcp(struct pc_fast *f, const struct pc_fast_tcp *conn)
 	te->tcp = t;
 	t->s = *conn;
 	t->s.back = 0;
+	t->s.rx_wait = 0;
+	if (conn->rx_wait) {
+		t->rx_wait = 1;
+		f->rxwaitq[f->nrxwait++] = t;
+	}
 	t->s.to_host = t->s.to_guest = t->s.segs = t->s.events = 0;
 	f->ntcp++;
 	return 0;
@@ -644,6 +674,7 @@ int pc_fast_remove_tcp(struct pc_fast *f, int fd, struct pc_fast_tcp *out)
 		return -ENOENT;
 	t = e->tcp;
 	*out = t->s;
+	out->rx_wait = t->rx_wait;
 	if (t->in_more || t->rx_wait)
 		out->back |= PC_FAST_BACK_H2G;
 	if (t->ack_due)

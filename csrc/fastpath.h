@@ -70,11 +70,13 @@ struct fast_table {
  * @in_more:	listed in pc_fast.more (host data left after its per-event share)
  * @in_back:	listed in pc_fast.backq, or already reported: Python takes it back
  * @rx_wait:	listed in pc_fast.rxwaitq: out of RX buffers until the guest's RX kick
+ * @wnd_fresh:	pc_fast_tcp.last_wnd_raw still stands: no guest data taken since it was
+ *		computed (the window only limits the guest's data)
  */
 struct fast_tcp {
 	struct pc_fast_tcp s;
 	uint32_t discard;
-	uint8_t ack_due, touched, in_more, in_back, rx_wait;
+	uint8_t ack_due, touched, in_more, in_back, rx_wait, wnd_fresh;
 };
 
 /**

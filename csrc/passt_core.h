@@ -184,7 +184,7 @@ struct pc_tcp_flow {
 };
 enum {
 	PC_TCP_RX_GSO = 1, PC_TCP_RX_CSUM_PARTIAL = 2, PC_TCP_RX_DATA_VALID = 4,
-	PC_TCP_RX_NO_FLUSH = 8,
+	PC_TCP_RX_NO_FLUSH = 8, PC_TCP_RX_QUEUED = 16,
 	PC_TCP_STOP_WINDOW = 1, PC_TCP_STOP_NOBUFS = 2, PC_TCP_STOP_DRAINED = 3,
 	PC_TCP_STOP_EOF = 4, PC_TCP_STOP_LIMIT = 5, PC_TCP_STOP_STOPPED = 6, PC_TCP_STOP_AGAIN = 7,
 	PC_TCP_MAX_IOV = 1024, PC_TCP_MAX_CHAINS = 1024, PC_TCP_MAX_SLICES = 2048,
@@ -294,13 +294,14 @@ int pc_fast_poll(struct pc_fast *f, int epfd, int timeout_ms, struct pc_fast_eve
  * expected from it (RCV.NXT). una: the guest's last ACK; acked_to_guest: our last ACK;
  * windows in bytes (wnd_from_guest scaled); last_wnd_raw: the window field last sent. Times
  * are seconds of CLOCK_MONOTONIC, 0 for none: deadline (retransmission), timer_at (when the
- * caller's timer fires), rto/rto0 (current, initial). back: why C handed it back
+ * caller's timer fires), rto/rto0 (current, initial). rx_wait: waiting for RX buffers (the
+ * guest's RX kick, pc_fast_rx_ready()). back: why C handed it back
  * (PC_FAST_BACK_*); to_host, to_guest, segs, events: what C moved since it was added. */
 struct pc_fast_tcp {
 	struct pc_tcp_flow tmpl;
 	uint32_t una; uint32_t acked_to_guest; uint32_t wnd_from_guest; uint32_t wnd_to_guest;
 	uint32_t retries; uint32_t back; int32_t fd; int32_t last_wnd_raw;
-	uint8_t ws_from_guest; uint8_t ws_to_guest; uint8_t local; uint8_t pad;
+	uint8_t ws_from_guest; uint8_t ws_to_guest; uint8_t local; uint8_t rx_wait;
 	double rto; double rto0; double deadline; double timer_at;
 	uint64_t to_host; uint64_t to_guest; uint64_t segs; uint64_t events;
 };

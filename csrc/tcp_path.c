@@ -958,7 +958,10 @@ static int queued_past_peek(int fd, uint32_t *n)
  *		PC_TCP_RX_CSUM_PARTIAL: every segment NEEDS_CSUM with the pseudo-header sum
  *		(VIRTIO_NET_F_GUEST_CSUM negotiated, no capture wanting full checksums);
  *		PC_TCP_RX_DATA_VALID: full checksums and the DATA_VALID flag (GUEST_CSUM);
- *		PC_TCP_RX_NO_FLUSH: leave the used elements for pc_vq_flush()
+ *		PC_TCP_RX_NO_FLUSH: leave the used elements for pc_vq_flush();
+ *		PC_TCP_RX_QUEUED: @max_bytes is what the caller knows to be queued past the
+ *		peek offset (and within the window): no FIONREAD/SO_PEEK_OFF probe, no
+ *		1-byte peek for end of stream (the caller learns that from EPOLLRDHUP)
  * @res:	what the call did and why it stopped (PC_TCP_STOP_*)
  *
  * Return: payload bytes delivered (f->seq advances by this much), 0 with res->stop telling
@@ -990,8 +993,10 @@ int pc_tcp_rx(struct pc_vq *vq, struct pc_tcp_scratch *s, int fd, const struct p
 		return ret;
 	}
 	/* (no chain at all: the plan stops at once, so spare the socket its two syscalls) */
-	if (max_bytes && avail_idx != pc_vq_rx_mark(vq) && queued_past_peek(fd, &queued) &&
-	    queued < max_bytes) {
+	if (opts & PC_TCP_RX_QUEUED) {
+		by_queue = 1;
+	} else if (max_bytes && avail_idx != pc_vq_rx_mark(vq) &&
+		   queued_past_peek(fd, &queued) && queued < max_bytes) {
 		max_bytes = queued ? queued : 1;	/* 1: still learn about EOF and errors */
 		by_queue = 1;
 	}

@@ -1057,11 +1057,12 @@ class TcpHandler:
 
     def _steady(self, c: _Conn) -> bool:
         """Established with nothing pending that only Python handles: no FIN either way, no
-        refused data, closed window, retransmission in progress, deferred work or wait."""
+        refused data, closed window, retransmission in progress or deferred work (a wait for
+        RX buffers C takes over)."""
         st = c.st
         return (st.phase == Phase.ESTABLISHED and not self._fast_hold
                 and not (st.guest_fin or st.host_eof or st.fin_sent)
-                and not (c.send_full or c.rx_wait or c.probe or c.recovering or c.wnd_poll)
+                and not (c.send_full or c.probe or c.recovering or c.wnd_poll)
                 and not (c.dup_acks or c.more_due or c.batch_end or c.ack_due
                          or c.discard_due or c.gap_acks)
                 and c.last_wnd_raw > 0 and c.local is not None)
@@ -1080,6 +1081,7 @@ class TcpHandler:
         s.retries, s.fd, s.last_wnd_raw, s.local = c.retries, c.fd, c.last_wnd_raw, c.local
         s.rto, s.rto0, s.deadline = c.rto, self._rto0, c.deadline or 0.0
         s.timer_at = c.timer.deadline if c.timer is not None else 0.0
+        s.rx_wait = c.rx_wait           # C waits for the guest's RX kick in its place
         try:
             given = fast.add_tcp(s)
         except core.CoreError as e:
@@ -1088,6 +1090,9 @@ class TcpHandler:
         if given:
             c.fast = True
             self._fast_conns[c.fd] = c
+            if c.rx_wait:
+                c.rx_wait = False
+                self._rx_waiting.remove(c)
 
     def _fast_take(self, c: _Conn, act: bool = True) -> None:
         """Take ``c``'s state back from C; with ``act``, do what C left for Python."""

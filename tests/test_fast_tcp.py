@@ -335,3 +335,22 @@ def test_entries_are_unique_and_removal_hands_events_back(rig, wait, conn):
     assert len(events) == 1 and events[0][0] == ours.fileno() and events[0][1] & select.EPOLLIN
     assert r.txq.pop_tx(64, HDR).count == 1 and _tcp_frames(r) == []
     os.close(kick)
+
+
+def test_a_kick_of_more_than_four_rounds_is_drained_within_the_wait(rig, wait, conn):
+    """1,100 in-order segments in a 2,048-entry ring, one kick: more than the four rounds a
+    pass takes, yet nothing comes back to Python; every byte reaches the peer, in order."""
+    ours, peer = conn
+    r = rig(num=2048)
+    r.rx.add_rx_buffers(64, 4096)
+    kick = _register(wait, r, ours)
+    data = os.urandom(1100 * 100)
+    for k in range(1100):
+        r.tx.add_tx_buffer(_seg(ACK0 + 100 * k, SEQ0, "A", data[100 * k:100 * (k + 1)]),
+                           bytes(HDR))
+    os.eventfd_write(kick, 1)
+    assert wait.poll() == []
+    assert _recv_exactly(peer, len(data)) == data
+    assert len(r.tx.pop_used()) == 1100
+    assert _take(wait, ours).tmpl.ack == ACK0 + len(data)
+    os.close(kick)

@@ -326,6 +326,29 @@ def test_request_response_runs_in_c_and_survives_a_new_guest_mac(backend) -> Non
     host.close()
 
 
+def test_connection_sockets_get_the_largest_buffers_the_system_allows(backend) -> None:
+    """Where net.core.wmem_max/rmem_max allow big buffers (4/2 MiB), a new connection's socket
+    asks for the largest from the start (the kernel doubles the capped value): autotuning
+    grows a send buffer only after the guest's data found it full. Below, the socket keeps
+    the kernel's autotuned default."""
+    service, fe = backend
+    lst = _listener()
+    g = Guest(fe, lst.getsockname()[1], sport=43222)
+    g.connect()
+    host, _ = lst.accept()
+    lst.close()
+    c = next(iter(service.flows)).data
+    sizes = on_loop(service, lambda: (c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+                                      c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)))
+    for (size, name, big) in zip(sizes, ("wmem_max", "rmem_max"), (4 << 20, 2 << 20)):
+        limit = int(open(f"/proc/sys/net/core/{name}").read())
+        if limit >= big:
+            assert size == 2 * limit, name
+        else:
+            assert size < 2 * limit, name
+    host.close()
+
+
 def test_a_connection_busy_only_in_c_does_not_expire_and_an_idle_one_does(tmp_path) -> None:
     """With a 0.5 s idle timeout: exchanges that all go through C for 2 s keep the
     connection (its expiry asks C for activity); once idle it is reset."""
