@@ -87,6 +87,15 @@ def _seg(seq: int, ack: int, flags: str = "A", payload: bytes = b"", wnd: int = 
                payload)
 
 
+def _queue_stream(r, data: bytes, size: int, flags: str = "A") -> int:
+    """In-order guest segments of ``size`` bytes carrying ``data`` from ACK0 on; how many."""
+    count = (len(data) + size - 1) // size
+    for k in range(count):
+        r.tx.add_tx_buffer(_seg(ACK0 + size * k, SEQ0, flags, data[size * k:size * (k + 1)]),
+                           bytes(HDR))
+    return count
+
+
 def _take(wait: Wait, sock: socket.socket):
     out = wait.fast.tcp_state()
     assert wait.fast.remove_tcp(sock.fileno(), out)
@@ -138,9 +147,7 @@ def test_guest_data_reaches_the_peer_and_earns_one_ack(rig, wait, conn):
     r.rx.add_rx_buffers(16, 4096)
     kick = _register(wait, r, ours)
     data = os.urandom(20 * 1400)
-    for k in range(20):
-        r.tx.add_tx_buffer(_seg(ACK0 + 1400 * k, SEQ0, "PA", data[1400 * k:1400 * (k + 1)]),
-                           bytes(HDR))
+    _queue_stream(r, data, 1400, "PA")
     os.eventfd_write(kick, 1)
     assert wait.poll() == []
     assert hashlib.sha256(_recv_exactly(peer, len(data))).digest() == \
@@ -246,9 +253,7 @@ def test_a_full_socket_hands_the_connection_back(rig, wait, conn):
     r.rx.add_rx_buffers(16, 4096)
     kick = _register(wait, r, ours)
     data = os.urandom(300 * 8000)
-    for k in range(300):
-        r.tx.add_tx_buffer(_seg(ACK0 + 8000 * k, SEQ0, "A", data[8000 * k:8000 * (k + 1)]),
-                           bytes(HDR))
+    _queue_stream(r, data, 8000)
     os.eventfd_write(kick, 1)
     events = wait.poll()
     assert (ours.fileno(), core.FAST_EV_BACK) in events
@@ -345,9 +350,7 @@ def test_a_kick_of_more_than_four_rounds_is_drained_within_the_wait(rig, wait, c
     r.rx.add_rx_buffers(64, 4096)
     kick = _register(wait, r, ours)
     data = os.urandom(1100 * 100)
-    for k in range(1100):
-        r.tx.add_tx_buffer(_seg(ACK0 + 100 * k, SEQ0, "A", data[100 * k:100 * (k + 1)]),
-                           bytes(HDR))
+    assert _queue_stream(r, data, 100) == 1100
     os.eventfd_write(kick, 1)
     assert wait.poll() == []
     assert _recv_exactly(peer, len(data)) == data

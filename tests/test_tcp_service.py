@@ -265,6 +265,17 @@ def test_frames_held_for_a_guest_that_never_offers_buffers_stay_bounded(tmp_path
         assert sum(1 for f in frames if ARP in Ether(f) and Ether(f)[ARP].op == 2) >= 63
 
 
+def _connected(fe: Frontend, sport: int) -> tuple[Guest, socket.socket]:
+    """A guest connection from ``sport`` to a fresh host listener: (guest end, host end)."""
+    lst = _listener()
+    g = Guest(fe, lst.getsockname()[1], sport=sport)
+    g.connect()
+    host, _ = lst.accept()
+    host.settimeout(5)
+    lst.close()
+    return g, host
+
+
 def _exchange(g: Guest, host: socket.socket, k: int) -> None:
     """One request from the guest (carrying the ACK of the last reply), echoed reversed."""
     req = b"request %d " % k + os.urandom(k % 50)
@@ -295,12 +306,7 @@ def test_request_response_runs_in_c_and_survives_a_new_guest_mac(backend) -> Non
     replies go to the new address, the stream continuing without a gap or a reset."""
     from scapy.layers.l2 import ARP, Ether
     service, fe = backend
-    lst = _listener()
-    g = Guest(fe, lst.getsockname()[1], sport=43220)
-    g.connect()
-    host, _ = lst.accept()
-    host.settimeout(5)
-    lst.close()
+    g, host = _connected(fe, 43220)
     for k in range(100):
         _exchange(g, host, k)
     new_mac = bytes.fromhex("525400654321")
@@ -332,11 +338,7 @@ def test_connection_sockets_get_the_largest_buffers_the_system_allows(backend) -
     grows a send buffer only after the guest's data found it full. Below, the socket keeps
     the kernel's autotuned default."""
     service, fe = backend
-    lst = _listener()
-    g = Guest(fe, lst.getsockname()[1], sport=43222)
-    g.connect()
-    host, _ = lst.accept()
-    lst.close()
+    g, host = _connected(fe, 43222)
     c = next(iter(service.flows)).data
     sizes = on_loop(service, lambda: (c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
                                       c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)))
@@ -355,12 +357,7 @@ def test_a_connection_busy_only_in_c_does_not_expire_and_an_idle_one_does(tmp_pa
     with service_with_frontend(tmp_path, 200) as (service, fe):
         service.tcp._idle_timeout = 0.5
         service.flows._sweep_interval = 0.1
-        lst = _listener()
-        g = Guest(fe, lst.getsockname()[1], sport=43221)
-        g.connect()
-        host, _ = lst.accept()
-        host.settimeout(5)
-        lst.close()
+        g, host = _connected(fe, 43221)
         deadline = time.monotonic() + 2.0
         k = 0
         while time.monotonic() < deadline:
