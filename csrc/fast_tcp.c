@@ -158,12 +158,12 @@ static void acked(struct pc_fast *f, struct fast_tcp *t, uint32_t ack, uint32_t 
 /* The raw window field to advertise now (and the window it stands for). */
 static uint16_t window_raw(const struct pc_fast *f, struct fast_tcp *t)
 {
+	int64_t raw;
+
 	if (t->wnd_fresh && t->s.last_wnd_raw > 0)
 		return (uint16_t)t->s.last_wnd_raw;
 	t->wnd_fresh = 1;
-	int64_t space = pc_tcp_send_window(t->s.fd, t->s.local, f->tcp_max_window);
-	int64_t raw = space >> t->s.ws_to_guest;
-
+	raw = pc_tcp_send_window(t->s.fd, t->s.local, f->tcp_max_window) >> t->s.ws_to_guest;
 	if (raw > 0xFFFF)
 		raw = 0xFFFF;
 	t->s.wnd_to_guest = (uint32_t)raw << t->s.ws_to_guest;
