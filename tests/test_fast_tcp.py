@@ -18,10 +18,13 @@ import hashlib
 import os
 import select
 import socket
+import struct
 import termios
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scapy.all import IP, TCP, Ether, raw
 
 from passt_py import core
@@ -357,3 +360,74 @@ def test_a_kick_of_more_than_four_rounds_is_drained_within_the_wait(rig, wait, c
     assert len(r.tx.pop_used()) == 1100
     assert _take(wait, ours).tmpl.ack == ACK0 + len(data)
     os.close(kick)
+
+
+_TCP_KINDS = st.lists(st.one_of(
+    st.tuples(st.just("data"), st.binary(min_size=1, max_size=1400)),
+    st.tuples(st.just("ack"), st.integers(0, 1)),
+    st.tuples(st.just("ahead"), st.binary(min_size=1, max_size=100)),
+    st.tuples(st.just("fin"), st.just(b"")),
+    st.tuples(st.just("badlen"), st.integers(30, 70) | st.integers(0, 0xFFFF)),
+    st.tuples(st.just("junk"), st.binary(max_size=80)),
+), min_size=1, max_size=30)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kinds=_TCP_KINDS)
+def test_any_tx_batch_of_a_connection_splits_into_a_taken_prefix_and_an_untouched_rest(
+        rig, conn, kinds):
+    """Whatever the guest queues for a connection C runs (in-order data, bare ACKs, data past
+    a gap, FIN, a broken IP length field, junk), one kick takes exactly the leading run of
+    in-order data and ACKs: the peer gets exactly that run's bytes, and Python's pop finds
+    every later frame byte for byte. A length field at most the packet's is IP padding (the
+    segment shrinks to it); below the headers, or beyond the frame, the frame is broken."""
+    ours, peer = conn
+    r = rig()
+    r.rx.add_rx_buffers(64, 4096)
+    w = Wait()
+    try:
+        kick = _register(w, r, ours)
+        frames, oks, payloads, nxt = [], [], [], ACK0
+        for kind, arg in kinds:
+            ok, payload = False, b""
+            if kind == "data":
+                frames.append(_seg(nxt, SEQ0, "A", arg))
+                ok, payload = True, arg
+            elif kind == "ack":
+                frames.append(_seg(nxt, SEQ0, "A", wnd=8192 + arg))
+                ok = True                       # nothing in flight: never a duplicate
+            elif kind == "ahead":
+                frames.append(_seg(nxt + 1000, SEQ0, "A", arg))
+            elif kind == "fin":
+                frames.append(_seg(nxt, SEQ0, "FA"))
+            elif kind == "junk":
+                frames.append(bytes(arg))
+            else:
+                f = bytearray(_seg(nxt, SEQ0, "A", b"y" * 20))
+                struct.pack_into("!H", f, 14 + 2, arg)
+                frames.append(bytes(f))
+                ok = 40 <= arg <= 60            # 20 header + 20 TCP + at most the payload
+                payload = b"y" * (arg - 40) if ok else b""
+            oks.append(ok)
+            payloads.append(payload)
+            nxt += len(payload)
+        prefix = oks.index(False) if False in oks else len(oks)
+        taken = b"".join(payloads[:prefix])
+        for f in frames:
+            r.tx.add_tx_buffer(f, bytes(HDR))
+        os.eventfd_write(kick, 1)
+        events = w.poll(0)
+        assert events == ([] if prefix == len(frames) else [(kick, select.EPOLLIN)])
+        if taken:
+            assert _recv_exactly(peer, len(taken)) == taken
+        assert len(r.tx.pop_used()) == prefix
+        if prefix < len(frames):
+            batch = r.txq.pop_tx(64, HDR)
+            assert [batch.frame(i) for i in range(batch.count)] == frames[prefix:]
+            r.txq.release(batch)
+        s = _take(w, ours)
+        assert s.tmpl.ack == ACK0 + len(taken) and s.back == 0
+        os.close(kick)
+    finally:
+        w.close()
