@@ -194,6 +194,7 @@ static void to_guest(struct pc_fast *f, struct fast_tcp *t, int *placed)
 	uint32_t in_flight = s->tmpl.seq - s->una;
 	int64_t room = (int64_t)s->wnd_from_guest - in_flight, limit, ready;
 	struct pc_tcp_rx_result res;
+	int capped = 1;			/* more may be queued than this call asks for */
 	unsigned opts;
 	uint16_t raw;
 	int n;
@@ -214,8 +215,9 @@ static void to_guest(struct pc_fast *f, struct fast_tcp *t, int *placed)
 	if (!ready)
 		return;				/* nothing new (the usual case after guest data) */
 	opts = rx_opts(f, t) | PC_TCP_RX_NO_FLUSH;
-	if (ready > 0 && ready <= limit) {
-		limit = ready;
+	if (ready > 0) {			/* measured: pc_tcp_rx() need not probe again */
+		capped = ready > limit;
+		limit = capped ? limit : ready;
 		opts |= PC_TCP_RX_QUEUED;
 	}
 	raw = window_raw(f, t);
@@ -244,9 +246,8 @@ static void to_guest(struct pc_fast *f, struct fast_tcp *t, int *placed)
 	}
 	switch (res.stop) {
 	case PC_TCP_STOP_DRAINED:
-		break;
-	case PC_TCP_STOP_WINDOW:		/* the window, or our share per event */
-		if (limit < room)
+	case PC_TCP_STOP_WINDOW:		/* all it asked for: the window, or our share */
+		if (capped && n == limit && limit < room)
 			more(f, t);
 		break;
 	case PC_TCP_STOP_LIMIT:
@@ -653,6 +654,17 @@ int pc_fast_add_tcp(struct pc_fast *f, const struct pc_fast_tcp *conn)
 	return 0;
 }
 
+/* The entry of a TCP connection's socket, or NULL. */
+static struct fast_entry *tcp_entry(const struct pc_fast *f, int fd)
+{
+	uint8_t key[KEY_LEN];
+	struct fast_entry *e;
+
+	fast_fd_key(key, fd);
+	e = fast_table_find(&f->rxt, key);
+	return e && e->tcp ? e : NULL;
+}
+
 /**
  * pc_fast_remove_tcp() - take a connection back from C (before its socket closes, or when
  *			  Python handles one of its events)
@@ -664,13 +676,11 @@ int pc_fast_add_tcp(struct pc_fast *f, const struct pc_fast_tcp *conn)
  */
 int pc_fast_remove_tcp(struct pc_fast *f, int fd, struct pc_fast_tcp *out)
 {
+	struct fast_entry *e = tcp_entry(f, fd);
 	uint8_t key[KEY_LEN];
-	struct fast_entry *e;
 	struct fast_tcp *t;
 
-	fast_fd_key(key, fd);
-	e = fast_table_find(&f->rxt, key);
-	if (!e || !e->tcp)
+	if (!e)
 		return -ENOENT;
 	t = e->tcp;
 	*out = t->s;
@@ -680,8 +690,7 @@ int pc_fast_remove_tcp(struct pc_fast *f, int fd, struct pc_fast_tcp *out)
 	if (t->ack_due)
 		out->back |= PC_FAST_BACK_ACK;
 	unlist(f->more, &f->nmore, t);
-	unlist(f->backq, &f->nback, t);
-	unlist(f->touched, &f->ntouched, t);
+	unlist(f->backq, &f->nback, t);		/* (touched is empty outside a wait) */
 	unlist(f->rxwaitq, &f->nrxwait, t);
 	fast_table_drop(&f->rxt, e);
 	tx_key(key, &t->s);
@@ -701,13 +710,10 @@ int pc_fast_remove_tcp(struct pc_fast *f, int fd, struct pc_fast_tcp *out)
  */
 int64_t pc_fast_tcp_events(struct pc_fast *f, int fd)
 {
-	uint8_t key[KEY_LEN];
-	struct fast_entry *e;
+	struct fast_entry *e = tcp_entry(f, fd);
 	int64_t n;
 
-	fast_fd_key(key, fd);
-	e = fast_table_find(&f->rxt, key);
-	if (!e || !e->tcp)
+	if (!e)
 		return -ENOENT;
 	n = (int64_t)e->tcp->s.events;
 	e->tcp->s.events = 0;

@@ -959,9 +959,10 @@ static int queued_past_peek(int fd, uint32_t *n)
  *		(VIRTIO_NET_F_GUEST_CSUM negotiated, no capture wanting full checksums);
  *		PC_TCP_RX_DATA_VALID: full checksums and the DATA_VALID flag (GUEST_CSUM);
  *		PC_TCP_RX_NO_FLUSH: leave the used elements for pc_vq_flush();
- *		PC_TCP_RX_QUEUED: @max_bytes is what the caller knows to be queued past the
- *		peek offset (and within the window): no FIONREAD/SO_PEEK_OFF probe, no
- *		1-byte peek for end of stream (the caller learns that from EPOLLRDHUP)
+ *		PC_TCP_RX_QUEUED: the caller measured what is queued past the peek offset
+ *		and @max_bytes is no more than that: no FIONREAD/SO_PEEK_OFF probe, no 1-byte
+ *		peek for end of stream (the caller learns that from EPOLLRDHUP); a call that
+ *		delivered everything it planned stops with PC_TCP_STOP_DRAINED
  * @res:	what the call did and why it stopped (PC_TCP_STOP_*)
  *
  * Return: payload bytes delivered (f->seq advances by this much), 0 with res->stop telling

@@ -13,9 +13,10 @@ Theory of operation (passt's model, RFC 9293 semantics on the guest side):
 - No data buffers of our own. Guest -> host: a segment's payload is written to the socket as
   it arrives, in order only; what the socket does not take is not acknowledged, and the
   guest sends it again. The window we advertise is the host peer's receive window for a
-  peer on this host, else also bounded by the free send-buffer space (pc_tcp_send_window()). Host -> guest: data stays in the socket's receive queue until
-  the guest acknowledges it; it is read with MSG_PEEK from SO_PEEK_OFF (the offset advances
-  with each peek) and discarded with MSG_TRUNC when acknowledged. Retransmission is
+  peer on this host, else also bounded by the free send-buffer space (pc_tcp_send_window()).
+  Host -> guest: data stays in the socket's receive queue until the guest acknowledges it;
+  it is read with MSG_PEEK from SO_PEEK_OFF (the offset advances with each peek) and
+  discarded with MSG_TRUNC when acknowledged. Retransmission is
   go-back-N: rewind SO_PEEK_OFF to zero and send again from the guest's last ACK.
 - Timers (one per connection, lazily re-armed): retransmission with exponential back-off
   from RTO_INITIAL up to RTO_MAX, RST both ways after MAX_RETRIES; fast retransmit on the
@@ -329,13 +330,6 @@ class TcpHandler:
         except OSError:
             return 0
         return core.tcp_send_window(c.fd, c.local, MAX_WINDOW)
-
-    @staticmethod
-    def _sndbuf_limit(sndbuf: int) -> int:
-        """How much we let the guest queue in a socket whose SO_SNDBUF is ``sndbuf``: small
-        buffers boosted so that autotuning grows them, large ones with a quarter of margin
-        (pc_tcp_sndbuf_limit(); what a socket refuses costs the guest a resend, no more)."""
-        return core.tcp_sndbuf_limit(sndbuf)
 
     def _wnd_raw(self, c: _Conn) -> int:
         st = c.st

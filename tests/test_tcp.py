@@ -18,6 +18,7 @@ from scapy.layers.inet import TCP
 from scapy.layers.l2 import Ether
 from tcp_peer import FAMILY, GuestPeer, TcpEnv
 
+from passt_py import core
 from passt_py.flow import FlowType
 from passt_py.portspec import Forward
 from passt_py.tcp import WS_OURS, Phase, TcpState
@@ -709,7 +710,7 @@ def test_window_to_a_remote_peer_is_bounded_by_the_send_buffer(env: TcpEnv) -> N
     before = len(peer.log)
     peer.raw(ACK, seq=seq_add(peer.snd_nxt, -1))
     assert env.pump(lambda: len(_our_windows(peer, before)) > 0, 2)
-    assert 0 < _our_windows(peer, before)[-1] <= env.tcp._sndbuf_limit(sndbuf)
+    assert 0 < _our_windows(peer, before)[-1] <= core.tcp_sndbuf_limit(sndbuf)
 
 
 def test_gaps_in_one_batch_get_three_duplicate_acks(env: TcpEnv) -> None:
