@@ -112,6 +112,16 @@ def backend_argv(prefix: list[str], sock: Path, mtu: int) -> list[str]:
             "-g", GATEWAY, "-m", str(mtu), "-t", str(TCP_IN), "-u", str(UDP_IN)]
 
 
+def offload_note(tso: dict[str, bool]) -> str:
+    """Which back-ends took the guest's checksum/TSO offloads (vufront asks, as Linux does)."""
+    took = [be for be, on in tso.items() if on]
+    if not took:
+        return "no back-end took the guest's TSO"
+    return ", ".join(took) + " took the guest's TSO (64 KiB frames at any MTU)" + (
+        ", " + ", ".join(be for be, on in tso.items() if not on) + " offers none"
+        if len(took) < len(tso) else "")
+
+
 # ---- running one case ----
 @dataclass
 class Sample:
@@ -148,6 +158,11 @@ class Sample:
         """Back-end CPU microseconds per transaction (None without transactions)."""
         n = self.raw.get("transactions", 0)
         return self.raw["backend_cpu_s"] / n * 1e6 if n else None
+
+    @property
+    def offloads(self) -> bool:
+        """The back-end took the guest's TCP segmentation offload (HOST_TSO4, bit 11)."""
+        return bool(int(self.raw.get("features", 0)) >> 11 & 1)
 
     @property
     def gen_load(self) -> float:
@@ -523,6 +538,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="pin the back-end to CPU 0 and vufront to CPU 1 (taskset)")
     p.add_argument("--spin-us", type=int, default=0,
                    help="vufront busy-polls the rings this long before sleeping")
+    p.add_argument("--no-offloads", action="store_true",
+                   help="vufront negotiates no checksum/TSO offloads (as a guest with them off)")
     p.add_argument("--guest", action="store_true",
                    help="also boot a real guest (QEMU) per back-end and MTU and run iperf3")
     p.add_argument("--guest-seconds", type=int, default=5, help="iperf3 -t for --guest")
@@ -577,7 +594,8 @@ def main(argv: list[str] | None = None) -> int:
             print(note, file=sys.stderr)
     profile_dir = Path(args.profile) if args.profile else None
     pin = pin_prefixes(args.pin)
-    vu_extra = ("--spin-us", str(args.spin_us)) if args.spin_us else ()
+    vu_extra = (("--spin-us", str(args.spin_us)) if args.spin_us else ()) + \
+        (("--no-offloads",) if args.no_offloads else ())
     results: dict[str, dict[str, Sample]] = {}
     total = len(cases) * len(backends) * args.repeat
     done = 0
@@ -617,7 +635,10 @@ def main(argv: list[str] | None = None) -> int:
     progress("")
     if sys.stderr.isatty():
         sys.stderr.write("\n")
-    meta = {"note": note + f"; vufront generator; {args.duration} s per run, "
+    tso = {be: any(s.offloads for per in results.values() for b, s in per.items() if b == be)
+           for be in backends}
+    meta = {"note": note + f"; vufront generator; {offload_note(tso)}; "
+                           f"{args.duration} s per run, "
                            f"median of {args.repeat}; {os.cpu_count()} CPUs"
                            + ("; back-end pinned to CPU 0, vufront to CPU 1" if pin[0] else "")
                            + f"; load average {load0:.1f} at start, "

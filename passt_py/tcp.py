@@ -4,7 +4,8 @@ Theory of operation (passt's model, RFC 9293 semantics on the guest side):
 
 - Outbound: a guest SYN for a new tuple creates a TCP flow and a non-blocking host socket,
   connect()ed to the destination after address translation (passt_py.fwd: the gateway is the
-  host's loopback...). The guest's MSS goes to the socket (TCP_MAXSEG). The SYN-ACK goes to the
+  host's loopback...). The guest's MSS goes to the socket (TCP_MAXSEG) unless the peer is on
+  this host (loopback: no path to fit, and small segments cost CPU). The SYN-ACK goes to the
   guest only once the host connect completes; a refused, unreachable or timed-out connect
   (CONNECT_TIMEOUT) answers the guest with an RST.
 - Inbound (-t): listening sockets per forwarded port and family; an accepted connection sends
@@ -245,13 +246,30 @@ def _big_buffers() -> tuple[bool, bool]:
             _sysctl_int("/proc/sys/net/core/rmem_max") >= RCVBUF_BIG)
 
 
+def _is_loopback(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """A loopback destination, IPv4-mapped ones included."""
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback
+
+
+def _clamp_mss(sock: socket.socket, mss: int) -> None:
+    """The guest's MSS for the host side too, so that a remote peer sees the segment size the
+    guest would have used. Not for a peer on this host: there is no path to fit, and loopback
+    segments of a 1500-byte MTU's MSS cost the kernel about twice the CPU per byte (measured:
+    tcp-tx at MTU 1500 with the guest's TSO, 16 Gbit/s at 0.44 s/GB clamped, 31 at 0.24
+    not)."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, max(88, mss))
+    except OSError:
+        pass
+
+
 def _is_local(sock: socket.socket) -> bool:
     """The socket's peer is on this host: a loopback address, or our own address (the kernel
     picks the destination itself as source when we connect to one of our addresses)."""
     peer = _addr_of(sock.getpeername())[0]
-    if isinstance(peer, ipaddress.IPv6Address) and peer.ipv4_mapped is not None:
-        peer = peer.ipv4_mapped
-    return peer.is_loopback or peer == _addr_of(sock.getsockname())[0]
+    return _is_loopback(peer) or peer == _addr_of(sock.getsockname())[0]
 
 
 class TcpHandler:
@@ -484,10 +502,8 @@ class TcpHandler:
                              | socket.SOCK_CLOEXEC)
         mss = seg.mss or (MSS_DEFAULT4 if tap.eaddr.version == 4 else MSS_DEFAULT6)
         try:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, max(88, mss))
-            except OSError:
-                pass
+            if not _is_loopback(target):
+                _clamp_mss(sock, mss)
             sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
             self._set_bufsize(sock)
             err = sock.connect_ex(_sockaddr(target, tap.oport))
@@ -591,9 +607,12 @@ class TcpHandler:
         c.retries, c.rto = 0, self._rto0
         self._disarm(c)
         try:
-            c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, max(88, st.mss_guest))
+            if c.local is None:
+                c.local = _is_local(c.sock)
         except OSError:
-            pass
+            pass                # the peer is gone: the socket's next event says so
+        if not c.local:
+            _clamp_mss(c.sock, st.mss_guest)
         self._control(c, ACK)
         self._host_to_guest(c)
 

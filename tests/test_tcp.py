@@ -19,6 +19,7 @@ from scapy.layers.l2 import Ether
 from tcp_peer import FAMILY, GuestPeer, TcpEnv
 
 from passt_py import core
+from passt_py import tcp as tcp_mod
 from passt_py.flow import FlowType
 from passt_py.portspec import Forward
 from passt_py.tcp import WS_OURS, Phase, TcpState
@@ -697,6 +698,37 @@ def test_window_to_a_local_peer_is_its_receive_window(env: TcpEnv) -> None:
     wnd = _our_windows(peer, before)[-1]
     assert c.local is True
     assert wnd > 4 * sndbuf, (wnd, sndbuf)
+
+
+def _send_mss(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_loopback_peer_gets_loopback_segments(env: TcpEnv, version: int) -> None:
+    """The guest's MSS is not forced on a connection to a peer on this host: there is no path
+    to fit, and 1460-byte loopback segments cost the kernel about twice the CPU per byte. Both
+    ends of the host connection send segments far larger than the guest's; the bytes still
+    arrive intact."""
+    peer, host = _outbound(env, version, mss=1400)
+    c = next(iter(env.flows)).data
+    assert _send_mss(c.sock) > 16000 and _send_mss(host) > 16000, (
+        _send_mss(c.sock), _send_mss(host))
+    data = os.urandom(200_000)
+    peer.send_stream(data)
+    assert hashlib.sha256(_recv_all(env, host, len(data))).digest() == \
+        hashlib.sha256(data).digest()
+
+
+def test_remote_peer_sees_the_guests_mss(env: TcpEnv, monkeypatch) -> None:
+    """A peer elsewhere sees the segment size the guest asked for, as if the guest were
+    talking to it: the host socket announces and uses the guest's MSS. (Loopback is all the
+    test has: the destination is taken for a remote one.)"""
+    monkeypatch.setattr(tcp_mod, "_is_loopback", lambda addr: False)
+    peer, host = _outbound(env, 4, mss=1400)
+    c = next(iter(env.flows)).data
+    assert _send_mss(c.sock) <= 1400 and _send_mss(host) <= 1400, (
+        _send_mss(c.sock), _send_mss(host))
 
 
 def test_window_to_a_remote_peer_is_bounded_by_the_send_buffer(env: TcpEnv) -> None:

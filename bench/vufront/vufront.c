@@ -54,6 +54,12 @@ enum {
 };
 #define VU_VERSION		0x1u
 #define VU_FLAG_REPLY		0x4u
+#define F_CSUM			0
+#define F_GUEST_CSUM		1
+#define F_GUEST_TSO4		7
+#define F_GUEST_TSO6		8
+#define F_HOST_TSO4		11
+#define F_HOST_TSO6		12
 #define F_MRG_RXBUF		15
 #define F_EVENT_IDX		29
 #define F_PROTOCOL_FEATURES	30
@@ -63,6 +69,11 @@ enum {
 #define DESC_F_WRITE		2
 #define USED_F_NO_NOTIFY	1
 #define VNET_HDR		12
+#define VNET_F_NEEDS_CSUM	1
+#define VNET_GSO_TCPV4		1
+/* What Linux's virtio-net driver asks for: checksum and TCP segmentation offload both ways. */
+#define F_OFFLOADS	((1ull << F_CSUM) | (1ull << F_GUEST_CSUM) | (1ull << F_GUEST_TSO4) | \
+			 (1ull << F_GUEST_TSO6) | (1ull << F_HOST_TSO4) | (1ull << F_HOST_TSO6))
 #define RXQ			0
 #define TXQ			1
 
@@ -97,13 +108,14 @@ static struct {
 	const char *socket;
 	enum mode mode;
 	int mtu, ring, rxbuf, size, flows, port_out, port_in, backend_pid, event_idx, spin_us;
-	int always_kick;
+	int always_kick, offloads;
 	double duration, warmup, timeout;
 	uint32_t guest_ip, gw_ip;
 	uint8_t guest_mac[6];
 } opt = {
 	.mtu = 65520, .ring = 256, .rxbuf = 4096, .size = 0, .flows = 10000,
 	.port_out = 5001, .port_in = 5101, .backend_pid = 0, .event_idx = 1, .spin_us = 0,
+	.offloads = 1,
 	.duration = 3.0, .warmup = 0.5, .timeout = 10.0,
 	.guest_mac = { 0x52, 0x54, 0x00, 0x12, 0x34, 0x56 },
 };
@@ -271,6 +283,8 @@ static void vu_connect(void)
 	want = (1ull << F_VERSION_1) | (1ull << F_MRG_RXBUF) | (1ull << F_PROTOCOL_FEATURES);
 	if (opt.event_idx)
 		want |= 1ull << F_EVENT_IDX;
+	if (opt.offloads)
+		want |= F_OFFLOADS;
 	if (!(offered & (1ull << F_VERSION_1)))
 		fail("back-end does not offer VIRTIO_F_VERSION_1");
 	if (offered & (1ull << F_PROTOCOL_FEATURES)) {
@@ -285,6 +299,11 @@ static void vu_connect(void)
 	for (q = 0; q < 2; q++)
 		vu_send(VU_SET_VRING_CALL, (uint64_t[]){ (uint64_t)q }, 8, rings[q].call);
 	features = offered & want;
+	/* The spec ties each TSO bit to its checksum bit; so does Linux's driver. */
+	if (!(features & (1ull << F_CSUM)))
+		features &= ~((1ull << F_HOST_TSO4) | (1ull << F_HOST_TSO6));
+	if (!(features & (1ull << F_GUEST_CSUM)))
+		features &= ~((1ull << F_GUEST_TSO4) | (1ull << F_GUEST_TSO6));
 	vu_u64(VU_SET_FEATURES, features);
 	{
 		/* u32 nregions + u32 padding, then gpa, size, user address, mmap offset */
@@ -519,6 +538,33 @@ static uint32_t ip_hdr(uint8_t *ip, uint8_t proto, unsigned l4len)
 	       (opt.gw_ip & 0xffff) + proto + l4len;
 }
 
+static void put16le(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
+
+/**
+ * l4_csum() - the L4 checksum of a frame as Linux's driver leaves it: partial (NEEDS_CSUM, the
+ * pseudo-header sum only, the device completes it) when the device took CSUM, else complete
+ * @f:		frame (after the virtio-net header)
+ * @l4hlen:	L4 header length (options included)
+ * @len:	payload bytes (pattern)
+ * @pseudo:	pseudo-header sum from ip_hdr()
+ * @off:	offset of the checksum field in the L4 header
+ */
+static void l4_csum(uint8_t *f, unsigned l4hlen, unsigned len, uint32_t pseudo, unsigned off)
+{
+	uint8_t *l4 = f + ETH_HLEN + IP_HLEN, *vnet = f - VNET_HDR;
+	uint16_t c;
+
+	if (features & (1ull << F_CSUM)) {
+		vnet[0] = VNET_F_NEEDS_CSUM;
+		put16le(vnet + 6, ETH_HLEN + IP_HLEN);
+		put16le(vnet + 8, (uint16_t)off);
+		put16(l4 + off, (uint16_t)~fold(pseudo));
+		return;
+	}
+	c = fold(sum16(l4, l4hlen, pseudo) + pattern_sum(len));
+	put16(l4 + off, (off == 6 && !c) ? 0xffff : c);	/* UDP: 0 means "none" */
+}
+
 /** send_udp() - one datagram of @len pattern bytes to the gateway; 0 if the ring is full */
 static int send_udp(uint16_t sport, uint16_t dport, unsigned len)
 {
@@ -535,8 +581,7 @@ static int send_udp(uint16_t sport, uint16_t dport, unsigned len)
 	put16(u + 2, dport);
 	put16(u + 4, (uint16_t)(UDP_HLEN + len));
 	put16(u + 6, 0);
-	sum = sum16(u, UDP_HLEN, sum) + pattern_sum(len);
-	put16(u + 6, fold(sum) ? fold(sum) : 0xffff);
+	l4_csum(f, UDP_HLEN, len, sum, 6);
 	tx_commit(ETH_HLEN + IP_HLEN + UDP_HLEN + len);
 	return 1;
 }
@@ -606,8 +651,12 @@ static int send_tcp(struct tcb *t, uint8_t flags, uint32_t seq, unsigned len)
 		th[26] = 3;
 		th[27] = RCV_WSCALE;
 	}
-	sum = sum16(th, TCP_HLEN + optlen, sum) + pattern_sum(len);
-	put16(th + 16, fold(sum));
+	l4_csum(f, TCP_HLEN + optlen, len, sum, 16);
+	if (len > t->mss) {	/* one TSO frame of several segments (HOST_TSO4) */
+		f[-VNET_HDR + 1] = VNET_GSO_TCPV4;
+		put16le(f - VNET_HDR + 2, (uint16_t)(ETH_HLEN + IP_HLEN + TCP_HLEN + optlen));
+		put16le(f - VNET_HDR + 4, (uint16_t)t->mss);
+	}
 	tx_commit(ETH_HLEN + IP_HLEN + TCP_HLEN + optlen + len);
 	if (flags & TH_ACK) {
 		t->rcv_acked = t->rcv_nxt;
@@ -654,6 +703,10 @@ static unsigned tcp_output(struct tcb *t, int64_t now)
 		rto_count++;
 		t->last_progress = now;
 	}
+	/* With HOST_TSO4 a frame carries as many whole segments as an IP packet holds. */
+	unsigned seg_max = (features & (1ull << F_HOST_TSO4)) ?
+		(65535u - IP_HLEN - TCP_HLEN) / t->mss * t->mss : t->mss;
+
 	for (;;) {
 		uint32_t wnd = t->snd_wnd < t->cwnd ? t->snd_wnd : t->cwnd;
 		uint32_t limit = t->snd_una + wnd, len;
@@ -664,8 +717,8 @@ static unsigned tcp_output(struct tcb *t, int64_t now)
 		if (!SEQ_LT(t->snd_nxt, limit))
 			break;
 		len = limit - t->snd_nxt;
-		if (len > t->mss)
-			len = t->mss;
+		if (len > seg_max)
+			len = seg_max;
 		if (len < t->mss && t->app_end != limit && t->snd_nxt != t->snd_una)
 			break;	/* no small segments while data is in flight */
 		last_stop = WAIT_RING;
@@ -1321,7 +1374,7 @@ static void print_json(const struct snap *a, const struct snap *b, long rss_idle
 	}
 	printf("{\"mode\": \"%s\", \"mtu\": %d, \"size\": %d, \"status\": \"%s\", "
 	       "\"seconds\": %.6f, \"bytes\": %llu, \"gbit_s\": %.6f, \"transactions\": %llu, "
-	       "\"tps\": %.3f, \"retransmits\": %llu, \"tx_frames\": %llu, "
+	       "\"tps\": %.3f, \"retransmits\": %llu, \"rto\": %llu, \"tx_frames\": %llu, "
 	       "\"frontend_cpu_s\": %.6f, \"host_cpu_s\": %.6f, \"backend_cpu_s\": %.6f, "
 	       "\"rss_idle_kib\": %ld, \"rss_kib\": %ld, \"flows\": %llu, "
 	       "\"features\": %llu, \"waits\": {\"%s\": %llu, \"%s\": %llu, \"%s\": %llu, "
@@ -1330,7 +1383,8 @@ static void print_json(const struct snap *a, const struct snap *b, long rss_idle
 	       secs > 0 ? (double)bytes * 8 / secs / 1e9 : 0.0,
 	       (unsigned long long)(b->trans - a->trans),
 	       secs > 0 ? (double)(b->trans - a->trans) / secs : 0.0,
-	       (unsigned long long)retransmits, (unsigned long long)(b->tx_frames - a->tx_frames),
+	       (unsigned long long)retransmits, (unsigned long long)rto_count,
+	       (unsigned long long)(b->tx_frames - a->tx_frames),
 	       b->self_cpu - a->self_cpu, b->host_cpu - a->host_cpu,
 	       b->backend_cpu - a->backend_cpu, rss_idle, rss_peak,
 	       (unsigned long long)(opt.mode == M_TCP_FLOWS ? established : b->host_msgs),
@@ -1363,6 +1417,7 @@ static void usage(void)
 		"  --backend-pid P  measure its CPU and RSS --flows N      flows (10000)\n"
 		"  --no-event-idx   do not negotiate VIRTIO_RING_F_EVENT_IDX\n"
 		"  --spin-us N      busy-poll the used rings N us before sleeping (0)\n"
+		"  --no-offloads    do not negotiate CSUM/GUEST_CSUM/HOST_TSO*/GUEST_TSO*\n"
 		"  --always-kick    kick after every publication, whatever the device asked\n"
 		"                   (diagnostic: exposes a device's missed notification races)\n");
 	exit(2);
@@ -1377,7 +1432,7 @@ static void parse_args(int argc, char **argv)
 		{ "gateway", 1, 0, 'g' }, { "port-out", 1, 0, 'o' }, { "port-in", 1, 0, 'i' },
 		{ "backend-pid", 1, 0, 'p' }, { "flows", 1, 0, 'f' }, { "timeout", 1, 0, 'T' },
 		{ "no-event-idx", 0, 0, 'E' }, { "spin-us", 1, 0, 'S' },
-		{ "always-kick", 0, 0, 'K' }, { 0, 0, 0, 0 },
+		{ "always-kick", 0, 0, 'K' }, { "no-offloads", 0, 0, 'O' }, { 0, 0, 0, 0 },
 	};
 	int c;
 	unsigned i;
@@ -1411,6 +1466,7 @@ static void parse_args(int argc, char **argv)
 		case 'E': opt.event_idx = 0; break;
 		case 'S': opt.spin_us = atoi(optarg); break;
 		case 'K': opt.always_kick = 1; break;
+		case 'O': opt.offloads = 0; break;
 		default: usage();
 		}
 	}
@@ -1449,7 +1505,9 @@ int main(int argc, char **argv)
 
 		setrlimit(RLIMIT_NOFILE, &rl);
 	}
-	tx_stride = ((unsigned)(VNET_HDR + ETH_HLEN + opt.mtu) + 4095) & ~4095u;
+	/* A TSO frame may hold a whole 64 KiB IP packet whatever the MTU. */
+	tx_stride = ((unsigned)(VNET_HDR + ETH_HLEN + (opt.offloads ? 65535 : opt.mtu)) + 4095) &
+		    ~4095u;
 	mem_size = BUF_BASE + (size_t)opt.ring * ((unsigned)opt.rxbuf + tx_stride);
 	mem_size = (mem_size + (2u << 20) - 1) & ~(size_t)((2u << 20) - 1);
 	mem_fd = memfd_create("vufront-guest", MFD_CLOEXEC);
