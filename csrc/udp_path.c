@@ -28,8 +28,16 @@
 #include "guest_mem.h"
 #include "wire.h"
 
-/* Messages and iovec entries per sendmmsg() call. */
-enum { UDP_MSGS = 64, UDP_IOV = 512 };
+/* Messages and iovec entries per sendmmsg() call; segments and payload bytes per GSO message
+ * (the kernel's UDP_MAX_SEGMENTS, and what an IPv4 datagram holds). */
+enum { UDP_MSGS = 64, UDP_IOV = 512, UDP_GSO_SEGS = 64, UDP_GSO_MAX = 65507 };
+
+#ifndef SOL_UDP
+#define SOL_UDP		17
+#endif
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT	103	/* linux/udp.h, Linux 4.18 */
+#endif
 
 /**
  * range_iov() - point iovec entries at bytes [off, off + len) of a frame's slices
@@ -66,28 +74,126 @@ static int range_iov(const struct iovec *iov, unsigned n, uint64_t off, uint64_t
 }
 
 /**
- * flush() - sendmmsg() a run of messages for one socket, recording each one's fate
- * @fd:		the socket
+ * struct dgram_batch - messages for one sendmmsg() call on one socket
  * @msgs:	the messages
- * @n:		their number
- * @items:	the items they belong to, in the same order (err is set for each)
+ * @first:	each message's first item (its datagrams are consecutive items)
+ * @count:	datagrams in each message: more than one is a GSO message (UDP_SEGMENT)
+ * @ctl:	each message's UDP_SEGMENT control message
+ * @out:	iovec entries of all messages
+ * @nmsg:	messages so far
+ * @nout:	entries of @out used
+ * @fd:		the socket
+ * @gso:	0 once a GSO message failed on this socket: one datagram per message from then on
+ * @open:	the last message may take more datagrams
  */
-static void flush(int fd, struct mmsghdr *msgs, unsigned n, struct pc_dgram_ref **items)
+struct dgram_batch {
+	struct mmsghdr msgs[UDP_MSGS];
+	struct pc_dgram_ref *first[UDP_MSGS];
+	unsigned count[UDP_MSGS];
+	union { char buf[CMSG_SPACE(sizeof(uint16_t))]; struct cmsghdr align; } ctl[UDP_MSGS];
+	struct iovec out[UDP_IOV];
+	unsigned nmsg, nout;
+	int fd, gso, open;
+};
+
+/**
+ * send_one_by_one() - after a GSO message failed: each of its datagrams in a message of its
+ *		       own, each with its own fate
+ * @b:		batch
+ * @m:		the message
+ */
+static void send_one_by_one(struct dgram_batch *b, unsigned m)
 {
-	unsigned done = 0;
+	const struct msghdr *mh = &b->msgs[m].msg_hdr;
+	uint64_t off = 0;
+	unsigned j;
 
-	while (done < n) {
-		int r = sendmmsg(fd, msgs + done, n - done, MSG_DONTWAIT | MSG_NOSIGNAL);
+	for (j = 0; j < b->count[m]; j++) {
+		struct pc_dgram_ref *it = &b->first[m][j];
+		struct iovec iov[UDP_IOV];
+		struct msghdr one = { .msg_iov = iov };
+		int used = range_iov(mh->msg_iov, (unsigned)mh->msg_iovlen, off, it->len, iov,
+				     UDP_IOV);
 
+		off += it->len;
+		one.msg_iovlen = (size_t)(used < 0 ? 0 : used);
+		while (sendmsg(b->fd, &one, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+			if (errno != EINTR) {
+				it->err = -errno;
+				break;
+			}
+		}
+	}
+}
+
+/**
+ * flush() - sendmmsg() the batch's messages, recording each datagram's fate
+ * @b:		batch (emptied here)
+ *
+ * A GSO message the kernel refuses (a route that cannot segment, a full buffer, a pending
+ * error) is sent again one datagram at a time, so each datagram still gets its own fate.
+ */
+static void flush(struct dgram_batch *b)
+{
+	unsigned done = 0, j;
+
+	while (done < b->nmsg) {
+		int r = sendmmsg(b->fd, b->msgs + done, b->nmsg - done,
+				 MSG_DONTWAIT | MSG_NOSIGNAL);
+
+		if (r < 0 && errno == EINTR)
+			continue;
 		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			items[done++]->err = -errno;	/* this one failed: go on after it */
+			if (b->count[done] > 1) {
+				b->gso = 0;
+				send_one_by_one(b, done);
+			} else {
+				b->first[done]->err = -errno;
+			}
+			done++;		/* this one failed: go on after it */
 			continue;
 		}
-		while (r-- > 0)
-			items[done++]->err = 0;
+		for (; r > 0; r--, done++)
+			for (j = 0; j < b->count[done]; j++)
+				b->first[done][j].err = 0;
 	}
+	b->nmsg = b->nout = 0;
+	b->open = 0;
+}
+
+/**
+ * can_join() - whether item @it may join the batch's last message as one more GSO segment:
+ *		same socket, the message's segment size (a shorter one ends the message), at
+ *		most UDP_GSO_SEGS segments and UDP_GSO_MAX bytes
+ * @b:		batch
+ * @it:		the item
+ */
+static int can_join(const struct dgram_batch *b, const struct pc_dgram_ref *it)
+{
+	const struct pc_dgram_ref *head;
+	unsigned m = b->nmsg - 1;
+
+	if (!b->nmsg || !b->open || !b->gso || it->fd != b->fd)
+		return 0;
+	head = b->first[m];
+	return it->len && it->len <= head->len && b->count[m] < UDP_GSO_SEGS &&
+	       (uint64_t)head->len * b->count[m] + it->len <= UDP_GSO_MAX;
+}
+
+/* Make the batch's last message a GSO message of segments of its first datagram's size. */
+static void set_segment(struct dgram_batch *b, unsigned m)
+{
+	struct msghdr *mh = &b->msgs[m].msg_hdr;
+	struct cmsghdr *c;
+	uint16_t seg = (uint16_t)b->first[m]->len;
+
+	mh->msg_control = b->ctl[m].buf;
+	mh->msg_controllen = sizeof(b->ctl[m].buf);
+	c = CMSG_FIRSTHDR(mh);
+	c->cmsg_level = SOL_UDP;
+	c->cmsg_type = UDP_SEGMENT;
+	c->cmsg_len = CMSG_LEN(sizeof(seg));
+	memcpy(CMSG_DATA(c), &seg, sizeof(seg));
 }
 
 /**
@@ -99,46 +205,70 @@ static void flush(int fd, struct mmsghdr *msgs, unsigned n, struct pc_dgram_ref 
  * @items:	(fd, frame, offset, length) per datagram; err is filled in for each
  * @nitems:	number of datagrams
  *
+ * Consecutive datagrams of one socket and one size (the last may be shorter) go out as one
+ * GSO message (UDP_SEGMENT): one trip through the stack for up to 64 datagrams, which the
+ * receiver still gets one by one. A guest's bulk UDP at MTU 1500 costs about half the CPU.
+ *
  * Return: @nitems, or -EINVAL (nothing sent) if an item's range is outside its frame
  */
 static int send_datagrams(const struct pc_tx_frame *frames, unsigned nframes,
 			  const struct iovec *iov, unsigned max_iov, struct pc_dgram_ref *items,
 			  unsigned nitems)
 {
-	struct mmsghdr msgs[UDP_MSGS];
-	struct pc_dgram_ref *owner[UDP_MSGS];
-	struct iovec out[UDP_IOV];
-	unsigned i, nmsg = 0, nout = 0;
-	int fd = -1;
+	struct dgram_batch b;
+	unsigned i;
 
 	for (i = 0; i < nitems; i++) {
 		if (!pc_tx_range_ok(frames, nframes, max_iov, items[i].frame, items[i].off,
 				    items[i].len))
 			return -EINVAL;
 	}
+	b.nmsg = b.nout = 0;
+	b.fd = -1;
+	b.gso = 1;
+	b.open = 0;
 	for (i = 0; i < nitems; i++) {
 		const struct pc_tx_frame *f = &frames[items[i].frame];
-		int used;
+		struct msghdr *mh;
+		int join, used;
 
-		if (nmsg && (items[i].fd != fd || nmsg == UDP_MSGS || UDP_IOV - nout < f->nslices)) {
-			flush(fd, msgs, nmsg, owner);
-			nmsg = nout = 0;
+		if (UDP_IOV - b.nout < f->nslices ||
+		    (b.nmsg && items[i].fd != b.fd) ||
+		    (b.nmsg == UDP_MSGS && !can_join(&b, &items[i])))
+			flush(&b);
+		if (items[i].fd != b.fd) {
+			b.fd = items[i].fd;
+			b.gso = 1;
 		}
-		fd = items[i].fd;
-		used = range_iov(iov + f->first, f->nslices, items[i].off, items[i].len, out + nout,
-				 UDP_IOV - nout);
+		join = can_join(&b, &items[i]);
+		used = range_iov(iov + f->first, f->nslices, items[i].off, items[i].len,
+				 b.out + b.nout, UDP_IOV - b.nout);
 		if (used < 0) {			/* more slices than one call holds */
 			items[i].err = -EMSGSIZE;
+			b.open = 0;		/* the next one must not join across it */
 			continue;
 		}
-		memset(&msgs[nmsg], 0, sizeof(msgs[nmsg]));
-		msgs[nmsg].msg_hdr.msg_iov = out + nout;
-		msgs[nmsg].msg_hdr.msg_iovlen = (size_t)used;
-		owner[nmsg++] = &items[i];
-		nout += (unsigned)used;
+		if (join) {
+			unsigned m = b.nmsg - 1;
+
+			mh = &b.msgs[m].msg_hdr;
+			mh->msg_iovlen += (size_t)used;
+			if (b.count[m]++ == 1)
+				set_segment(&b, m);
+			b.open = items[i].len == b.first[m]->len;
+		} else {
+			memset(&b.msgs[b.nmsg], 0, sizeof(b.msgs[b.nmsg]));
+			mh = &b.msgs[b.nmsg].msg_hdr;
+			mh->msg_iov = b.out + b.nout;
+			mh->msg_iovlen = (size_t)used;
+			b.first[b.nmsg] = &items[i];
+			b.count[b.nmsg++] = 1;
+			b.open = 1;
+		}
+		b.nout += (unsigned)used;
 	}
-	if (nmsg)
-		flush(fd, msgs, nmsg, owner);
+	if (b.nmsg)
+		flush(&b);
 	return (int)nitems;
 }
 

@@ -150,12 +150,12 @@ def tcp_pair():
 
 
 def send_tx(rig: Rig, frames: list[bytes], splits: list | None = None,
-            vnet: list[bytes] | None = None) -> core.TxBatch:
+            vnet: list[bytes] | None = None, most: int = 64) -> core.TxBatch:
     """Put frames on the TX ring (optionally split / with headers) and pop them as a batch."""
     for i, frame in enumerate(frames):
         hdr = vnet[i] if vnet else bytes(HDR)
         rig.tx.add_tx_buffer(frame, hdr, split=splits[i] if splits else None)
-    batch = rig.txq.pop_tx(64, HDR)
+    batch = rig.txq.pop_tx(most, HDR)
     assert batch.count == len(frames)
     return batch
 

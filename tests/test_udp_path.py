@@ -359,6 +359,91 @@ def test_udp_runs_send_from_guest_memory_with_per_datagram_fates(rig):
         s.close()
 
 
+SOL_UDP, UDP_GRO = 17, 104
+
+
+def _gro_sink() -> socket.socket:
+    """A receiver that takes GSO messages whole (UDP_GRO): one read per message sent, with
+    its segment size in a control message, so a test sees how the datagrams left."""
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.setsockopt(SOL_UDP, UDP_GRO, 1)
+    sink.bind(("127.0.0.1", 0))
+    sink.settimeout(5)
+    return sink
+
+
+def _reads(sink: socket.socket, n: int) -> list[tuple[bytes, int]]:
+    """n reads of (bytes, GSO segment size or 0)."""
+    out = []
+    for _ in range(n):
+        data, anc, _flags, _addr = sink.recvmsg(1 << 17, 64)
+        seg = [struct.unpack("=i", d[:4])[0] if len(d) >= 4 else struct.unpack("=H", d[:2])[0]
+               for lvl, typ, d in anc if (lvl, typ) == (SOL_UDP, UDP_GRO)]
+        out.append((data, seg[0] if seg else 0))
+    sink.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        sink.recv(100)
+    sink.setblocking(True)
+    return out
+
+
+def _send_run(rig, sizes: list[int], sender: socket.socket) -> list[bytes]:
+    """One run of datagrams of these sizes through pc_send_udp_runs; returns the payloads."""
+    from tests.test_tcp_path import send_tx
+    payloads = [os.urandom(n) for n in sizes]
+    r = rig()
+    batch = send_tx(r, _udp_frames([("udp", 1, 2, p) for p in payloads]), most=len(payloads))
+    runs = core.UdpRuns(core.classify(batch), range(len(payloads)))
+    assert runs.count == 1
+    runs.runs[0].fd = sender.fileno()
+    assert runs.send() == 0 and runs.runs[0].failed == 0
+    return payloads
+
+
+@pytest.mark.parametrize("sizes, messages", [
+    ([1000] * 10 + [500], [(0, 11)]),                         # a shorter last one joins
+    ([1000, 1000, 500, 1000, 1000, 1200], [(0, 3), (3, 5), (5, 6)]),  # a shorter one ends it
+    ([100] * 100, [(0, 64), (64, 100)]),                      # 64 segments at most
+    ([1472] * 50, [(0, 44), (44, 50)]),                       # 65507 bytes at most
+])
+def test_a_run_of_one_size_leaves_as_gso_messages(rig, sizes, messages):
+    """Consecutive datagrams of one size to one socket go out as one GSO message (one trip
+    through the stack for up to 64 datagrams): a UDP_GRO receiver reads each message whole
+    with the run's segment size; an ordinary receiver still gets every datagram alone, with
+    its own bytes, in order."""
+    sink, plain = _gro_sink(), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    plain.bind(("127.0.0.1", 0))
+    plain.settimeout(5)
+    for dst in (sink, plain):
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sender.connect(dst.getsockname())
+        payloads = _send_run(rig, sizes, sender)
+        if dst is sink:
+            want = [(b"".join(payloads[a:b]), sizes[a] if b - a > 1 else 0)
+                    for a, b in messages]
+            assert _reads(sink, len(messages)) == want
+        else:
+            assert [plain.recv(70000) for _ in payloads] == payloads
+        sender.close()
+    sink.close()
+    plain.close()
+
+
+def test_a_gso_message_the_kernel_refuses_goes_out_one_datagram_at_a_time(rig):
+    """A socket that cannot send GSO messages (here: no UDP checksums, SO_NO_CHECK) gets the
+    run one datagram per message: all arrive, intact and in order, none reported failed."""
+    sink = _gro_sink()
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.setsockopt(socket.SOL_SOCKET, 11, 1)              # SO_NO_CHECK
+    sender.connect(sink.getsockname())
+    with pytest.raises(OSError):                             # the kernel refuses GSO here
+        sender.sendmsg([b"x" * 200], [(SOL_UDP, 103, struct.pack("=H", 100))])
+    payloads = _send_run(rig, [700] * 8, sender)
+    assert _reads(sink, 8) == [(p, 0) for p in payloads]
+    sender.close()
+    sink.close()
+
+
 def test_datagrams_arriving_while_the_queue_looked_empty_are_not_cut(rig):
     """A sender keeps the socket between empty and not (its datagrams land while the C call
     runs): a datagram that arrives after the size check saw an empty queue must still be
