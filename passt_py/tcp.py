@@ -103,6 +103,7 @@ BYTES_PER_EVENT = 1 << 20   # host -> guest bytes per connection and event (then
 ACCEPT_BATCH = 64
 SNDBUF_BIG = 4 << 20        # net.core.wmem_max from which sockets get the largest send buffer...
 RCVBUF_BIG = 2 << 20        # ...and rmem_max from which the largest receive buffer (as passt)
+BUF_HEADROOM = 8            # ...less an eighth: a migration target can rebuild a full queue
 LISTEN_BACKLOG = 128
 DISCARD_CHUNK = 1 << 20
 
@@ -237,13 +238,21 @@ def _sysctl_int(path: str) -> int:
         return 0
 
 
-def _big_buffers() -> tuple[bool, bool]:
-    """Whether the system lets a socket ask for a big send / receive buffer (net.core.wmem_max
-    and rmem_max): then every connection gets the largest one from the start, as passt does.
-    Autotuning grows a buffer only after it was found full, and each time the send buffer is
-    full the guest's data past it is refused and must be resent."""
-    return (_sysctl_int("/proc/sys/net/core/wmem_max") >= SNDBUF_BIG,
-            _sysctl_int("/proc/sys/net/core/rmem_max") >= RCVBUF_BIG)
+def _big_buffers() -> tuple[int, int]:
+    """The send / receive buffer sizes to ask for where the system allows big ones
+    (net.core.wmem_max and rmem_max), else 0 (autotuning): then every connection gets a big
+    one from the start, as passt does. Autotuning grows a buffer only after it was found
+    full, and each time the send buffer is full the guest's data past it is refused and must
+    be resent.
+
+    Not quite the largest: BUF_HEADROOM of the limit is left, so that a full queue can be
+    rebuilt on a migration target with the same limits and no CAP_NET_ADMIN (no forced
+    sizes). A target refills the queue in its own segments, whose overhead differs a little
+    from the source's: a queue that filled a buffer at the limit does not fit in one
+    (measured: 8.27 MB queued in an 8 MiB buffer, EAGAIN on restore)."""
+    wmem, rmem = (_sysctl_int(f"/proc/sys/net/core/{n}") for n in ("wmem_max", "rmem_max"))
+    return (wmem - wmem // BUF_HEADROOM if wmem >= SNDBUF_BIG else 0,
+            rmem - rmem // BUF_HEADROOM if rmem >= RCVBUF_BIG else 0)
 
 
 def _is_loopback(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -319,11 +328,11 @@ class TcpHandler:
         return (int.from_bytes(h, "big") + time.monotonic_ns() // 4000) & 0xFFFFFFFF
 
     def _set_bufsize(self, sock: socket.socket) -> None:
-        """The largest buffers the system allows, where it allows big ones (_big_buffers)."""
-        for big, opt in ((self._big_snd, socket.SO_SNDBUF), (self._big_rcv, socket.SO_RCVBUF)):
-            if big:
+        """Big buffers, where the system allows them (_big_buffers)."""
+        for size, opt in ((self._big_snd, socket.SO_SNDBUF), (self._big_rcv, socket.SO_RCVBUF)):
+            if size:
                 try:
-                    sock.setsockopt(socket.SOL_SOCKET, opt, 1 << 30)
+                    sock.setsockopt(socket.SOL_SOCKET, opt, size)
                 except OSError:
                     pass
 
@@ -1239,6 +1248,7 @@ class TcpHandler:
         if st.phase != Phase.ESTABLISHED:
             raise FlowRefused(f"cannot adopt a connection in phase {st.phase!r}")
         sock.setblocking(False)
+        self._set_bufsize(sock)     # the restore may have forced bigger ones: the next hop
         if st.fin_sent and not st.fin_acked:
             st.seq_to_guest = seq_add(st.seq_acked_by_guest, 1)
         else:

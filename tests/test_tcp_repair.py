@@ -399,6 +399,41 @@ def test_guard_listener_covers_the_gap_between_close_and_restore(side: str) -> N
     peer.close()
 
 
+def test_a_full_send_queue_moves_to_a_target_without_forced_sizes(monkeypatch) -> None:
+    """A connection socket with the send buffer passt-py gives it, filled as far as it goes
+    (the peer reads nothing), is rebuilt on a target that cannot force buffer sizes (no
+    CAP_NET_ADMIN, as under passt-repair): the buffer's headroom makes the queue fit, and
+    every byte reaches the peer. Without the headroom the refill fails with EAGAIN."""
+    from passt_py import tcp as tcp_mod
+    snd, _rcv = tcp_mod._big_buffers()
+    monkeypatch.setattr(tr, "SO_SNDBUFFORCE", -1)        # setsockopt fails: as unprivileged
+    monkeypatch.setattr(tr, "SO_RCVBUFFORCE", -1)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        a = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if snd:
+            a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, snd)
+        a.connect(srv.getsockname())
+        b, _ = srv.accept()
+    a.setblocking(False)
+    b.setblocking(False)
+    data = os.urandom(40 << 20)
+    sent = _fill(a, data)
+    assert 0 < sent < len(data)
+    a2 = _move(a)
+    got = bytearray()
+    deadline = time.monotonic() + 20
+    while len(got) < sent and time.monotonic() < deadline:
+        try:
+            got += b.recv(1 << 20)
+        except BlockingIOError:
+            time.sleep(0.001)
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data[:sent]).digest()
+    a2.close()
+    b.close()
+
+
 def test_restored_send_queue_uses_full_sized_segments() -> None:
     """The send queue is rebuilt in segments of the connection's MSS, not the 536-byte
     default (thousands of tiny segments would crawl out in loss recovery)."""

@@ -332,11 +332,12 @@ def test_request_response_runs_in_c_and_survives_a_new_guest_mac(backend) -> Non
     host.close()
 
 
-def test_connection_sockets_get_the_largest_buffers_the_system_allows(backend) -> None:
+def test_connection_sockets_get_big_buffers_where_the_system_allows(backend) -> None:
     """Where net.core.wmem_max/rmem_max allow big buffers (4/2 MiB), a new connection's socket
-    asks for the largest from the start (the kernel doubles the capped value): autotuning
-    grows a send buffer only after the guest's data found it full. Below, the socket keeps
-    the kernel's autotuned default."""
+    asks for a big one from the start (the kernel doubles the value): autotuning grows a send
+    buffer only after the guest's data found it full. An eighth of the limit is left, so that
+    a full queue can be rebuilt on a migration target without forced sizes. Below, the socket
+    keeps the kernel's autotuned default."""
     service, fe = backend
     g, host = _connected(fe, 43222)
     c = next(iter(service.flows)).data
@@ -345,7 +346,7 @@ def test_connection_sockets_get_the_largest_buffers_the_system_allows(backend) -
     for (size, name, big) in zip(sizes, ("wmem_max", "rmem_max"), (4 << 20, 2 << 20)):
         limit = int(open(f"/proc/sys/net/core/{name}").read())
         if limit >= big:
-            assert size == 2 * limit, name
+            assert size == 2 * (limit - limit // 8), name
         else:
             assert size < 2 * limit, name
     host.close()
