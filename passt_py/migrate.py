@@ -1147,7 +1147,11 @@ class Transfer:
                 self._fail(_code(e), "save", str(e))
                 return
             self._total = sum(len(b) for b in self._bufs)
-            self.ctx.loop.add(self.fd, OUT, self._on_ready)
+            # QEMU waits for the end of the stream with the guest stopped: write now (a
+            # small state fits the pipe at once), wait for the fd only for the rest.
+            self._on_ready(OUT)
+            if self.result is None:
+                self.ctx.loop.add(self.fd, OUT, self._on_ready)
         else:
             self.reader = StreamReader(self.ctx.max_stream)
             self.ctx.loop.add(self.fd, IN, self._on_ready)
