@@ -101,9 +101,9 @@ WS_OURS = 8                 # our window scale: windows up to 16 MiB
 MAX_WINDOW = 0xFFFF << WS_OURS
 BYTES_PER_EVENT = 1 << 20   # host -> guest bytes per connection and event (then deferred)
 ACCEPT_BATCH = 64
-SNDBUF_BIG = 4 << 20        # net.core.wmem_max from which sockets get the largest send buffer...
-RCVBUF_BIG = 2 << 20        # ...and rmem_max from which the largest receive buffer (as passt)
-BUF_HEADROOM = 8            # ...less an eighth: a migration target can rebuild a full queue
+SNDBUF_BIG = 4 << 20        # net.core.wmem_max from which sockets get a big send buffer...
+RCVBUF_BIG = 2 << 20        # ...and rmem_max from which a big receive buffer (as passt does)...
+BUF_HEADROOM = 8            # ...an eighth below the limit: a migration target can rebuild it
 LISTEN_BACKLOG = 128
 DISCARD_CHUNK = 1 << 20
 
