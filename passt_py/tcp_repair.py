@@ -65,6 +65,8 @@ TCPI_OPT_TIMESTAMPS, TCPI_OPT_SACK, TCPI_OPT_WSCALE = 1, 2, 4
 SIOCINQ = 0x541B
 SIOCOUTQ = 0x5411
 IP_FREEBIND = 15
+IP_BIND_ADDRESS_NO_PORT = 24
+IP_LOCAL_PORT_RANGE = 51        # Linux 6.3
 SOL_IP = 0
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
@@ -690,13 +692,17 @@ def _restore_in_repair(sock: socket.socket, state: TcpSockState, drop: DropFilte
     try:
         sock.bind(_sockaddr(state.local_addr, state.local_port))
     except OSError as e:
-        raise RepairError(e.errno or errno.EIO, "bind",
-                          f"{state.local_addr} port {state.local_port}: {e.strerror}") from None
+        if e.errno != errno.EADDRINUSE or not _bind_for_connect(sock, state):
+            raise RepairError(e.errno or errno.EIO, "bind",
+                              f"{state.local_addr} port {state.local_port}: {e.strerror}"
+                              ) from None
     try:
         sock.connect(_sockaddr(state.peer_addr, state.peer_port))
     except OSError as e:
         raise RepairError(e.errno or errno.EIO, "connect",
                           f"to {state.peer_addr} port {state.peer_port}: {e.strerror}") from None
+    if _addr(sock.getsockname())[1] != state.local_port:       # a range ignored: not ours
+        raise RepairError(errno.EADDRINUSE, "bind", f"port {state.local_port} taken")
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 0)    # no lasting user clamp
     except OSError:
@@ -727,6 +733,25 @@ def _restore_in_repair(sock: socket.socket, state: TcpSockState, drop: DropFilte
         raise RepairError(e.errno or errno.EIO, "window") from None
     if frozen and thaw(sock) < 0:
         raise RepairError(errno.EIO, "thaw")
+
+
+def _bind_for_connect(sock: socket.socket, state: TcpSockState) -> bool:
+    """bind() refused the port: leave it for connect() to take.
+
+    A TIME_WAIT of another connection from the same port (another peer, a socket without
+    SO_REUSEADDR) makes bind() refuse the port even with SO_REUSEADDR, though the 4-tuple is
+    free: connect() checks the 4-tuple. So bind the address alone (IP_BIND_ADDRESS_NO_PORT) and
+    give the socket a local port range of that one port (IP_LOCAL_PORT_RANGE). False where the
+    kernel has no such options (before Linux 6.3): the bind() error stands.
+    """
+    port = state.local_port
+    try:
+        sock.setsockopt(SOL_IP, IP_LOCAL_PORT_RANGE, struct.pack("=I", port | port << 16))
+        sock.setsockopt(SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        sock.bind(_sockaddr(state.local_addr, 0))
+    except OSError:
+        return False
+    return True
 
 
 def finish(sock: socket.socket, state: TcpSockState) -> None:

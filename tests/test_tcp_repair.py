@@ -399,6 +399,52 @@ def test_guard_listener_covers_the_gap_between_close_and_restore(side: str) -> N
     peer.close()
 
 
+def test_a_port_another_connections_time_wait_holds_is_taken_back(monkeypatch) -> None:
+    """The connection's local port also carries another connection's TIME_WAIT (another
+    peer, a socket without SO_REUSEADDR): bind() refuses the port even with SO_REUSEADDR,
+    yet the 4-tuple is free, and the rebuilt socket gets it through connect(). Data queued
+    before the move and sent after it arrives."""
+    srv1 = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv1.bind(("127.0.0.1", 0))
+    srv1.listen(1)
+    old = socket.create_connection(srv1.getsockname())
+    old_peer, _ = srv1.accept()
+    port = old.getsockname()[1]
+    old.close()                                  # closes first: TIME_WAIT on our side
+    time.sleep(0.05)
+    old_peer.close()
+    srv2 = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv2.bind(("127.0.0.1", 0))
+    srv2.listen(1)
+    a = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    a.setsockopt(tr.SOL_IP, tr.IP_LOCAL_PORT_RANGE, struct.pack("=I", port | port << 16))
+    a.connect(srv2.getsockname())                # the same local port, another peer
+    b, _ = srv2.accept()
+    assert a.getsockname()[1] == port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        with pytest.raises(OSError):
+            probe.bind(("127.0.0.1", port))     # what a plain bind() meets
+    a.setblocking(False)
+    b.setblocking(False)
+    before, after = os.urandom(5000), os.urandom(7000)
+    a.send(before)
+    a2 = _move(a)
+    assert a2.getsockname() == ("127.0.0.1", port)
+    a2.setblocking(True)
+    a2.sendall(after)
+    got = bytearray()
+    deadline = time.monotonic() + 10
+    while len(got) < len(before) + len(after) and time.monotonic() < deadline:
+        try:
+            got += b.recv(1 << 16)
+        except BlockingIOError:
+            time.sleep(0.001)
+    assert bytes(got) == before + after
+    for s in (a2, b, srv1, srv2):
+        s.close()
+
+
 def test_a_full_send_queue_moves_to_a_target_without_forced_sizes(monkeypatch) -> None:
     """A connection socket with the send buffer passt-py gives it, filled as far as it goes
     (the peer reads nothing), is rebuilt on a target that cannot force buffer sizes (no
