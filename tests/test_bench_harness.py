@@ -44,8 +44,10 @@ def test_generator_moves_bytes_with_and_without_offloads(harness, mode: str,
     for bit in (HOST_TSO4, GUEST_TSO4):
         assert bool(raw["features"] >> bit & 1) == offloads, hex(raw["features"])
     if mode == "tcp-tx":
+        # Bytes the host read over the window per frame the guest sent in it (the window's
+        # edges cut a little either way): TSO frames of up to 44 segments, or one MSS each.
         per_frame = raw["bytes"] / raw["tx_frames"]
         if offloads:
-            assert per_frame > 16000, per_frame      # TSO frames of up to 44 segments
+            assert per_frame > 16000, per_frame
         else:
-            assert per_frame <= 1460, per_frame      # one MSS per frame
+            assert per_frame < 1600, per_frame
