@@ -362,12 +362,12 @@ def test_udp_runs_send_from_guest_memory_with_per_datagram_fates(rig):
 SOL_UDP, UDP_GRO = 17, 104
 
 
-def _gro_sink() -> socket.socket:
+def _gro_sink(family: int = 4) -> socket.socket:
     """A receiver that takes GSO messages whole (UDP_GRO): one read per message sent, with
     its segment size in a control message, so a test sees how the datagrams left."""
-    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, socket.SOCK_DGRAM)
     sink.setsockopt(SOL_UDP, UDP_GRO, 1)
-    sink.bind(("127.0.0.1", 0))
+    sink.bind(("127.0.0.1" if family == 4 else "::1", 0))
     sink.settimeout(5)
     return sink
 
@@ -387,12 +387,18 @@ def _reads(sink: socket.socket, n: int) -> list[tuple[bytes, int]]:
     return out
 
 
-def _send_run(rig, sizes: list[int], sender: socket.socket) -> list[bytes]:
+def _send_run(rig, sizes: list[int], sender: socket.socket, family: int = 4) -> list[bytes]:
     """One run of datagrams of these sizes through pc_send_udp_runs; returns the payloads."""
     from tests.test_tcp_path import send_tx
     payloads = [os.urandom(n) for n in sizes]
     r = rig()
-    batch = send_tx(r, _udp_frames([("udp", 1, 2, p) for p in payloads]), most=len(payloads))
+    if family == 4:
+        frames = _udp_frames([("udp", 1, 2, p) for p in payloads])
+    else:
+        frames = [raw(Ether(src=GUEST_MAC.hex(":"), dst=OUR_MAC.hex(":"))
+                      / IPv6(src="fd00::2", dst="fd00::1") / UDP(sport=1, dport=2) / p)
+                  for p in payloads]
+    batch = send_tx(r, frames, most=len(payloads))
     runs = core.UdpRuns(core.classify(batch), range(len(payloads)))
     assert runs.count == 1
     runs.runs[0].fd = sender.fileno()
@@ -400,24 +406,26 @@ def _send_run(rig, sizes: list[int], sender: socket.socket) -> list[bytes]:
     return payloads
 
 
+@pytest.mark.parametrize("family", [4, 6])
 @pytest.mark.parametrize("sizes, messages", [
     ([1000] * 10 + [500], [(0, 11)]),                         # a shorter last one joins
     ([1000, 1000, 500, 1000, 1000, 1200], [(0, 3), (3, 5), (5, 6)]),  # a shorter one ends it
     ([100] * 100, [(0, 64), (64, 100)]),                      # 64 segments at most
     ([1472] * 50, [(0, 44), (44, 50)]),                       # 65507 bytes at most
 ])
-def test_a_run_of_one_size_leaves_as_gso_messages(rig, sizes, messages):
+def test_a_run_of_one_size_leaves_as_gso_messages(rig, sizes, messages, family):
     """Consecutive datagrams of one size to one socket go out as one GSO message (one trip
     through the stack for up to 64 datagrams): a UDP_GRO receiver reads each message whole
     with the run's segment size; an ordinary receiver still gets every datagram alone, with
     its own bytes, in order."""
-    sink, plain = _gro_sink(), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    plain.bind(("127.0.0.1", 0))
+    af = socket.AF_INET if family == 4 else socket.AF_INET6
+    sink, plain = _gro_sink(family), socket.socket(af, socket.SOCK_DGRAM)
+    plain.bind(("127.0.0.1" if family == 4 else "::1", 0))
     plain.settimeout(5)
     for dst in (sink, plain):
-        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sender = socket.socket(af, socket.SOCK_DGRAM)
         sender.connect(dst.getsockname())
-        payloads = _send_run(rig, sizes, sender)
+        payloads = _send_run(rig, sizes, sender, family)
         if dst is sink:
             want = [(b"".join(payloads[a:b]), sizes[a] if b - a > 1 else 0)
                     for a, b in messages]
