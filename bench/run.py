@@ -310,7 +310,7 @@ end = time.monotonic() + 0.3
 while time.monotonic() < end: send()
 start, base, cpu = time.monotonic(), sent, time.thread_time()
 while time.monotonic() < start + {seconds}: send()
-got, secs, cpu = sent - base, time.monotonic() - start, time.thread_time() - cpu  # taken
+got, secs, cpu = sent - base, time.monotonic() - start, time.thread_time() - cpu
 s.close(); os.wait()
 print(got * 8 / secs / 1e9, cpu / (got / 1e9))
 """

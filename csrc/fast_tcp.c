@@ -689,9 +689,13 @@ int pc_fast_remove_tcp(struct pc_fast *f, int fd, struct pc_fast_tcp *out)
 		out->back |= PC_FAST_BACK_H2G;
 	if (t->ack_due)
 		out->back |= PC_FAST_BACK_ACK;
-	unlist(f->more, &f->nmore, t);
-	unlist(f->backq, &f->nback, t);		/* (touched is empty outside a wait) */
-	unlist(f->rxwaitq, &f->nrxwait, t);
+	/* Only the lists it is on (a scan each; touched is empty outside a wait). */
+	if (t->in_more)
+		unlist(f->more, &f->nmore, t);
+	if (t->in_back)
+		unlist(f->backq, &f->nback, t);
+	if (t->rx_wait)
+		unlist(f->rxwaitq, &f->nrxwait, t);
 	fast_table_drop(&f->rxt, e);
 	tx_key(key, &t->s);
 	e = fast_table_find(&f->txt, key);

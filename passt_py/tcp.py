@@ -4,10 +4,12 @@ Theory of operation (passt's model, RFC 9293 semantics on the guest side):
 
 - Outbound: a guest SYN for a new tuple creates a TCP flow and a non-blocking host socket,
   connect()ed to the destination after address translation (passt_py.fwd: the gateway is the
-  host's loopback...). The guest's MSS goes to the socket (TCP_MAXSEG) unless the peer is on
-  this host (loopback: no path to fit, and small segments cost CPU). The SYN-ACK goes to the
-  guest only once the host connect completes; a refused, unreachable or timed-out connect
-  (CONNECT_TIMEOUT) answers the guest with an RST.
+  host's loopback...). The guest's MSS goes to the socket (TCP_MAXSEG, before connect())
+  unless the peer is on this host (loopback: no path to fit, and small segments cost CPU).
+  An inbound connection's handshake is over before the guest's MSS is known: its socket keeps
+  the MSS it negotiated (TCP_MAXSEG on an established socket changes nothing). The SYN-ACK
+  goes to the guest only once the host connect completes; a refused, unreachable or
+  timed-out connect (CONNECT_TIMEOUT) answers the guest with an RST.
 - Inbound (-t): listening sockets per forwarded port and family; an accepted connection sends
   a SYN to the guest's address (the one it uses, else its lease) at the mapped port, from the
   peer's address as the guest must see it (127.0.0.1 -> the gateway...).
@@ -180,7 +182,7 @@ class _Conn:
                  "more_due", "last_wnd_raw", "send_full", "rx_wait", "discard_due",
                  "batch_end", "gap_acks", "local", "stats", "fast", "offered")
 
-    def __init__(self, st: TcpState, sock: socket.socket) -> None:
+    def __init__(self, st: TcpState, sock: socket.socket, local: bool) -> None:
         self.st = st
         self.sock = sock
         self.fd = sock.fileno()
@@ -203,7 +205,7 @@ class _Conn:
         self.discard_due = 0                    # acknowledged bytes still in the socket
         self.batch_end = False                  # listed for _end_batch (ACK or discard due)
         self.gap_acks = 0                       # duplicate ACKs for gaps in this batch
-        self.local: bool | None = None          # host peer on this host (known once connected)
+        self.local = local                      # host peer on this host (_peer_is_local)
         self.fast = False                       # C runs its steady state (core.FastPath)
         self.offered = False                    # listed for TcpHandler._fast_give_offered
         # bytes to host, bytes to guest, timeouts, fast retransmits, socket-full refusals,
@@ -263,22 +265,21 @@ def _is_loopback(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 
 
 def _clamp_mss(sock: socket.socket, mss: int) -> None:
-    """The guest's MSS for the host side too, so that a remote peer sees the segment size the
-    guest would have used. Not for a peer on this host: there is no path to fit, and loopback
-    segments of a 1500-byte MTU's MSS cost the kernel about twice the CPU per byte (measured:
-    tcp-tx at MTU 1500 with the guest's TSO, 16 Gbit/s at 0.44 s/GB clamped, 31 at 0.24
-    not)."""
+    """The guest's MSS for the host side too, before connect() (it only shapes a handshake
+    still to come), so that a remote peer sees the segment size the guest would have used.
+    Not for a peer on this host: there is no path to fit, and loopback segments of a
+    1500-byte MTU's MSS cost the kernel about twice the CPU per byte (measured: tcp-tx at MTU
+    1500 with the guest's TSO, 16 Gbit/s at 0.44 s/GB clamped, 31 at 0.24 not)."""
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, max(88, mss))
     except OSError:
         pass
 
 
-def _is_local(sock: socket.socket) -> bool:
-    """The socket's peer is on this host: a loopback address, or our own address (the kernel
+def _peer_is_local(peer: IPAddr, ours: IPAddr) -> bool:
+    """The host peer is on this host: a loopback address, or our own address (the kernel
     picks the destination itself as source when we connect to one of our addresses)."""
-    peer = _addr_of(sock.getpeername())[0]
-    return _is_loopback(peer) or peer == _addr_of(sock.getsockname())[0]
+    return _is_loopback(peer) or peer == ours
 
 
 class TcpHandler:
@@ -351,11 +352,6 @@ class TcpHandler:
         local stream to a buffer's worth per round trip (the guest waits for our ACK), and a
         socket that refuses part of a batch costs the guest a resend, nothing more.
         """
-        try:
-            if c.local is None:
-                c.local = _is_local(c.sock)
-        except OSError:
-            return 0
         return core.tcp_send_window(c.fd, c.local, MAX_WINDOW)
 
     def _wnd_raw(self, c: _Conn) -> int:
@@ -532,7 +528,7 @@ class TcpHandler:
             st.ws_from_guest, st.ws_to_guest = seg.ws, WS_OURS
         isn = self._isn(tap.oaddr, tap.oport, tap.eaddr, tap.eport)
         st.isn_ours = st.seq_to_guest = st.seq_acked_by_guest = isn
-        c = _Conn(st, sock)
+        c = _Conn(st, sock, _peer_is_local(target, local_addr))
         c.seg_size = min(mss, self._our_mss(st.version))
         host = FlowSide(Pif.HOST, target, tap.oport, local_addr, local_port)
         try:
@@ -615,13 +611,6 @@ class TcpHandler:
         st.phase = Phase.ESTABLISHED
         c.retries, c.rto = 0, self._rto0
         self._disarm(c)
-        try:
-            if c.local is None:
-                c.local = _is_local(c.sock)
-        except OSError:
-            pass                # the peer is gone: the socket's next event says so
-        if not c.local:
-            _clamp_mss(c.sock, st.mss_guest)
         self._control(c, ACK)
         self._host_to_guest(c)
 
@@ -1087,7 +1076,7 @@ class TcpHandler:
                 and not (c.send_full or c.probe or c.recovering or c.wnd_poll)
                 and not (c.dup_acks or c.more_due or c.batch_end or c.ack_due
                          or c.discard_due or c.gap_acks)
-                and c.last_wnd_raw > 0 and c.local is not None)
+                and c.last_wnd_raw > 0)
 
     def _fast_give(self, c: _Conn) -> None:
         """Hand ``c``'s state to C (it stays in Python if C's table is full)."""
@@ -1255,11 +1244,11 @@ class TcpHandler:
             st.seq_to_guest = st.seq_acked_by_guest
             st.fin_sent = st.fin_sent and st.fin_acked
         sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
-        c = _Conn(st, sock)
-        c.seg_size = min(st.mss_guest, self._our_mss(st.version))
-        tap = FlowSide(Pif.TAP, st.guest_addr, st.guest_port, st.our_addr, st.our_port)
         local_addr, local_port = _addr_of(sock.getsockname())
         peer_addr, peer_port = _addr_of(sock.getpeername())
+        c = _Conn(st, sock, _peer_is_local(peer_addr, local_addr))
+        c.seg_size = min(st.mss_guest, self._our_mss(st.version))
+        tap = FlowSide(Pif.TAP, st.guest_addr, st.guest_port, st.our_addr, st.our_port)
         host = FlowSide(Pif.HOST, peer_addr, peer_port, local_addr, local_port)
         if st.inbound:
             c.flow = self._flows.new(FlowType.TCP, host, tap, self._idle_timeout,
@@ -1376,7 +1365,7 @@ class TcpHandler:
             st.isn_ours = st.seq_to_guest = st.seq_acked_by_guest = isn
             st.ws_to_guest = 0                   # until the guest's SYN-ACK says otherwise
             sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
-            c = _Conn(st, sock)
+            c = _Conn(st, sock, _peer_is_local(peer_addr, local_addr))
             tap = FlowSide(Pif.TAP, dst, lst.target_port, src, peer_port)
             host = FlowSide(Pif.HOST, peer_addr, peer_port, local_addr, local_port)
             flow = self._flows.new(FlowType.TCP, host, tap, self._idle_timeout, self._on_close,

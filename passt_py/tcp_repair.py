@@ -701,8 +701,6 @@ def _restore_in_repair(sock: socket.socket, state: TcpSockState, drop: DropFilte
     except OSError as e:
         raise RepairError(e.errno or errno.EIO, "connect",
                           f"to {state.peer_addr} port {state.peer_port}: {e.strerror}") from None
-    if _addr(sock.getsockname())[1] != state.local_port:       # a range ignored: not ours
-        raise RepairError(errno.EADDRINUSE, "bind", f"port {state.local_port} taken")
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 0)    # no lasting user clamp
     except OSError:

@@ -589,8 +589,15 @@ def test_export_adopt_roundtrip(env: TcpEnv) -> None:
     c.st.phase = Phase.CLOSED
     env.flows.close(flow)
     c.sock.close()
+    sock.setsockopt(socket.SOL_SOCKET, 32, 64 << 20)    # SO_SNDBUFFORCE, as a restore may
     flow2 = env.tcp.adopt(st, sock)
     assert flow2.type == FlowType.TCP
+    # The adopted socket is back at the regular size (the next migration must fit it), and
+    # knows its peer is on this host.
+    big = env.tcp._big_snd
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == \
+        (2 * big if big else 128 << 20), big
+    assert flow2.data.local is True
     host.sendall(b"after")
     assert env.pump(lambda: peer.data == b"beforeafter")
     peer.send_stream(b"back")
