@@ -939,6 +939,13 @@ class TcpHandler:
         st = c.st
         if st.phase == Phase.CLOSED:
             return
+        if mask & HUP and not st.host_eof:
+            # Edge-triggered and never repeated: the end of the host's stream is noted in
+            # whatever phase it comes (an inbound peer may write and close before the guest
+            # answered our SYN). C never learns it, so a connection with it stays here.
+            st.host_eof = True
+            trace(log, "TCP flow %s: host end of stream (%s, %d in flight)", self._fid(c),
+                  st.phase.name, seq_diff(st.seq_to_guest, st.seq_acked_by_guest))
         if st.phase == Phase.CONNECTING:
             if not mask & (OUT | ERR | HUP):
                 return
@@ -964,8 +971,6 @@ class TcpHandler:
             if self._wnd_raw(c) > 0:
                 self._control(c, ACK)
         if mask & (IN | HUP):
-            if mask & HUP:
-                st.host_eof = True
             self._host_to_guest(c)
         if c.flow is not None:
             self._flows.touch(c.flow)
@@ -1018,11 +1023,16 @@ class TcpHandler:
             return
         if stop == STOP_EOF:
             st.host_eof = True
-            if seq_diff(st.seq_to_guest, st.seq_acked_by_guest) == 0:
+            in_flight = seq_diff(st.seq_to_guest, st.seq_acked_by_guest)
+            if in_flight == 0:
+                trace(log, "TCP flow %s: FIN to the guest", self._fid(c))
                 self._control(c, FIN | ACK)
                 st.fin_sent = True
                 st.seq_to_guest = seq_add(st.seq_to_guest, 1)
                 self._arm(c, c.rto)
+            else:       # the guest's ACK of the rest brings us back here
+                trace(log, "TCP flow %s: FIN after %d bytes in flight", self._fid(c),
+                      in_flight)
 
     def rx_ready(self) -> None:
         """The guest added RX buffers: resume connections that were waiting for them."""
@@ -1142,6 +1152,11 @@ class TcpHandler:
             self._queue_ack(c)
         if why & core.FAST_BACK_H2G:
             self._host_to_guest(c)
+
+    @property
+    def fast_connections(self) -> int:
+        """Connections whose steady state C runs now."""
+        return len(self._fast_conns)
 
     def fast_release(self) -> None:
         """Take every connection back from C (its templates are about to go stale)."""
