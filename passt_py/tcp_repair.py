@@ -6,12 +6,14 @@ receive queues (TCP_REPAIR_QUEUE selects one, TCP_QUEUE_SEQ reads/sets its seque
 contents (recv with MSG_PEEK reads the selected queue without consuming it), the options agreed
 in the handshake (TCP_REPAIR_OPTIONS: MSS, window scale, SACK, timestamps), the window state
 (TCP_REPAIR_WINDOW) and the timestamp clock (TCP_TIMESTAMP). :func:`save` reads all of it into a
-:class:`TcpSockState`; :func:`restore` builds an equivalent socket: a fresh socket goes into
-repair mode, gets its queue sequence numbers, is bound to the same local address and port and
-"connected" (in repair mode connect() sends nothing and lands in ESTABLISHED), gets the options,
-timestamp, queue contents and window, and leaves repair mode, which sends one window probe that
-makes the peer acknowledge and so resynchronises both ends. Data in the send queue is restored as
-sent-but-unacknowledged, so the retransmission timer delivers whatever the peer had not acked.
+:class:`TcpSockState`; :func:`restore` builds an equivalent socket: a fresh socket gets its
+address-reuse options and only then goes into repair mode (see :func:`new_socket`), gets its
+queue sequence numbers, is bound to the same local address and port and "connected" (in repair
+mode connect() sends nothing and lands in ESTABLISHED; the local address and port it ends up
+with are checked to be the saved ones), gets the options, timestamp, queue contents and window,
+and leaves repair mode, which sends one window probe that makes the peer acknowledge and so
+resynchronises both ends. Data in the send queue is restored as sent-but-unacknowledged, so the
+retransmission timer delivers whatever the peer had not acked.
 
 A socket closed while in repair mode sends neither FIN nor RST: the source closes (or keeps)
 its migrated sockets that way, and nothing reaches the peer until the target takes over.
@@ -609,12 +611,30 @@ def _sockaddr(addr: IPAddr, port: int) -> tuple:
 
 
 def new_socket(state: TcpSockState) -> socket.socket:
-    """A fresh socket of the right family, ready to go into repair mode."""
+    """A fresh socket of the right family with its bind options, ready for repair mode.
+
+    The options are set here, before repair mode, and never after it: turning TCP_REPAIR on
+    gives the socket forced address reuse (the kernel's SK_FORCE_REUSE, which lets bind() take
+    a port that a listener, a TIME_WAIT or anything else holds), and setting SO_REUSEADDR
+    afterwards replaces that with plain reuse, so bind() to a port our own listener forwards
+    (every inbound connection of a -t port) fails with EADDRINUSE. Every path (:func:`restore`,
+    the migration's batches, direct or through the helper) creates its sockets here.
+    """
     family = socket.AF_INET if state.local_addr.version == 4 else socket.AF_INET6
     try:
-        return socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     except OSError as e:
         raise RepairError(e.errno or errno.EIO, "socket") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)   # see guard()
+        sock.setsockopt(SOL_IP, IP_FREEBIND, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    except OSError as e:
+        sock.close()
+        raise RepairError(e.errno or errno.EIO, "socket options") from None
+    return sock
 
 
 def _fill(sock: socket.socket, queue: int, data: bytes, step: str) -> None:
@@ -653,7 +673,7 @@ def _grow_buffers(sock: socket.socket, state: TcpSockState) -> None:
 
 def restore_in_repair(sock: socket.socket, state: TcpSockState,
                       drop: DropFilter = CLASSIC) -> None:
-    """Rebuild ``state`` on ``sock``, which must be fresh and already in repair mode.
+    """Rebuild ``state`` on ``sock``, from :func:`new_socket` and already in repair mode.
 
     Leaves the socket in repair mode; :func:`finish` takes it out. Raises RepairError.
     The socket is frozen while it is rebuilt: once connect() has hashed it, a segment from
@@ -668,14 +688,6 @@ def restore_in_repair(sock: socket.socket, state: TcpSockState,
 
 def _restore_in_repair(sock: socket.socket, state: TcpSockState, drop: DropFilter) -> None:
     frozen = freeze(sock, drop) == 0     # best effort (see DropFilter)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)   # see guard()
-        sock.setsockopt(SOL_IP, IP_FREEBIND, 1)
-        if state.local_addr.version == 6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    except OSError as e:
-        raise RepairError(e.errno or errno.EIO, "socket options") from None
     _grow_buffers(sock, state)
     # The MSS option set later (TCP_REPAIR_OPTIONS) only clamps: the segment size the send
     # queue is cut into comes from the MSS computed at connect(), which would otherwise be the
@@ -689,18 +701,7 @@ def _restore_in_repair(sock: socket.socket, state: TcpSockState, drop: DropFilte
     _setint(sock, TCP_QUEUE_SEQ, _signed(state.snd_seq), "set send sequence")
     _setint(sock, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "select receive queue")
     _setint(sock, TCP_QUEUE_SEQ, _signed(state.rcv_seq), "set receive sequence")
-    try:
-        sock.bind(_sockaddr(state.local_addr, state.local_port))
-    except OSError as e:
-        if e.errno != errno.EADDRINUSE or not _bind_for_connect(sock, state):
-            raise RepairError(e.errno or errno.EIO, "bind",
-                              f"{state.local_addr} port {state.local_port}: {e.strerror}"
-                              ) from None
-    try:
-        sock.connect(_sockaddr(state.peer_addr, state.peer_port))
-    except OSError as e:
-        raise RepairError(e.errno or errno.EIO, "connect",
-                          f"to {state.peer_addr} port {state.peer_port}: {e.strerror}") from None
+    _bind_and_connect(sock, state)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 0)    # no lasting user clamp
     except OSError:
@@ -733,6 +734,35 @@ def _restore_in_repair(sock: socket.socket, state: TcpSockState, drop: DropFilte
         raise RepairError(errno.EIO, "thaw")
 
 
+def _bind_and_connect(sock: socket.socket, state: TcpSockState) -> None:
+    """Put the connection back on exactly its saved local address and port, or raise.
+
+    connect() in repair mode sends nothing and hashes the socket as established. Whatever
+    bind() or the fallback did, the address the socket really got is checked afterwards: a
+    connection restored on another port is dead (the peer's next segment meets whatever holds
+    the right port, a listener answers it with an RST), so it is an error, never a success.
+    """
+    refused = ""
+    try:
+        sock.bind(_sockaddr(state.local_addr, state.local_port))
+    except OSError as e:
+        if e.errno != errno.EADDRINUSE or not _bind_for_connect(sock, state):
+            raise RepairError(e.errno or errno.EIO, "bind",
+                              f"{state.local_addr} port {state.local_port}: {e.strerror}"
+                              ) from None
+        refused = " (bind() refused the port)"
+    try:
+        sock.connect(_sockaddr(state.peer_addr, state.peer_port))
+        got = _addr(sock.getsockname())
+    except OSError as e:
+        raise RepairError(e.errno or errno.EIO, "connect",
+                          f"to {state.peer_addr} port {state.peer_port}: {e.strerror}") from None
+    if got != (state.local_addr, state.local_port):
+        raise RepairError(errno.EADDRINUSE, "bind",
+                          f"wanted {state.local_addr} port {state.local_port}, got {got[0]} "
+                          f"port {got[1]}{refused}")
+
+
 def _bind_for_connect(sock: socket.socket, state: TcpSockState) -> bool:
     """bind() refused the port: leave it for connect() to take.
 
@@ -741,6 +771,11 @@ def _bind_for_connect(sock: socket.socket, state: TcpSockState) -> bool:
     free: connect() checks the 4-tuple. So bind the address alone (IP_BIND_ADDRESS_NO_PORT) and
     give the socket a local port range of that one port (IP_LOCAL_PORT_RANGE). False where the
     kernel has no such options (before Linux 6.3): the bind() error stands.
+
+    Only a backstop: the forced reuse of repair mode (see :func:`new_socket`) makes bind() take
+    such a port itself. And the kernel silently ignores a range outside
+    net.ipv4.ip_local_port_range (connect() then takes any port), and connect() never takes a
+    port that bind() holds (a listener's): the caller checks the port the socket really got.
     """
     port = state.local_port
     try:

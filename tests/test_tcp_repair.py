@@ -10,8 +10,12 @@ import array
 import errno
 import hashlib
 import os
+import select
+import shutil
 import socket
 import struct
+import subprocess
+import tempfile
 import threading
 import time
 
@@ -399,11 +403,18 @@ def test_guard_listener_covers_the_gap_between_close_and_restore(side: str) -> N
     peer.close()
 
 
-def test_a_port_another_connections_time_wait_holds_is_taken_back(monkeypatch) -> None:
+@pytest.mark.parametrize("forced_reuse", [True, False], ids=["forced-reuse", "fallback"])
+def test_a_port_another_connections_time_wait_holds_is_taken_back(monkeypatch,
+                                                                   forced_reuse: bool) -> None:
     """The connection's local port also carries another connection's TIME_WAIT (another
-    peer, a socket without SO_REUSEADDR): bind() refuses the port even with SO_REUSEADDR,
-    yet the 4-tuple is free, and the rebuilt socket gets it through connect(). Data queued
-    before the move and sent after it arrives."""
+    peer, a socket without SO_REUSEADDR): a plain bind() refuses the port even with
+    SO_REUSEADDR, yet the 4-tuple is free. Repair mode's forced reuse lets bind() take it;
+    without it (fallback) the rebuilt socket gets it through connect(). Either way it is the
+    saved port, and data queued before the move and sent after it arrives."""
+    calls: list[int] = []
+    fallback = tr._bind_for_connect
+    monkeypatch.setattr(tr, "_bind_for_connect",
+                        lambda sock, st: calls.append(st.local_port) or fallback(sock, st))
     srv1 = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv1.bind(("127.0.0.1", 0))
     srv1.listen(1)
@@ -429,8 +440,9 @@ def test_a_port_another_connections_time_wait_holds_is_taken_back(monkeypatch) -
     b.setblocking(False)
     before, after = os.urandom(5000), os.urandom(7000)
     a.send(before)
-    a2 = _move(a)
+    a2 = _move(a, tr.RepairControl() if forced_reuse else _PlainReuse())
     assert a2.getsockname() == ("127.0.0.1", port)
+    assert calls == ([] if forced_reuse else [port])
     a2.setblocking(True)
     a2.sendall(after)
     got = bytearray()
@@ -443,6 +455,241 @@ def test_a_port_another_connections_time_wait_holds_is_taken_back(monkeypatch) -
     assert bytes(got) == before + after
     for s in (a2, b, srv1, srv2):
         s.close()
+
+
+class _PlainReuse(tr.RepairControl):
+    """Direct repair mode, after which the socket has plain SO_REUSEADDR again (what the
+    restore used to do): without repair mode's forced reuse, bind() refuses a port that a
+    listener or a TIME_WAIT holds, so the restore falls back to :func:`tr._bind_for_connect`."""
+
+    def __init__(self) -> None:
+        super().__init__(None, direct=True)
+
+    def set(self, fds: list[socket.socket], mode: int) -> int:  # type: ignore[override]
+        fds = list(fds)
+        rc = super().set(fds, mode)
+        if rc == 0 and mode == tr.TCP_REPAIR_ON:
+            for s in fds:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        return rc
+
+
+def _forwarding_listener(family: int, outside_range: bool) -> socket.socket:
+    """A listening socket as -t forwarding opens it (SO_REUSEADDR, wildcard address, IPv6
+    only): on a port outside net.ipv4.ip_local_port_range like -t 10001, or an ephemeral one."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low, high = (int(v) for v in f.read().split())
+    ports = ([p for p in [*range(10001, 10101), *range(high + 1, min(high + 101, 65536))]
+              if not low <= p <= high] if outside_range else [0])
+    wildcard = "0.0.0.0" if family == socket.AF_INET else "::"
+    for port in ports:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            sock.bind((wildcard, port))
+        except OSError:
+            sock.close()
+            continue
+        sock.listen(8)
+        return sock
+    pytest.skip("no free port outside ip_local_port_range")
+
+
+def _accepted(listener: socket.socket) -> tuple[socket.socket, socket.socket]:
+    """A loopback connection through ``listener``: (the peer, the accepted socket)."""
+    addr = "127.0.0.1" if listener.family == socket.AF_INET else "::1"
+    peer = socket.create_connection((addr, listener.getsockname()[1]))
+    acc, _ = listener.accept()
+    peer.setblocking(False)
+    acc.setblocking(False)
+    return peer, acc
+
+
+def _move_inbound_and_talk(listener: socket.socket, control: tr.RepairControl) -> None:
+    """Move an accepted connection while ``listener`` stays open; check port and streams.
+
+    Half of each stream is queued before the move, the rest goes out after the restore.
+    """
+    peer, acc = _accepted(listener)
+    local = acc.getsockname()[:2]
+    peer_out, acc_out = os.urandom(1 << 20), os.urandom(1 << 20)
+    peer_sent = _fill(peer, peer_out[:len(peer_out) // 2])
+    acc_sent = _fill(acc, acc_out[:len(acc_out) // 2])
+    try:
+        moved = _move(acc, control)
+    except BaseException:
+        peer.close()
+        raise
+    try:
+        assert moved.getsockname()[:2] == local
+        got_moved, got_peer = _exchange(moved, peer, acc_out, peer_out, acc_sent, peer_sent)
+        assert hashlib.sha256(got_peer).digest() == hashlib.sha256(acc_out).digest()
+        assert hashlib.sha256(got_moved).digest() == hashlib.sha256(peer_out).digest()
+    finally:
+        moved.close()
+        peer.close()
+
+
+@pytest.mark.parametrize("port", ["forwarded", "ephemeral"])
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
+def test_inbound_connection_is_restored_on_the_port_its_listener_holds(family: int,
+                                                                       port: str) -> None:
+    """A connection is rebuilt on the port a listening socket of the same process holds
+    (every -t connection on the target): it gets exactly its saved port, and data sent both
+    ways after the restore arrives intact."""
+    listener = _forwarding_listener(family, outside_range=port == "forwarded")
+    try:
+        _move_inbound_and_talk(listener, tr.RepairControl())
+    finally:
+        listener.close()
+
+
+def test_inbound_connection_is_restored_on_its_listeners_port_through_the_helper(
+        tmp_path) -> None:
+    """Through the passt-repair protocol (the path without CAP_NET_ADMIN), a connection is
+    rebuilt on the port its listener holds, and data flows both ways after the restore."""
+    control, fake = _helper_control(tmp_path)
+    listener = _forwarding_listener(socket.AF_INET, outside_range=True)
+    try:
+        _move_inbound_and_talk(listener, control)
+    finally:
+        listener.close()
+        control.helper.close()
+    assert [m for m, _ in fake.commands] == [1, 1, 0]
+
+
+def test_a_port_bind_refuses_outside_the_local_port_range_is_an_error() -> None:
+    """bind() refuses the saved port (a listener holds it and forced reuse is lost) and the
+    port is outside ip_local_port_range, where the kernel ignores the fallback's one-port
+    range: the restore raises RepairError naming wanted and obtained ports instead of
+    returning a socket on another port, and the peer hears nothing of it."""
+    listener = _forwarding_listener(socket.AF_INET, outside_range=True)
+    peer, acc = _accepted(listener)
+    port = acc.getsockname()[1]
+    control = _PlainReuse()
+    try:
+        assert tr.freeze(acc) == 0 and control.set([acc], tr.TCP_REPAIR_ON) == 0
+        state = tr.save(acc)
+        acc.close()                          # in repair mode: silently
+        with pytest.raises(tr.RepairError) as info:
+            tr.restore(state, control).close()
+        assert info.value.errno == errno.EADDRINUSE and info.value.step == "bind"
+        assert f"wanted 127.0.0.1 port {port}, got 127.0.0.1 port " in str(info.value)
+        time.sleep(0.1)
+        with pytest.raises(BlockingIOError):
+            peer.recv(1)                     # no data, no FIN, no RST
+    finally:
+        peer.close()
+        listener.close()
+
+
+def _restore_as_nobody(state: tr.TcpSockState, path: str, ready: int, expect: bytes,
+                       reply: bytes) -> int:
+    """In a child that gave up root: restore through the helper on ``path``, report on
+    ``ready``, read ``expect``, send ``reply``. Exit status 0 = ok, 1 = still privileged,
+    2 = no helper, 3 = restore failed, 4 = wrong port, 5 = wrong data."""
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+    if tr.direct_repair_allowed():
+        return 1
+    helper = tr.RepairHelper(path)
+    deadline = time.monotonic() + 20
+    while not helper.accept() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if not helper.connected:
+        return 2
+    try:
+        sock = tr.restore(state, tr.RepairControl(helper))
+    except tr.RepairError as e:
+        os.write(ready, f"{e}".encode())
+        return 3
+    if tr._addr(sock.getsockname()) != (state.local_addr, state.local_port):
+        os.write(ready, f"{sock.getsockname()}".encode())
+        return 4
+    os.write(ready, b"ok")
+    got = bytearray()
+    deadline = time.monotonic() + 10
+    while len(got) < len(expect) and time.monotonic() < deadline:
+        select.select([sock], [], [], 0.1)
+        try:
+            got += sock.recv(1 << 16)
+        except BlockingIOError:
+            pass
+    if bytes(got) != expect:
+        return 5
+    sock.setblocking(True)
+    sock.sendall(reply)
+    sock.close()
+    helper.close()
+    return 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give it up")
+def test_real_passt_repair_restores_on_the_port_its_listener_holds() -> None:
+    """Without CAP_NET_ADMIN, through the real passt-repair: a connection is rebuilt on the
+    port its listener holds; data queued before the move and sent after it arrives."""
+    from tests.guest.real_passt import real_passt_repair_command
+    helper_cmd = real_passt_repair_command()
+    if helper_cmd is None:
+        pytest.skip("no passt-repair at hand")
+    listener = _forwarding_listener(socket.AF_INET, outside_range=True)
+    peer, acc = _accepted(listener)
+    before, after, reply = os.urandom(3000), os.urandom(5000), os.urandom(2000)
+    peer.sendall(before)
+    time.sleep(0.05)
+    control = tr.RepairControl()
+    assert tr.freeze(acc) == 0 and control.set([acc], tr.TCP_REPAIR_ON) == 0
+    state = tr.save(acc)
+    acc.close()
+    workdir = tempfile.mkdtemp(prefix="repair-")       # tmp_path is closed to nobody
+    os.chown(workdir, 65534, 65534)
+    path = os.path.join(workdir, "sock.repair")
+    ready_r, ready_w = os.pipe()
+    proc = None
+    pid = os.fork()
+    if pid == 0:
+        code = 9
+        try:
+            os.close(ready_r)
+            code = _restore_as_nobody(state, path, ready_w, before + after, reply)
+        finally:
+            os._exit(code)
+    os.close(ready_w)
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc = subprocess.Popen([*helper_cmd, path], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        readable, _, _ = select.select([ready_r], [], [], 30)
+        said = os.read(ready_r, 4096) if readable else b"(nothing)"
+        assert said == b"ok", said
+        peer.setblocking(True)
+        peer.sendall(after)
+        peer.settimeout(10)
+        got = bytearray()
+        while len(got) < len(reply):
+            chunk = peer.recv(1 << 16)
+            if not chunk:
+                break
+            got += chunk
+        assert bytes(got) == reply
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(ready_r)
+        if proc is not None:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        peer.close()
+        listener.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_a_full_send_queue_moves_to_a_target_without_forced_sizes(monkeypatch) -> None:
