@@ -410,6 +410,9 @@ class Report:
     #: socket).
     pending: list[tuple[Any, tcp_repair.TcpSockState, socket.socket]] = field(
         default_factory=list)
+    #: Target: TCP connections that could not be rebuilt (state records), whose guest end is
+    #: reset by :func:`activate` so the guest's application learns at once.
+    lost: list[Any] = field(default_factory=list)
 
 
 # ---- source ----
@@ -888,6 +891,7 @@ def _apply_tcp(ctx: MigrationContext, out: Loaded, report: Report) -> None:
         log.error("migration: TCP_REPAIR unavailable (%s): %d TCP connections cannot be "
                   "restored", control.how() if control else "no repair control", len(out.tcp))
         report.failed += len(out.tcp)
+        report.lost += [st for st, _ks in out.tcp]
         return
     # Repair mode is switched for all sockets at once: one helper round trip per 253 sockets
     # (passt-repair), not two per connection.
@@ -896,7 +900,7 @@ def _apply_tcp(ctx: MigrationContext, out: Loaded, report: Report) -> None:
         try:
             fresh.append((st, ks, tcp_repair.new_socket(ks)))
         except tcp_repair.RepairError as e:
-            _restore_failed(ks, e, report)
+            _restore_failed(st, ks, e, report)
     rc = control.set([sock for _, _, sock in fresh], tcp_repair.TCP_REPAIR_ON)
     if rc < 0:
         log.error("migration: repair mode %s failed (%s): %d TCP connections cannot be "
@@ -904,6 +908,7 @@ def _apply_tcp(ctx: MigrationContext, out: Loaded, report: Report) -> None:
         for _st, _ks, sock in fresh:
             sock.close()
         report.failed += len(fresh)
+        report.lost += [st for st, _ks, _sock in fresh]
         return
     built: list[tuple[Any, tcp_repair.TcpSockState, socket.socket]] = []
     for st, ks, sock in fresh:
@@ -911,7 +916,7 @@ def _apply_tcp(ctx: MigrationContext, out: Loaded, report: Report) -> None:
             tcp_repair.restore_in_repair(sock, ks, ctx.drop)
         except tcp_repair.RepairError as e:
             sock.close()                 # still in repair mode: nothing reaches the peer
-            _restore_failed(ks, e, report)
+            _restore_failed(st, ks, e, report)
             continue
         built.append((st, ks, sock))
     rc = control.set([sock for _, _, sock in built], tcp_repair.TCP_REPAIR_OFF)
@@ -921,6 +926,7 @@ def _apply_tcp(ctx: MigrationContext, out: Loaded, report: Report) -> None:
         for _st, _ks, sock in built:
             sock.close()
         report.failed += len(built)
+        report.lost += [st for st, _ks, _sock in built]
         return
     for st, ks, sock in built:
         try:
@@ -940,6 +946,9 @@ def activate(ctx: MigrationContext, report: Report) -> None:
     window, data the guest has not acknowledged) reaches the guest instead of being dropped
     by a device that is not started yet. Until then the kernel keeps what the peers send.
     """
+    lost, report.lost = report.lost, []
+    for st in lost if ctx.tcp is not None else ():
+        ctx.tcp.reset_guest_end(st)
     pending, report.pending = report.pending, []
     adopted = 0
     for st, ks, sock in pending:
@@ -956,6 +965,7 @@ def activate(ctx: MigrationContext, report: Report) -> None:
 
 def discard(ctx: MigrationContext, report: Report) -> None:
     """The guest went away before :func:`activate`: reset what was restored for it."""
+    report.lost = []
     pending, report.pending = report.pending, []
     for _st, ks, sock in pending:
         _drop_restored(ctx, ks, sock, OSError(errno.ENOTCONN, "the guest is gone"), report)
@@ -975,13 +985,14 @@ def _drop_restored(ctx: MigrationContext, ks: tcp_repair.TcpSockState, sock: soc
     report.failed += 1
 
 
-def _restore_failed(ks: tcp_repair.TcpSockState, e: tcp_repair.RepairError,
+def _restore_failed(st: Any, ks: tcp_repair.TcpSockState, e: tcp_repair.RepairError,
                     report: Report) -> None:
     hint = (" (another socket on this host still holds the connection: is the source "
             "lingering? use --migrate-exit there)" if e.errno == errno.EADDRNOTAVAIL else "")
     log.error("migration: TCP connection [%s]:%d -> [%s]:%d not restored: %s%s",
               ks.local_addr, ks.local_port, ks.peer_addr, ks.peer_port, e, hint)
     report.failed += 1
+    report.lost.append(st)
 
 
 @dataclass(frozen=True)

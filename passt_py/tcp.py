@@ -1282,6 +1282,16 @@ class TcpHandler:
         self._loop.defer(lambda: self._resync(c))
         return c.flow
 
+    def reset_guest_end(self, state: TcpState) -> None:
+        """A migrated connection that could not be rebuilt here: RST to the guest's end now,
+        rather than on its next segment (an application that only waits would never learn).
+        Our SND.NXT is the guest's RCV.NXT or within its window (then it answers with a
+        challenge ACK, which meets no flow and gets the RST it needs)."""
+        tpl = FrameTemplate(state.our_addr, state.guest_addr, state.our_port, state.guest_port)
+        dst_mac, src_mac = self._macs()
+        self._to_guest([tpl.control(dst_mac, src_mac, state.seq_to_guest, state.seq_from_guest,
+                                    RST | ACK, 0)])
+
     def _resync(self, c: _Conn) -> None:
         """After adoption: tell the guest our window, resend what it has not acknowledged."""
         if c.st.phase != Phase.ESTABLISHED:

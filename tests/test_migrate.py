@@ -596,3 +596,32 @@ def test_lingering_source_stays_silent_and_acks_nothing() -> None:
         host.close()
     finally:
         src.close()
+
+
+@needs_repair
+def test_a_connection_that_cannot_be_rebuilt_is_reset_towards_the_guest() -> None:
+    """The target cannot rebuild a connection (the lingering source still holds its 4-tuple):
+    the guest gets an RST for it at once, the restored one beside it carries on."""
+    src, dst = TcpEnv(), TcpEnv()
+    try:
+        lost_peer, lost_host, _ = _outbound(src, 4, 41050)
+        kept_peer, kept_host, _ = _outbound(src, 4, 41051)
+        stream, source = save(_ctx_for(src, migrate_exit=False))
+        # The lingering source holds both 4-tuples; it lets go of one (closed in repair mode:
+        # nothing reaches the peer), and the target's connect() meets the other.
+        for flow in list(src.flows):
+            c = flow.data
+            if getattr(c, "st", None) is not None and c.st.guest_port == 41051:
+                c.sock.close()          # in repair mode: nothing reaches the peer
+        _move_peers(src, dst)
+        report = migrate.load_bytes(_ctx_for(dst), stream)
+        assert report.tcp == 1 and report.failed == 1
+        assert dst.pump(lambda: lost_peer.rst_rcvd, 5), "the guest must hear of the lost one"
+        assert not kept_peer.rst_rcvd
+        kept_host.sendall(b"still here")
+        assert dst.pump(lambda: kept_peer.data == b"still here", 10), kept_peer.data
+        lost_host.close()
+        kept_host.close()
+    finally:
+        src.close()
+        dst.close()
