@@ -952,6 +952,9 @@ def activate(ctx: MigrationContext, report: Report) -> None:
     pending, report.pending = report.pending, []
     adopted = 0
     for st, ks, sock in pending:
+        # The host's FIN may have reached the socket after the source last looked: the
+        # rebuilt socket will not report it, the record must.
+        st.host_eof = st.host_eof or ks.fin_received
         try:
             ctx.tcp.adopt(st, sock)
             adopted += 1

@@ -80,7 +80,7 @@ from passt_py.loop import ERR, HUP, IN, OUT, EventLoop, Timer
 from passt_py.netview import GuestState, NetView
 from passt_py.portspec import Forward, PortForwards
 from passt_py.tcp_ring import RingDataPath
-from passt_py.tcp_copy import (STOP_AGAIN, STOP_EOF, STOP_NOBUFS, STOP_WINDOW,
+from passt_py.tcp_copy import (STOP_AGAIN, STOP_DRAINED, STOP_EOF, STOP_NOBUFS, STOP_WINDOW,
                                CopyingDataPath, TcpDataPath)
 from passt_py.tcp_seg import (ACK, FIN, MSS_DEFAULT4, MSS_DEFAULT6, RST, SYN, FrameTemplate,
                               TcpSegment, parse_tcp, rst_reply, seq_add, seq_diff, syn_options)
@@ -1021,7 +1021,9 @@ class TcpHandler:
             c.more_due = True
             self._loop.defer(lambda: self._more(c))
             return
-        if stop == STOP_EOF:
+        if stop == STOP_EOF or (st.host_eof and stop == STOP_DRAINED):
+            # Every byte the host sent has been peeked (a rebuilt socket whose FIN came before
+            # the migration never reports end of stream itself: host_eof says it).
             st.host_eof = True
             in_flight = seq_diff(st.seq_to_guest, st.seq_acked_by_guest)
             if in_flight == 0:

@@ -28,6 +28,7 @@ from passt_py.ip import parse_ip, parse_udp
 from passt_py.loop import EventLoop
 from passt_py.migrate import MigrationContext, MigrationError
 from passt_py.tcp import Phase
+from passt_py.tcp_seg import FIN
 from passt_py.udp import UdpHandler
 
 needs_repair = pytest.mark.skipif(not tcp_repair.direct_repair_allowed(),
@@ -622,6 +623,52 @@ def test_a_connection_that_cannot_be_rebuilt_is_reset_towards_the_guest() -> Non
         assert dst.pump(lambda: kept_peer.data == b"still here", 10), kept_peer.data
         lost_host.close()
         kept_host.close()
+    finally:
+        src.close()
+        dst.close()
+
+
+@needs_repair
+@pytest.mark.parametrize("seen", [True, False], ids=["seen-by-source", "after-last-look"])
+@pytest.mark.parametrize("version", [4, 6])
+def test_host_end_of_stream_around_the_freeze_reaches_the_guest_once(
+        version: int, seen: bool) -> None:
+    """The host peer writes and closes while the guest has not acknowledged its data, and the
+    guest moves: on the target the guest gets every byte, then exactly one FIN, whether the
+    source's TCP had seen the end (record) or it only reached the socket (kernel state)."""
+    src, dst = TcpEnv(), TcpEnv()
+    try:
+        peer, host, _ = _outbound(src, version, 41060)
+        data = os.urandom(150_000)
+        peer.auto_ack = False
+        peer.drop = lambda rec: True          # in flight, never acknowledged on the source
+        host.setblocking(True)
+        host.sendall(data)
+        host.shutdown(socket.SHUT_WR)
+        if seen:
+            src.pump(lambda: False, 0.3)
+        else:
+            time.sleep(0.2)                   # reaches the socket; the loop does not run
+        stream, _ = save(_ctx_for(src))
+        _move_peers(src, dst)
+        peer.drop = None
+        peer.auto_ack = True
+        fins = []
+        peer_on = peer.on_segment
+        peer.on_segment = lambda rec: (fins.append(rec) if rec.seg.flags & FIN else None,
+                                       peer_on(rec))[1]
+        report = migrate.load_bytes(_ctx_for(dst), stream)
+        assert report.tcp == 1 and report.failed == 0
+        assert dst.pump(lambda: peer.fin_rcvd, 10), \
+            f"{len(peer.data)}/{len(data)}, no FIN {[f.data.st for f in dst.flows]}"
+        assert hashlib.sha256(peer.data).digest() == hashlib.sha256(data).digest()
+        dst.pump(lambda: False, 0.3)
+        assert len(fins) == 1
+        peer.fin()
+        host.settimeout(5)
+        assert host.recv(10) == b""
+        assert dst.pump(lambda: len(dst.flows) == 0, 5)
+        host.close()
     finally:
         src.close()
         dst.close()
