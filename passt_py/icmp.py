@@ -24,7 +24,7 @@ import logging
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 from passt_py import core, fwd
 from passt_py.flow import Flow, FlowRefused, FlowSide, FlowTable, FlowType, Pif
@@ -32,6 +32,7 @@ from passt_py.ip import (IPPROTO_ICMP, IPPROTO_ICMPV6, IPV4_HLEN, IPV6_HLEN, IpP
                          ip_frame, ipv4_header, ipv6_header, l4_checksum)
 from passt_py.log import trace
 from passt_py.loop import ERR, HUP, IN, EventLoop
+from passt_py.migrate_record import WireField
 from passt_py.netview import GuestState, NetView
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,11 @@ class PingFlowState:
     dest: IPAddr           # the address the guest pinged
     host_addr: IPAddr      # where the requests go on the host side
     host_id: int           # the echo id the host socket used
+
+    #: Wire schema (passt_py.migrate_record): ids never change or get reused.
+    WIRE: ClassVar[tuple[WireField, ...]] = (
+        WireField(1, "guest_addr"), WireField(2, "guest_id"), WireField(3, "dest"),
+        WireField(4, "host_addr"), WireField(5, "host_id"))
 
 
 class _PingState:

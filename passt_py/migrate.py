@@ -24,9 +24,17 @@ version's stage list says which sections must come, in which order. Sections of 
     UDP    UDP flows (optional, likewise)
     TCP    TCP connections: guest-side state (tcp.py) + kernel socket state (tcp_repair.py)
 
-Flow records use a small self-describing record codec (:func:`encode_record`): the owner's
-state dataclass, field by field, each with its name and a type tag; the target checks every
-value against the dataclass's annotations before anything is built.
+Flow records use a small self-describing record codec (passt_py.migrate_record): the owner's
+state dataclass, field by field, each with its numeric field id from the owner's declared
+schema (version 1: its name) and a type tag; the target checks every value against the
+dataclass's annotations before anything is built.
+
+Compatibility rule: a stream version is never changed once released; a change to a section or
+to a record schema (tests/test_migrate_schema.py pins them) makes a new version, and every
+version released stays readable (tests/compat holds streams written by passt-py 0.1.0). A
+source writes the newest version unless asked for an older one (``Source(version=...)``), so
+moving back to an older release stays possible; that release reads a stream only in a version
+it knows.
 
 Source: *pre* stops the host side (listening sockets closed, flow sockets muted), freezes the
 TCP sockets (a drop-everything socket filter, so nothing arrives that the state would miss) and
@@ -49,22 +57,18 @@ a flow that cannot be rebuilt is dropped (TCP: its peer gets an RST) and the res
 """
 from __future__ import annotations
 
-import dataclasses
-import enum
 import errno
-import functools
 import hashlib
-import ipaddress
 import logging
 import os
 import socket
 import struct
 import time
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from passt_py import core, tcp_repair
+from passt_py import core, icmp, migrate_record, tcp, tcp_repair, udp
+from passt_py.migrate_record import decode_record, encode_record, pack_addr, pack_text
 from passt_py.flow import Flow, FlowRefused, FlowTable, FlowType
 from passt_py.loop import ERR, HUP, IN, OUT, EventLoop
 from passt_py.netview import GuestState, NetView
@@ -72,8 +76,10 @@ from passt_py.netview import GuestState, NetView
 log = logging.getLogger(__name__)
 
 MAGIC = 0x7061_7373_742D_7079       # "passt-py"
-VERSION = 1
-COMPAT_VERSION = 1
+#: Version 2: flow records carry numeric field ids (passt_py.migrate_record); version 1
+#: (passt-py 0.1.0) carried field names. Both are read; both can be written (Source).
+VERSION = 2
+COMPAT_VERSION = 2
 IMPLEMENTATION = "passt-py"
 
 HEADER = struct.Struct("!QII")
@@ -109,215 +115,18 @@ class MigrationError(Exception):
         self.stage = stage
 
 
-# ---- primitive encoding ----
+# ---- primitive encoding (passt_py.migrate_record) ----
 
-class Reader:
-    """Bounds-checked cursor over one section payload."""
+class Reader(migrate_record.Reader):
+    """Bounds-checked cursor over one section payload; its errors name the stage."""
 
-    def __init__(self, data: bytes | bytearray | memoryview, stage: str) -> None:
-        self.data = memoryview(data)
-        self.off = 0
-        self.stage = stage
-
-    def fail(self, message: str) -> MigrationError:
+    def fail(self, message: str) -> MigrationError:  # type: ignore[override]
         """The error for malformed content at this point of this stage."""
         return MigrationError(errno.EBADMSG, self.stage, message)
-
-    def take(self, n: int) -> memoryview:
-        """The next ``n`` bytes; never past the payload (a lying length fails here)."""
-        if n < 0 or n > len(self.data) - self.off:
-            raise self.fail(f"truncated: need {n} bytes at offset {self.off}, "
-                            f"{len(self.data) - self.off} left")
-        view = self.data[self.off:self.off + n]
-        self.off += n
-        return view
-
-    def unpack(self, st: struct.Struct) -> tuple:
-        """The next fields laid out as ``st``."""
-        return st.unpack(self.take(st.size))
-
-    def u8(self) -> int:
-        """One byte."""
-        return self.take(1)[0]
-
-    def u16(self) -> int:
-        """A big-endian u16."""
-        return _U16.unpack(self.take(2))[0]
-
-    def u32(self) -> int:
-        """A big-endian u32."""
-        return _U32.unpack(self.take(4))[0]
-
-    def addr(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-        """An address with its family tag (see pack_addr)."""
-        version = self.u8()
-        if version == 0:
-            return None
-        if version == 4:
-            return ipaddress.IPv4Address(bytes(self.take(4)))
-        if version == 6:
-            return ipaddress.IPv6Address(bytes(self.take(16)))
-        raise self.fail(f"bad address family tag {version}")
-
-    def text(self) -> str:
-        """A u16-length-prefixed UTF-8 string."""
-        raw = bytes(self.take(self.u16()))
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise self.fail("text is not UTF-8") from None
-
-    def end(self) -> None:
-        """Check the payload was consumed exactly: trailing bytes are a format error."""
-        if self.off != len(self.data):
-            raise self.fail(f"{len(self.data) - self.off} unexpected bytes at the end")
 
 
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
-_I64 = struct.Struct("!q")
-_F64 = struct.Struct("!d")
-
-
-def pack_addr(addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> bytes:
-    """Family tag (0 none, 4, 6) and the address bytes."""
-    if addr is None:
-        return b"\0"
-    return bytes([addr.version]) + addr.packed
-
-
-def pack_text(text: str) -> bytes:
-    """u16 length and UTF-8 bytes (cut at 65535)."""
-    raw = text.encode("utf-8")[:0xFFFF]
-    return _U16.pack(len(raw)) + raw
-
-
-# ---- record codec: a state dataclass, self-describing field by field ----
-T_NONE, T_FALSE, T_TRUE, T_INT, T_BYTES, T_TEXT, T_IP4, T_IP6, T_FLOAT = range(9)
-MAX_FIELDS = 64
-
-
-def encode_record(obj: object) -> bytes:
-    """Encode a dataclass instance: u8 field count, then name, type tag and value per field."""
-    out = bytearray()
-    names = _field_names(type(obj))
-    out.append(len(names))
-    for attr, prefix in names:
-        value = getattr(obj, attr)
-        out += prefix
-        if value is None:
-            out.append(T_NONE)
-        elif isinstance(value, bool):
-            out.append(T_TRUE if value else T_FALSE)
-        elif isinstance(value, int):       # IntEnum included
-            out.append(T_INT)
-            out += _I64.pack(int(value))
-        elif isinstance(value, float):
-            out.append(T_FLOAT)
-            out += _F64.pack(value)
-        elif isinstance(value, (bytes, bytearray)):
-            out.append(T_BYTES)
-            out += _U32.pack(len(value)) + bytes(value)
-        elif isinstance(value, str):
-            out.append(T_TEXT)
-            out += pack_text(value)
-        elif isinstance(value, ipaddress.IPv4Address):
-            out.append(T_IP4)
-            out += value.packed
-        elif isinstance(value, ipaddress.IPv6Address):
-            out.append(T_IP6)
-            out += value.packed
-        else:
-            raise TypeError(f"{type(obj).__name__}.{attr}: cannot encode {type(value)}")
-    return bytes(out)
-
-
-@functools.lru_cache(maxsize=32)
-def _field_names(cls: type) -> tuple[tuple[str, bytes], ...]:
-    """Each field's name and its encoded prefix (u8 length + name), once per class."""
-    return tuple((f.name, bytes([len(f.name)]) + f.name.encode())
-                 for f in dataclasses.fields(cls))
-
-
-def _hint_accepts(hint: Any, value: object) -> object:
-    """``value`` converted to what annotation ``hint`` wants; ValueError if it does not fit."""
-    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, _UnionType) \
-        else (hint,)
-    for opt in options:
-        if opt is type(None) and value is None:
-            return None
-        if not isinstance(opt, type):
-            continue
-        if issubclass(opt, enum.IntEnum) and isinstance(value, int) and \
-                not isinstance(value, bool):
-            try:
-                return opt(value)
-            except ValueError:
-                continue
-        if opt is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if opt is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if opt is not int and isinstance(value, opt):
-            return value
-    raise ValueError(f"{value!r} does not fit {hint}")
-
-
-_UnionType = type(int | None)
-
-
-@functools.lru_cache(maxsize=32)
-def _schema(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field]]:
-    """A dataclass's resolved annotations and fields (computed once per class)."""
-    return typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
-
-
-def decode_record(cls: type, r: Reader) -> Any:
-    """Decode one record into ``cls``, checking names, types and that required fields came."""
-    hints, known = _schema(cls)
-    count = r.u8()
-    if count > MAX_FIELDS:
-        raise r.fail(f"{count} fields in a {cls.__name__} record")
-    values: dict[str, object] = {}
-    for _ in range(count):
-        name = bytes(r.take(r.u8())).decode("ascii", "replace")
-        tag = r.u8()
-        value: object
-        if tag == T_NONE:
-            value = None
-        elif tag in (T_FALSE, T_TRUE):
-            value = tag == T_TRUE
-        elif tag == T_INT:
-            value = _I64.unpack(r.take(8))[0]
-        elif tag == T_FLOAT:
-            value = _F64.unpack(r.take(8))[0]
-        elif tag == T_BYTES:
-            n = r.u32()
-            if n > MAX_RECORD:
-                raise r.fail(f"{cls.__name__}.{name}: {n} bytes")
-            value = bytes(r.take(n))
-        elif tag == T_TEXT:
-            value = r.text()
-        elif tag == T_IP4:
-            value = ipaddress.IPv4Address(bytes(r.take(4)))
-        elif tag == T_IP6:
-            value = ipaddress.IPv6Address(bytes(r.take(16)))
-        else:
-            raise r.fail(f"{cls.__name__}.{name}: unknown type tag {tag}")
-        f = known.get(name)
-        if f is None:
-            continue                       # a field this version does not know: ignored
-        if name in values:
-            raise r.fail(f"{cls.__name__}.{name} given twice")
-        try:
-            values[name] = _hint_accepts(hints[name], value)
-        except ValueError as e:
-            raise r.fail(f"{cls.__name__}.{name}: {e}") from None
-    for name, f in known.items():
-        if name not in values and f.default is dataclasses.MISSING and \
-                f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
-            raise r.fail(f"{cls.__name__}.{name} missing")
-    return cls(**values)
 
 
 # ---- what migration works on ----
@@ -419,15 +228,17 @@ class Report:
 
 def _tcp_events() -> int:
     """The events tcp.py watches on a connection's socket (restored on unmute)."""
-    from passt_py import tcp as tcp_mod
-    return IN | OUT | ERR | HUP | tcp_mod.ET
+    return IN | OUT | ERR | HUP | tcp.ET
 
 
 class Source:
     """The source side: quiesce (pre), write the sections (save), linger (post) or roll back."""
 
-    def __init__(self, ctx: MigrationContext) -> None:
+    def __init__(self, ctx: MigrationContext, version: int = VERSION) -> None:
+        if version not in {v for v, _ in VERSIONS}:
+            raise ValueError(f"cannot write stream version {version}")
         self.ctx = ctx
+        self.version = version          # what to write: VERSION, or 1 for passt-py 0.1.0
         self.report = Report()
         self._ping_states: list[Any] = []
         self._udp_states: list[Any] = []
@@ -466,7 +277,6 @@ class Source:
 
     def _pre_tcp(self) -> None:
         ctx = self.ctx
-        from passt_py.tcp import Phase
         socks: list[tuple[Flow, socket.socket]] = []
         ctx.tcp.settle()            # acknowledged bytes leave the queues before they freeze
         for flow in ctx.tcp.connections():
@@ -479,7 +289,7 @@ class Source:
                 self._muted.append(sock.fileno())
             except (OSError, ValueError):
                 pass
-            if conn.st.phase != Phase.ESTABLISHED:
+            if conn.st.phase != tcp.Phase.ESTABLISHED:
                 log.info("migration pre: TCP flow %d is not established (%s): not moved",
                          flow.id, conn.st.phase.name)
                 continue
@@ -518,8 +328,8 @@ class Source:
         """The whole stream, as buffers for one writev (header, sections, end marker)."""
         t0 = time.perf_counter()
         ctx = self.ctx
-        ping = [encode_record(s) for s in self._ping_states]
-        udp = [encode_record(s) for s in self._udp_states]
+        ping = [encode_record(s, self.version) for s in self._ping_states]
+        udp_records = [encode_record(s, self.version) for s in self._udp_states]
         tcp_records: list[bytes] = []
         for flow, sock in self._tcp:
             try:
@@ -529,16 +339,17 @@ class Source:
                 log.error("migration save: TCP flow %d not saved: %s", flow.id, e)
                 self.report.failed += 1
                 continue
-            rec = encode_record(st)
+            rec = encode_record(st, self.version)
             ksb = ks.pack()
             tcp_records.append(_U32.pack(len(rec)) + rec + _U32.pack(len(ksb)) + ksb)
         meta = (pack_text(IMPLEMENTATION) + pack_text(_impl_version())
-                + struct.pack("!III", len(ping), len(udp), len(tcp_records))
+                + struct.pack("!III", len(ping), len(udp_records), len(tcp_records))
                 + _U16.pack(len(fingerprint(ctx.view))) + fingerprint(ctx.view))
         g = ctx.guest
         guest = (g.mac + bytes([int(g.arp_answered)]) + pack_addr(g.addr4) + pack_addr(g.addr6)
                  + pack_addr(g.addr6_ll))
-        bufs: list[bytes] = [HEADER.pack(MAGIC, VERSION, COMPAT_VERSION)]
+        # Each version is its own compat_version: a reader picks exactly the one written.
+        bufs: list[bytes] = [HEADER.pack(MAGIC, self.version, self.version)]
         digest = hashlib.sha256(bufs[0])
 
         def section(sid: int, flags: int, parts: Sequence[bytes]) -> None:
@@ -553,12 +364,12 @@ class Source:
         section(SEC_META, 0, [meta])
         section(SEC_GUEST, 0, [guest])
         section(SEC_PING, FLAG_OPTIONAL, [_U32.pack(len(ping))] + _framed(ping))
-        section(SEC_UDP, FLAG_OPTIONAL, [_U32.pack(len(udp))] + _framed(udp))
+        section(SEC_UDP, FLAG_OPTIONAL, [_U32.pack(len(udp_records))] + _framed(udp_records))
         section(SEC_TCP, 0, [_U32.pack(len(tcp_records))] + tcp_records)
         end = SECTION.pack(SEC_END, 0, DIGEST_LEN)
         digest.update(end)
         bufs += [end, digest.digest()]
-        self.report.ping, self.report.udp = len(ping), len(udp)
+        self.report.ping, self.report.udp = len(ping), len(udp_records)
         self.report.tcp = len(tcp_records)
         self.report.bytes = sum(len(b) for b in bufs)
         self.report.seconds = time.perf_counter() - t0
@@ -769,7 +580,7 @@ def _parse_meta(ctx: MigrationContext, r: Reader, out: Loaded) -> None:
     """META: who wrote the stream, flow counts, and the fingerprint we must share."""
     impl = r.text()
     version = r.text()
-    ping, udp, tcp = r.unpack(struct.Struct("!III"))
+    counts = r.unpack(struct.Struct("!III"))
     fp = bytes(r.take(r.u16()))
     r.end()
     ours = fingerprint(ctx.view)
@@ -777,13 +588,13 @@ def _parse_meta(ctx: MigrationContext, r: Reader, out: Loaded) -> None:
         raise MigrationError(errno.EINVAL, "meta",
                              f"configuration mismatch: source has {_describe_fingerprint(fp)}; "
                              f"this back-end has {_describe_fingerprint(ours)}")
-    total = ping + udp + tcp
+    total = sum(counts)
     if total > ctx.flows.max_flows:
         raise MigrationError(errno.E2BIG, "meta", f"{total} flows announced, this back-end "
                              f"holds at most {ctx.flows.max_flows}")
-    out.meta = Meta(impl, version, (ping, udp, tcp), fp)
+    out.meta = Meta(impl, version, counts, fp)
     log.info("migration: stream from %s %s: %d ping, %d UDP, %d TCP flows", impl, version,
-             ping, udp, tcp)
+             *counts)
 
 
 def _parse_guest(ctx: MigrationContext, r: Reader, out: Loaded) -> None:
@@ -820,7 +631,7 @@ def _parse_flows(cls: type, what: str, idx: int, attr: str):
         states = []
         for rec in _records(r, out.meta.counts[idx], what):
             rr = Reader(rec, r.stage)
-            states.append(decode_record(cls, rr))
+            states.append(decode_record(cls, rr, out.version, MAX_RECORD))
             rr.end()
         r.end()
         setattr(out, attr, states)
@@ -830,7 +641,6 @@ def _parse_flows(cls: type, what: str, idx: int, attr: str):
 def _parse_tcp(ctx: MigrationContext, r: Reader, out: Loaded) -> None:
     """TCP: per connection the guest-side state record and the kernel socket record."""
     assert out.meta is not None
-    from passt_py.tcp import TcpState
     count = r.u32()
     if count != out.meta.counts[2]:
         raise r.fail(f"{count} TCP records, metadata announced {out.meta.counts[2]}")
@@ -840,7 +650,7 @@ def _parse_tcp(ctx: MigrationContext, r: Reader, out: Loaded) -> None:
         if n > MAX_RECORD:
             raise r.fail(f"TCP state record of {n} bytes")
         rr = Reader(r.take(n), r.stage)
-        st = decode_record(TcpState, rr)
+        st = decode_record(tcp.TcpState, rr, out.version, MAX_RECORD)
         rr.end()
         n = r.u32()
         if n > MAX_RECORD:
@@ -1009,20 +819,14 @@ class Stage:
     apply: Callable[[MigrationContext, Loaded, Report], None] | None
 
 
-def _lazy_state(module: str, name: str) -> type:
-    """A flow-state class, imported late (the protocol modules import little of ours)."""
-    mod = __import__(f"passt_py.{module}", fromlist=[name])
-    return getattr(mod, name)
-
-
 def _parse_ping(ctx: MigrationContext, r: Reader, out: Loaded) -> None:
     """PING: icmp.PingFlowState records."""
-    _parse_flows(_lazy_state("icmp", "PingFlowState"), "ping", 0, "ping")(ctx, r, out)
+    _parse_flows(icmp.PingFlowState, "ping", 0, "ping")(ctx, r, out)
 
 
 def _parse_udp(ctx: MigrationContext, r: Reader, out: Loaded) -> None:
     """UDP: udp.UdpFlowState records."""
-    _parse_flows(_lazy_state("udp", "UdpFlowState"), "UDP", 1, "udp")(ctx, r, out)
+    _parse_flows(udp.UdpFlowState, "UDP", 1, "udp")(ctx, r, out)
 
 
 STAGES_V1: tuple[Stage, ...] = (
@@ -1034,7 +838,7 @@ STAGES_V1: tuple[Stage, ...] = (
 )
 
 #: Versions this back-end reads, oldest first: (version, ordered stages).
-VERSIONS: tuple[tuple[int, tuple[Stage, ...]], ...] = ((1, STAGES_V1),)
+VERSIONS: tuple[tuple[int, tuple[Stage, ...]], ...] = ((1, STAGES_V1), (2, STAGES_V1))
 
 
 def _choose_version(version: int, compat: int) -> tuple[int, tuple[Stage, ...]] | None:

@@ -70,13 +70,14 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, replace
-from typing import Callable, Iterable
+from typing import Callable, ClassVar, Iterable
 
 from passt_py import core, fwd
 from passt_py.flow import Flow, FlowRefused, FlowSide, FlowTable, FlowType, Pif
 from passt_py.ip import IpPacket
 from passt_py.log import trace
 from passt_py.loop import ERR, HUP, IN, OUT, EventLoop, Timer
+from passt_py.migrate_record import WireField
 from passt_py.netview import GuestState, NetView
 from passt_py.portspec import Forward, PortForwards
 from passt_py.tcp_ring import RingDataPath
@@ -172,6 +173,19 @@ class TcpState:
     fin_sent: bool = False
     fin_acked: bool = False
     timestamps: bool = False
+
+    #: Wire schema (passt_py.migrate_record): ids never change or get reused.
+    WIRE: ClassVar[tuple[WireField, ...]] = (
+        WireField(1, "version"), WireField(2, "guest_addr"), WireField(3, "guest_port"),
+        WireField(4, "our_addr"), WireField(5, "our_port"), WireField(6, "inbound"),
+        WireField(7, "phase"), WireField(8, "seq_to_guest"),
+        WireField(9, "seq_acked_by_guest"), WireField(10, "seq_from_guest"),
+        WireField(11, "seq_acked_to_guest"), WireField(12, "isn_ours"),
+        WireField(13, "isn_guest"), WireField(14, "wnd_from_guest"),
+        WireField(15, "wnd_to_guest"), WireField(16, "ws_from_guest"),
+        WireField(17, "ws_to_guest"), WireField(18, "mss_guest"), WireField(19, "guest_fin"),
+        WireField(20, "host_eof"), WireField(21, "fin_sent"), WireField(22, "fin_acked"),
+        WireField(23, "timestamps"))
 
 
 class _Conn:

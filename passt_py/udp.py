@@ -35,13 +35,14 @@ import logging
 import socket
 import struct
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterable, Sequence
 
 from passt_py import core, fwd, icmp
 from passt_py.flow import Flow, FlowRefused, FlowSide, FlowTable, FlowTableFull, FlowType, Pif
 from passt_py.ip import IPPROTO_UDP, IpPacket, UdpDatagram, udp_frame, udp_segment
 from passt_py.log import trace
 from passt_py.loop import ERR, HUP, IN, EventLoop
+from passt_py.migrate_record import WireField
 from passt_py.netview import GuestState, NetView
 from passt_py.portspec import Forward, PortForwards
 
@@ -105,6 +106,13 @@ class UdpFlowState:
     local_addr: IPAddr
     local_port: int
     bidir: bool            # the target side answered already (longer timeout)
+
+    #: Wire schema (passt_py.migrate_record): ids never change or get reused.
+    WIRE: ClassVar[tuple[WireField, ...]] = (
+        WireField(1, "forwarded"), WireField(2, "guest_addr"), WireField(3, "guest_port"),
+        WireField(4, "our_addr"), WireField(5, "our_port"), WireField(6, "host_addr"),
+        WireField(7, "host_port"), WireField(8, "local_addr"), WireField(9, "local_port"),
+        WireField(10, "bidir"))
 
 
 @dataclass

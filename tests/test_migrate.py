@@ -15,6 +15,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 from l4_helpers import GUEST4, GUEST6, GW4, GW6, Sink, free_port, guest_udp, make_guest, \
@@ -27,6 +28,7 @@ from passt_py.flow import FlowTable, FlowType
 from passt_py.ip import parse_ip, parse_udp
 from passt_py.loop import EventLoop
 from passt_py.migrate import MigrationContext, MigrationError
+from passt_py.migrate_record import T_INT, T_TRUE, WireField
 from passt_py.tcp import Phase
 from passt_py.tcp_seg import FIN
 from passt_py.udp import UdpHandler
@@ -103,8 +105,10 @@ def test_header_and_section_layout_is_big_endian_and_self_describing() -> None:
 def test_version_table_lookup_is_bounded() -> None:
     """The newest known version within [compat, version]; nothing outside the table."""
     assert migrate._choose_version(1, 1)[0] == 1
-    assert migrate._choose_version(7, 1)[0] == 1          # newer source, compatible down to 1
-    assert migrate._choose_version(7, 2) is None           # newer and incompatible
+    assert migrate._choose_version(2, 2)[0] == 2
+    assert migrate._choose_version(7, 1)[0] == 2          # newer source, compatible down to 1
+    assert migrate._choose_version(7, 2)[0] == 2
+    assert migrate._choose_version(7, 3) is None           # newer and incompatible
     assert migrate._choose_version(0, 0) is None
     assert migrate._choose_version(0xFFFFFFFF, 0xFFFFFFFF) is None
 
@@ -119,24 +123,73 @@ class _Rec:
     f: float = 1.5
     g: str | None = None
 
+    WIRE: ClassVar[tuple[WireField, ...]] = (
+        WireField(1, "a"), WireField(2, "b"), WireField(3, "c"), WireField(4, "d"),
+        WireField(5, "e"), WireField(6, "f"), WireField(9, "g"))
 
-def test_record_codec_round_trip_and_type_checks() -> None:
-    """Records carry names and types; wrong types, unknown enums and missing fields fail."""
+
+@dataclass
+class _Renamed:
+    """_Rec after renaming two attributes: the schema keeps their ids and version-1 names."""
+
+    alpha: int
+    b: bool
+    c: bytes
+    d: ipaddress.IPv4Address | ipaddress.IPv6Address
+    e: Phase
+    f: float = 1.5
+    gamma: str | None = None
+
+    WIRE: ClassVar[tuple[WireField, ...]] = (
+        WireField(1, "a", "alpha"), WireField(2, "b"), WireField(3, "c"), WireField(4, "d"),
+        WireField(5, "e"), WireField(6, "f"), WireField(9, "g", "gamma"))
+
+
+def _decode(cls: type, raw: bytes, version: int):
+    return migrate.decode_record(cls, migrate.Reader(raw, "t"), version)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_record_codec_round_trip_and_type_checks(version: int) -> None:
+    """Records carry field ids (version 1: names) and types; wrong types, unknown enums and
+    missing fields fail."""
     rec = _Rec(-5, True, b"xyz", ipaddress.IPv6Address("::1"), Phase.ESTABLISHED, 2.5, "s")
-    raw = migrate.encode_record(rec)
-    assert migrate.decode_record(_Rec, migrate.Reader(raw, "t")) == rec
-    bad_enum = migrate.encode_record(_Rec(1, False, b"", GUEST4, Phase.CLOSED)) \
-        .replace(bytes([migrate.T_INT]) + struct.pack("!q", Phase.CLOSED),
-                 bytes([migrate.T_INT]) + struct.pack("!q", 99))
+    raw = migrate.encode_record(rec, version)
+    assert _decode(_Rec, raw, version) == rec
+    key = (lambda f: bytes([f])) if version == 2 else (lambda f: b"\x01" + "-abcdefg"[f].encode())
+    bad_enum = migrate.encode_record(_Rec(1, False, b"", GUEST4, Phase.CLOSED), version) \
+        .replace(bytes([T_INT]) + struct.pack("!q", Phase.CLOSED),
+                 bytes([T_INT]) + struct.pack("!q", 99))
     with pytest.raises(MigrationError, match="e:"):
-        migrate.decode_record(_Rec, migrate.Reader(bad_enum, "t"))
-    wrong_type = raw.replace(b"\x01a" + bytes([migrate.T_INT]), b"\x01a" + bytes([migrate.T_TRUE]),
-                             1)[:raw.index(b"\x01b")]  # truncated too
-    with pytest.raises(MigrationError):
-        migrate.decode_record(_Rec, migrate.Reader(wrong_type, "t"))
-    missing = bytes([1]) + raw[1:raw.index(b"\x01b")]
+        _decode(_Rec, bad_enum, version)
+    wrong_type = raw.replace(key(1) + bytes([T_INT]), key(1) + bytes([T_TRUE]), 1)
+    with pytest.raises(MigrationError, match="_Rec.a"):
+        _decode(_Rec, wrong_type, version)
+    missing = bytes([1]) + raw[1:raw.index(key(2) + bytes([T_TRUE]))]
     with pytest.raises(MigrationError, match="missing"):
-        migrate.decode_record(_Rec, migrate.Reader(missing, "t"))
+        _decode(_Rec, missing, version)
+    twice = bytes([raw[0] + 1]) + raw[1:] + raw[1:raw.index(key(2) + bytes([T_TRUE]))]
+    with pytest.raises(MigrationError, match="given twice"):
+        _decode(_Rec, twice, version)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_renaming_an_attribute_does_not_change_the_wire(version: int) -> None:
+    """A record written before a rename reads into the renamed class, and the renamed class
+    writes the same bytes (its schema keeps the ids and the version-1 names)."""
+    rec = _Rec(7, False, b"q", GUEST4, Phase.ESTABLISHED, 0.5, "x")
+    raw = migrate.encode_record(rec, version)
+    renamed = _decode(_Renamed, raw, version)
+    assert (renamed.alpha, renamed.gamma) == (7, "x")
+    assert migrate.encode_record(renamed, version) == raw
+
+
+def test_version_2_records_carry_no_python_names() -> None:
+    """No attribute name reaches a version-2 record (that is what made renames dangerous)."""
+    rec = _Rec(1, True, b"", GUEST4, Phase.ESTABLISHED, 1.0, None)
+    raw = migrate.encode_record(rec, 2)
+    assert raw[0] == 7 and raw[1] == 1 and raw[2] == T_INT
+    assert migrate.encode_record(rec, 1)[1:3] == b"\x01a"
 
 
 # ---- round trips ----
