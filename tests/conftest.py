@@ -163,10 +163,12 @@ def record_guest_timings(nodeid: str, guest: Guest) -> None:
 
 @pytest.fixture(scope="session")
 def real_passt() -> list[str]:
-    """argv prefix of the real passt with vhost-user; skipped (not failed) when unavailable."""
+    """argv prefix of the real passt with vhost-user (the reference the side-by-side tests
+    compare with); skipped when unavailable, failed in CI (PASST_PY_REQUIRE_QEMU)."""
     cmd = real_passt_command()
     if cmd is None:
-        pytest.skip("no vhost-user capable passt (not on PATH, Debian 13 package not fetchable)")
+        qemu_unavailable("no vhost-user capable passt (not on PATH, Debian 13 package not "
+                         "fetchable)")
     return cmd
 
 
