@@ -115,3 +115,14 @@ def exists(ns: str) -> bool:
     """Whether namespace ``ns`` is currently present."""
     out = subprocess.run([IP, "netns", "list"], capture_output=True, text=True, timeout=10).stdout
     return any(line.split()[0] == ns for line in out.splitlines() if line.strip())
+
+
+@contextlib.contextmanager
+def in_netns(name: str) -> Iterator[None]:
+    """Sockets made in the body (by this thread) belong to network namespace ``name``."""
+    from pyroute2.netns import popns, pushns
+    pushns(name)
+    try:
+        yield
+    finally:
+        popns()

@@ -21,7 +21,6 @@ cores the defaults take about 35-60 s of transfers per back-end for the stress t
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import socket
@@ -31,11 +30,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import pytest
-from pyroute2.netns import popns, pushns
 
+from tests.netns import in_netns
 from tests.guest.boot import BackendFactory, Guest
 
 pytestmark = pytest.mark.qemu
@@ -64,15 +63,6 @@ REPORT_PORT = 10031
 BACKENDS = ["passt-py", "passt"]
 SocketRow = tuple[str, str, str]    # (state, local address, peer address)
 
-
-@contextlib.contextmanager
-def in_netns(name: str) -> Iterator[None]:
-    """Sockets made in the body belong to namespace ``name`` (this thread only)."""
-    pushns(name)
-    try:
-        yield
-    finally:
-        popns()
 
 
 def _factory(request: pytest.FixtureRequest, backend: str, *extra: str) -> BackendFactory:

@@ -12,7 +12,6 @@ addresses and ports, which the target on the same host must take.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import socket
 import subprocess
@@ -20,11 +19,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-from pyroute2.netns import popns, pushns
 
+from tests.netns import in_netns
 from tests.guest.boot import BackendFactory, Guest, migrate
 
 pytestmark = pytest.mark.qemu
@@ -39,15 +37,6 @@ def passt_py(*extra: str) -> BackendFactory:
                 "--migrate-exit", *extra]
     return factory
 
-
-@contextlib.contextmanager
-def in_netns(name: str) -> Iterator[None]:
-    """Sockets made in the body belong to namespace ``name``."""
-    pushns(name)
-    try:
-        yield
-    finally:
-        popns()
 
 
 def _move(guest_boot, netns: str, source: Guest, name: str, factory: BackendFactory,

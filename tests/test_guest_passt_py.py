@@ -7,22 +7,20 @@ the session is read back with every checksum verified.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import socket
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from scapy.layers.dhcp import DHCP
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
-from pyroute2.netns import popns, pushns
 from scapy.utils import rdpcap
 
+from tests.netns import in_netns
 from tests.guest.boot import BackendFactory
 
 pytestmark = pytest.mark.qemu
@@ -84,15 +82,6 @@ def test_guest_gets_address_router_mtu_by_dhcp_and_pings(guest_boot, guest_netns
     rc, out = guest.run("ping -6 -c2 -W5 fd00:200::1", timeout=20)
     assert rc == 0 and "2 packets received" in out, out
 
-
-@contextlib.contextmanager
-def in_netns(name: str) -> Iterator[None]:
-    """Run the body with this thread in network namespace ``name``: sockets made there stay."""
-    pushns(name)
-    try:
-        yield
-    finally:
-        popns()
 
 
 def _wait_guest_file(guest, path: str, size: int, timeout: float = 20.0) -> bytes:

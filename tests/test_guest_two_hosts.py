@@ -40,7 +40,8 @@ import pytest
 from tests import netns as netns_mod
 from tests.conftest import qemu_unavailable
 from tests.guest.boot import BackendFactory, Guest, migrate
-from tests.test_guest_migrate import HostWriter, in_netns
+from tests.netns import in_netns
+from tests.test_guest_migrate import HostWriter
 
 pytestmark = pytest.mark.qemu
 

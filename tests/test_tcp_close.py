@@ -26,7 +26,7 @@ import pytest
 
 from passt_py.conf import config_from_argv
 from passt_py.service import Service
-from passt_py.tcp_seg import ACK, FIN, RST
+from passt_py.tcp_seg import ACK, RST
 from tests.frontend import Frontend
 from tests.service_rig import GUEST_MAC, OUR_MAC, on_loop
 from tests.tcp_guest import GuestConn, GuestStack, synack
@@ -134,6 +134,18 @@ def _guest_closes(r: Rig, c: GuestConn, host: socket.socket) -> None:
     assert r.wait_no_flows(), "the connection must be gone on both sides"
 
 
+def _every_byte_then_one_fin(r: Rig, c: GuestConn, data: bytes, timeout: float = 15.0,
+                             ack: bool = True) -> None:
+    """The guest gets ``data`` whole, then the FIN, and no second FIN or RST after it."""
+    assert r.guest.run([c], lambda: c.fin, timeout=timeout, ack=ack), \
+        f"{len(c.data)}/{len(data)} bytes, no FIN"
+    assert _digest(c.data) == _digest(data)
+    if not ack:
+        c.ack()
+    r.guest.run([c], lambda: False, timeout=0.3)
+    assert c.fins == 1 and c.rsts == 0
+
+
 both_paths = pytest.mark.parametrize("capture", [False, True], ids=["ring", "capture"])
 both_versions = pytest.mark.parametrize("version", [4, 6], ids=["v4", "v6"])
 
@@ -152,11 +164,7 @@ def test_peer_that_writes_and_closes_before_the_guest_answers_gets_its_fin(
         host.shutdown(socket.SHUT_WR)
         time.sleep(0.2)                         # the end of stream reaches the socket
         synack(c)
-        assert r.guest.run([c], lambda: c.fin, timeout=10), \
-            f"{len(c.data)}/{SIZE} bytes, no FIN"
-        assert _digest(c.data) == _digest(data)
-        r.guest.run([c], lambda: False, timeout=0.3)
-        assert c.fins == 1 and c.rsts == 0
+        _every_byte_then_one_fin(r, c, data, 10)
         _guest_closes(r, c, host)
         host.close()
 
@@ -177,6 +185,14 @@ def _warm_up(r: Rig, c: GuestConn, host: socket.socket) -> None:
         got += host.recv(4096)
     r.guest.run([c], lambda: c.snd_una == c.snd, timeout=5)
     c.data.clear()
+
+
+def _shrink_window(r: Rig, c: GuestConn, wnd: int) -> None:
+    """The guest advertises ``wnd`` bytes from now on (segments seen so far forgotten)."""
+    c.wnd = wnd
+    c.ack()
+    r.guest.run([c], lambda: False, timeout=0.1)
+    c.segs.clear()
 
 
 def _check_path(r: Rig, capture: bool) -> None:
@@ -219,13 +235,9 @@ def test_host_end_while_the_guest_has_not_acked_reaches_the_guest_once(
             c.ack()
         else:
             c.send_data(b"last words")
-        assert r.guest.run([c], lambda: c.fin, timeout=10, ack=False), "no FIN after the ACK"
-        assert _digest(c.data) == _digest(data)
+        _every_byte_then_one_fin(r, c, data, 10, ack=False)
         if last_ack == "with-data":
             assert host.recv(100) == b"last words"
-        c.ack()
-        r.guest.run([c], lambda: False, timeout=0.3)
-        assert c.fins == 1 and c.rsts == 0
         _guest_closes(r, c, host)
         _check_path(r, capture)
         host.close()
@@ -253,10 +265,7 @@ def test_host_end_with_the_rx_ring_full_reaches_the_guest_once(
         assert len(c.data) < SIZE, "the ring should have run full first"
         time.sleep(0.2)
         r.fe.provide_rx(256, 4096)
-        assert r.guest.run([c], lambda: c.fin, timeout=15), f"{len(c.data)}/{SIZE}, no FIN"
-        assert _digest(c.data) == _digest(data)
-        r.guest.run([c], lambda: False, timeout=0.3)
-        assert c.fins == 1 and c.rsts == 0
+        _every_byte_then_one_fin(r, c, data, 15)
         _guest_closes(r, c, host)
         _check_path(r, capture)
         host.close()
@@ -273,17 +282,11 @@ def test_host_end_behind_a_small_guest_window_reaches_the_guest_once(
     with rig(tmp_path, version, capture) as r:
         c, host = _connection(r, inbound)
         _warm_up(r, c, host)
-        c.wnd = 8192
-        c.ack()
-        r.guest.run([c], lambda: False, timeout=0.1)
-        c.segs.clear()
+        _shrink_window(r, c, 8192)
         host.sendall(data)
         host.shutdown(socket.SHUT_WR)
-        assert r.guest.run([c], lambda: c.fin, timeout=15), f"{len(c.data)}/100000, no FIN"
-        assert _digest(c.data) == _digest(data)
+        _every_byte_then_one_fin(r, c, data, 15)
         assert max(len(s.payload) for s in c.segs) <= 8192
-        r.guest.run([c], lambda: False, timeout=0.3)
-        assert c.fins == 1 and c.rsts == 0
         _guest_closes(r, c, host)
         _check_path(r, capture)
         host.close()
@@ -298,17 +301,16 @@ def test_guest_fin_while_host_data_waits_still_delivers_it(
     end at once, and the guest still gets every host byte, then one FIN."""
     data = os.urandom(100_000)
     with rig(tmp_path, version, capture) as r:
-        c, host = _connection(r, inbound, wnd=8192)
+        c, host = _connection(r, inbound)
+        _warm_up(r, c, host)
+        _shrink_window(r, c, 8192)
         host.sendall(data)
         r.guest.run([c], lambda: len(c.data) > 0, timeout=5, ack=False)
         c.send_fin()
         rest, eof = _read_to_eof(host, 5)
         assert eof and rest == b"", "the host must see the guest's end of stream"
         host.shutdown(socket.SHUT_WR)
-        assert r.guest.run([c], lambda: c.fin, timeout=15), f"{len(c.data)}/100000, no FIN"
-        assert _digest(c.data) == _digest(data)
-        r.guest.run([c], lambda: False, timeout=0.3)
-        assert c.fins == 1 and c.rsts == 0
+        _every_byte_then_one_fin(r, c, data, 15)
         assert c.snd_una == c.snd, "our FIN must be acknowledged"
         assert r.wait_no_flows()
         _check_path(r, capture)
