@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 /* checksum.c - the Internet checksum (RFC 1071) for IPv4 headers and TCP, UDP, ICMP, ICMPv6.
  *
  * Theory of operation

@@ -1,6 +1,8 @@
-// SPDX-License-Identifier: GPL-2.0-or-later
+// SPDX-License-Identifier: MIT
 /* fast_tcp.c - the steady state of established TCP connections, inside the loop's wait
  *
+ * Theory of operation
+ * -------------------
  * A connection moving data spends most of its events on decisions that are always the same:
  * in-order data from the guest goes to the socket and earns an ACK, the guest's ACKs let
  * acknowledged bytes leave the socket's receive queue, readable host data goes into the RX
@@ -24,6 +26,9 @@
  * stops handling it and reports its fd with PC_FAST_EV_BACK; Python takes the state back with
  * pc_fast_remove_tcp() (the reasons in pc_fast_tcp.back) and registers it again later.
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE		/* before any system header (the build defines it too) */
+#endif
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,6 +113,10 @@ int64_t pc_tcp_send_window(int fd, int local, uint32_t max_window)
 	return space > max_window ? max_window : space;
 }
 
+/**
+ * now_s() - the monotonic clock, in seconds (the clock of pc_fast_tcp's deadlines)
+ * Return: CLOCK_MONOTONIC as seconds
+ */
 static double now_s(void)
 {
 	struct timespec ts;
@@ -116,7 +125,14 @@ static double now_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* Hand @t back to Python for @why (PC_FAST_BACK_*): C leaves it alone from now on. */
+/**
+ * back() - hand a connection back to Python: C leaves it alone from now on
+ * @f:		fast path
+ * @t:		the connection
+ * @why:	PC_FAST_BACK_* reason, added to those already given
+ *
+ * The connection is queued once for a PC_FAST_EV_BACK report (fast_tcp_report()).
+ */
 static void back(struct pc_fast *f, struct fast_tcp *t, uint32_t why)
 {
 	t->s.back |= why;
@@ -126,6 +142,11 @@ static void back(struct pc_fast *f, struct fast_tcp *t, uint32_t why)
 	}
 }
 
+/**
+ * more() - put a connection on the more list: host data is left after its share
+ * @f:		fast path
+ * @t:		the connection (listed once, however often this is called)
+ */
 static void more(struct pc_fast *f, struct fast_tcp *t)
 {
 	if (!t->in_more) {
@@ -134,7 +155,14 @@ static void more(struct pc_fast *f, struct fast_tcp *t)
 	}
 }
 
-/* Retransmission due one RTO from now; Python's timer must fire by then (or be armed). */
+/**
+ * arm() - set the retransmission deadline one RTO from now
+ * @f:		fast path
+ * @t:		the connection
+ *
+ * Python's timer must fire by then: if it is not armed, or armed later than the deadline,
+ * the connection is handed back (PC_FAST_BACK_TIMER) so that Python arms it.
+ */
 static void arm(struct pc_fast *f, struct fast_tcp *t)
 {
 	t->s.deadline = now_s() + t->s.rto;
@@ -142,7 +170,17 @@ static void arm(struct pc_fast *f, struct fast_tcp *t)
 		back(f, t, PC_FAST_BACK_TIMER);
 }
 
-/* The guest acknowledged @n more bytes, up to @ack. */
+/**
+ * acked() - the guest acknowledged more of our data
+ * @f:		fast path
+ * @t:		the connection
+ * @ack:	the new SND.UNA
+ * @n:		bytes it acknowledges beyond the old one (discarded from the socket at the
+ *		round's end)
+ *
+ * Retries and the RTO are reset; the deadline is re-armed while data is still in flight and
+ * cleared when everything is acknowledged.
+ */
 static void acked(struct pc_fast *f, struct fast_tcp *t, uint32_t ack, uint32_t n)
 {
 	t->discard += n;
@@ -155,7 +193,16 @@ static void acked(struct pc_fast *f, struct fast_tcp *t, uint32_t ack, uint32_t 
 		t->s.deadline = 0;
 }
 
-/* The raw window field to advertise now (and the window it stands for). */
+/**
+ * window_raw() - the raw window field to advertise now
+ * @f:		fast path
+ * @t:		the connection; its wnd_to_guest is set to the window the field stands for
+ *
+ * While no guest data was taken since the last computation, the last value sent stands
+ * (no getsockopt() per segment); otherwise pc_tcp_send_window() is asked again.
+ *
+ * Return: the window field, scaled by our window scale and capped at 0xffff
+ */
 static uint16_t window_raw(const struct pc_fast *f, struct fast_tcp *t)
 {
 	int64_t raw;
@@ -170,13 +217,26 @@ static uint16_t window_raw(const struct pc_fast *f, struct fast_tcp *t)
 	return (uint16_t)raw;
 }
 
+/**
+ * rx_opts() - the PC_TCP_RX_* options for a connection's IP version
+ * @f:		fast path
+ * @t:		the connection
+ * Return: tcp_opts4 or tcp_opts6
+ */
 static unsigned rx_opts(const struct pc_fast *f, const struct fast_tcp *t)
 {
 	return t->s.tmpl.ipver == 4 ? f->tcp_opts4 : f->tcp_opts6;
 }
 
-/* Bytes queued past the peek offset, which is what is in flight plus what the guest
- * acknowledged and is not discarded yet; -1 if the socket cannot tell. */
+/**
+ * queued() - bytes queued in a connection's socket past its peek offset
+ * @t:		the connection
+ *
+ * The peek offset stands after what is in flight plus what the guest acknowledged and is
+ * not discarded yet, so both are taken off the socket's receive queue length.
+ *
+ * Return: the count, or -1 if the socket cannot tell
+ */
 static int64_t queued(const struct fast_tcp *t)
 {
 	int inq = 0;
@@ -186,8 +246,17 @@ static int64_t queued(const struct fast_tcp *t)
 	return (int64_t)inq - (t->s.tmpl.seq - t->s.una) - t->discard;
 }
 
-/* Host data the guest's window allows into the RX ring. End of stream is not looked for
- * here: it comes as EPOLLRDHUP, which is Python's. */
+/**
+ * to_guest() - move the host data the guest's window allows into the RX ring
+ * @f:		fast path
+ * @t:		the connection
+ * @placed:	set when RX buffers were filled
+ *
+ * At most tcp_per_event bytes per call; a connection with more left goes on the more list,
+ * one out of RX buffers on the RX-wait list, and one that needs a decision (zero window,
+ * our window closed, an error, a stopped ring) is handed back. End of stream is not looked
+ * for here: it comes as EPOLLRDHUP, which is Python's.
+ */
 static void to_guest(struct pc_fast *f, struct fast_tcp *t, int *placed)
 {
 	struct pc_fast_tcp *s = &t->s;
@@ -268,7 +337,12 @@ static void to_guest(struct pc_fast *f, struct fast_tcp *t, int *placed)
 	}
 }
 
-/* A bare ACK to the guest (data it sent, none of ours carried the acknowledgement). */
+/**
+ * send_ack() - send a bare ACK to the guest: it sent data, and none of ours carried the
+ *		acknowledgement
+ * @f:		fast path
+ * @t:		the connection (handed back if the ACK cannot go now)
+ */
 static void send_ack(struct pc_fast *f, struct fast_tcp *t)
 {
 	struct pc_fast_tcp *s = &t->s;
@@ -295,7 +369,11 @@ static void send_ack(struct pc_fast *f, struct fast_tcp *t)
 	s->last_wnd_raw = raw;
 }
 
-/* Drop @n acknowledged bytes from the receive queue (they were peeked, never read). */
+/**
+ * discard() - drop acknowledged bytes from a socket's receive queue
+ * @fd:		the socket
+ * @n:		bytes to drop (they were peeked, never read), in at most DISCARD_CALLS calls
+ */
 static void discard(int fd, uint32_t n)
 {
 	unsigned i;
@@ -327,6 +405,12 @@ int fast_tcp_sock(struct pc_fast *f, struct fast_tcp *t, uint32_t mask, int *pla
 	return DONE;
 }
 
+/**
+ * find_tx() - the registered connection a guest TCP frame belongs to
+ * @f:		fast path
+ * @p:		the classified frame
+ * Return: the connection, or NULL if its tuple is not registered
+ */
 static struct fast_tcp *find_tx(const struct pc_fast *f, const struct pc_pkt *p)
 {
 	uint8_t key[KEY_LEN];
@@ -511,7 +595,12 @@ int fast_tcp_rx_ready(struct pc_fast *f)
 	return (int)n;
 }
 
-/* Take @t off a list of @n. */
+/**
+ * unlist() - take a connection off a list, keeping the order of the others
+ * @list:	the list
+ * @n:		its length, decremented if @t was on it
+ * @t:		the connection
+ */
 static void unlist(struct fast_tcp **list, unsigned *n, const struct fast_tcp *t)
 {
 	unsigned i;
@@ -526,6 +615,11 @@ static void unlist(struct fast_tcp **list, unsigned *n, const struct fast_tcp *t
 	}
 }
 
+/**
+ * tx_key() - the TX table key of a connection: the tuple of the guest's frames
+ * @key:	KEY_LEN bytes
+ * @s:		the connection's state
+ */
 static void tx_key(uint8_t *key, const struct pc_fast_tcp *s)
 {
 	/* the guest's frames: from its address and port to ours */
@@ -571,7 +665,12 @@ void pc_fast_set_tcp(struct pc_fast *f, unsigned opts4, unsigned opts6, unsigned
 	f->tcp_max_window = max_window;
 }
 
-/* Lists with room for @ntcp connections (the more list twice over). */
+/**
+ * lists_for() - grow the connection lists to hold every registered connection
+ * @f:		fast path
+ * @ntcp:	connections they must have room for (the more and RX-wait lists twice over)
+ * Return: 0, or -ENOMEM (the lists that did grow are kept)
+ */
 static int lists_for(struct pc_fast *f, unsigned ntcp)
 {
 	struct fast_tcp **m, **b;
@@ -654,7 +753,12 @@ int pc_fast_add_tcp(struct pc_fast *f, const struct pc_fast_tcp *conn)
 	return 0;
 }
 
-/* The entry of a TCP connection's socket, or NULL. */
+/**
+ * tcp_entry() - the RX table entry of a TCP connection's socket
+ * @f:		fast path
+ * @fd:		the socket
+ * Return: the entry, or NULL if @fd is not a registered TCP connection
+ */
 static struct fast_entry *tcp_entry(const struct pc_fast *f, int fd)
 {
 	uint8_t key[KEY_LEN];

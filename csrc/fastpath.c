@@ -1,6 +1,8 @@
-// SPDX-License-Identifier: GPL-2.0-or-later
+// SPDX-License-Identifier: MIT
 /* fastpath.c - readiness events the C core handles inside the event loop's wait
  *
+ * Theory of operation
+ * -------------------
  * The interpreter's fixed cost per event (dispatch, handler, result decoding) is most of what
  * a UDP request/response or a UDP flood costs the back-end. The hot events of established UDP
  * flows need no decision Python does not take once per flow, so Python registers those flows
@@ -26,6 +28,9 @@
  * round is cut by its head frame's kind (UDP datagrams or TCP segments of registered
  * entries) and taken up to the first frame of another kind; the next round looks again.
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE		/* before any system header (the build defines it too) */
+#endif
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +47,12 @@ enum { TABLE_MIN = 64 };
 
 /* ---- tables ---- */
 
+/**
+ * hash_key() - the home slot of a key (FNV-1a over its KEY_LEN bytes)
+ * @k:		KEY_LEN bytes
+ * @cap:	slots in the table, a power of two
+ * Return: slot index below @cap
+ */
 static unsigned hash_key(const uint8_t *k, unsigned cap)
 {
 	uint32_t h = 2166136261u;	/* FNV-1a */
@@ -52,6 +63,11 @@ static unsigned hash_key(const uint8_t *k, unsigned cap)
 	return h & (cap - 1);
 }
 
+/**
+ * table_init() - an empty table of TABLE_MIN slots
+ * @t:		the table (its previous slots, if any, are not freed)
+ * Return: 0, or -ENOMEM (then @t->slot is NULL)
+ */
 static int table_init(struct fast_table *t)
 {
 	t->slot = calloc(TABLE_MIN, sizeof(*t->slot));
@@ -60,6 +76,12 @@ static int table_init(struct fast_table *t)
 	return t->slot ? 0 : -ENOMEM;
 }
 
+/**
+ * fast_table_find() - look a key up
+ * @t:		the table
+ * @key:	KEY_LEN bytes
+ * Return: its live entry, or NULL
+ */
 struct fast_entry *fast_table_find(const struct fast_table *t, const uint8_t *key)
 {
 	unsigned i, n;
@@ -75,7 +97,15 @@ struct fast_entry *fast_table_find(const struct fast_table *t, const uint8_t *ke
 	return NULL;
 }
 
-/* Reinsert the live entries into a table sized for them (and one more): no tombstones. */
+/**
+ * table_rebuild() - reinsert the live entries into new slots: no tombstones left
+ * @t:		the table
+ *
+ * The new size is the smallest power of two (at least TABLE_MIN) of four times the live
+ * entries plus one, so that the entry about to be added fits.
+ *
+ * Return: 0, or -ENOMEM (the table is left as it was)
+ */
 static int table_rebuild(struct fast_table *t)
 {
 	unsigned cap = TABLE_MIN, k;
@@ -102,8 +132,18 @@ static int table_rebuild(struct fast_table *t)
 	return 0;
 }
 
-/* The entry of @key, added (zeroed but for its key) if new; NULL at @max entries or without
- * memory (@err says which). */
+/**
+ * fast_table_get() - the entry of a key, added if new
+ * @t:		the table
+ * @key:	KEY_LEN bytes
+ * @max:	live entries the table may hold
+ * @err:	set to -ENOSPC at @max entries, or -ENOMEM, when NULL is returned
+ *
+ * A new entry is zeroed but for its key and state; the table is rebuilt first when used and
+ * gone slots would pass three quarters of it.
+ *
+ * Return: the entry, or NULL
+ */
 struct fast_entry *fast_table_get(struct fast_table *t, const uint8_t *key, unsigned max,
 				    int *err)
 {
@@ -132,6 +172,11 @@ struct fast_entry *fast_table_get(struct fast_table *t, const uint8_t *key, unsi
 	return e;
 }
 
+/**
+ * fast_table_drop() - turn a live entry into a tombstone
+ * @t:		the table
+ * @e:		its live entry (its fields stay readable until the slot is reused)
+ */
 void fast_table_drop(struct fast_table *t, struct fast_entry *e)
 {
 	e->state = SLOT_GONE;
@@ -139,14 +184,28 @@ void fast_table_drop(struct fast_table *t, struct fast_entry *e)
 	t->dead++;
 }
 
+/**
+ * fast_fd_key() - the RX table key of a socket: a zero byte, then the fd
+ * @key:	KEY_LEN bytes
+ * @fd:		the socket
+ */
 void fast_fd_key(uint8_t *key, int fd)
 {
 	memset(key, 0, KEY_LEN);
 	memcpy(key + 1, &fd, sizeof(fd));
 }
 
+/**
+ * fast_tuple_key() - the TX table key of a guest tuple
+ * @key:	KEY_LEN bytes
+ * @ipver:	4 or 6, plus KEY_TCP for a TCP connection
+ * @src:	source address, 16 bytes (IPv4 as ::ffff:a.b.c.d)
+ * @dst:	destination address, likewise
+ * @sport:	source port
+ * @dport:	destination port
+ */
 void fast_tuple_key(uint8_t *key, unsigned ipver, const uint8_t *src, const uint8_t *dst,
-		      uint16_t sport, uint16_t dport)
+		    uint16_t sport, uint16_t dport)
 {
 	key[0] = (uint8_t)ipver;
 	memcpy(key + 1, src, 16);
@@ -157,7 +216,12 @@ void fast_tuple_key(uint8_t *key, unsigned ipver, const uint8_t *src, const uint
 	key[36] = (uint8_t)dport;
 }
 
-/* The entry of a socket, UDP or TCP. */
+/**
+ * fd_find() - the RX table entry of a socket, UDP flow or TCP connection
+ * @f:		fast path
+ * @fd:		the socket
+ * Return: the entry, or NULL
+ */
 static struct fast_entry *fd_find(const struct pc_fast *f, int fd)
 {
 	uint8_t key[KEY_LEN];
@@ -166,7 +230,12 @@ static struct fast_entry *fd_find(const struct pc_fast *f, int fd)
 	return fast_table_find(&f->rxt, key);
 }
 
-/* The entry of a UDP flow's socket (the UDP calls never see TCP connections). */
+/**
+ * rx_find() - the RX table entry of a UDP flow's socket
+ * @f:		fast path
+ * @fd:		the socket
+ * Return: the entry, or NULL (also for a TCP connection's: the UDP calls never see those)
+ */
 static struct fast_entry *rx_find(const struct pc_fast *f, int fd)
 {
 	struct fast_entry *e = fd_find(f, fd);
@@ -174,6 +243,16 @@ static struct fast_entry *rx_find(const struct pc_fast *f, int fd)
 	return e && !e->tcp ? e : NULL;
 }
 
+/**
+ * tx_find() - the TX table entry of a guest tuple
+ * @f:		fast path
+ * @ipver:	as for fast_tuple_key()
+ * @src:	as for fast_tuple_key()
+ * @dst:	as for fast_tuple_key()
+ * @sport:	as for fast_tuple_key()
+ * @dport:	as for fast_tuple_key()
+ * Return: the entry, or NULL
+ */
 static struct fast_entry *tx_find(const struct pc_fast *f, unsigned ipver, const uint8_t *src,
 				  const uint8_t *dst, uint16_t sport, uint16_t dport)
 {
@@ -183,7 +262,13 @@ static struct fast_entry *tx_find(const struct pc_fast *f, unsigned ipver, const
 	return fast_table_find(&f->txt, key);
 }
 
-/* Forget an entry; returns its count. */
+/**
+ * forget() - drop an entry, and its fd from the muted list
+ * @f:		fast path
+ * @t:		the table holding it
+ * @e:		the entry
+ * Return: its count (datagrams moved since the count was last taken)
+ */
 static int64_t forget(struct pc_fast *f, struct fast_table *t, struct fast_entry *e)
 {
 	unsigned k;
@@ -198,7 +283,11 @@ static int64_t forget(struct pc_fast *f, struct fast_table *t, struct fast_entry
 	return (int64_t)e->count;
 }
 
-/* An entry's count, then reset. */
+/**
+ * take_count() - an entry's count, which is then reset
+ * @e:		the entry, or NULL
+ * Return: the count, or -ENOENT for NULL
+ */
 static int64_t take_count(struct fast_entry *e)
 {
 	int64_t n;
@@ -461,7 +550,16 @@ int pc_fast_rx_ready(struct pc_fast *f, int epfd)
 	return n + fast_tcp_rx_ready(f);
 }
 
-/* Take @e out of the epoll set until pc_fast_rx_ready(); 0, or -errno (left as it was). */
+/**
+ * mute() - take a socket out of the epoll set until pc_fast_rx_ready()
+ * @f:		fast path
+ * @epfd:	the epoll set
+ * @e:		the socket's entry
+ *
+ * The fd stays registered with an empty event mask, so restoring it is one EPOLL_CTL_MOD.
+ *
+ * Return: 0, or -errno (the entry is left as it was)
+ */
 static int mute(struct pc_fast *f, int epfd, struct fast_entry *e)
 {
 	struct epoll_event ev = { .events = 0, .data.fd = e->fd };
@@ -484,7 +582,14 @@ static int mute(struct pc_fast *f, int epfd, struct fast_entry *e)
 
 /* ---- the events ---- */
 
-/* A flow socket is readable: its datagrams into the guest's RX buffers. */
+/**
+ * fast_rx() - a UDP flow socket is readable: its datagrams into the guest's RX buffers
+ * @f:		fast path
+ * @epfd:	the epoll set (to mute the socket when RX buffers run out)
+ * @e:		the socket's entry
+ * @placed:	set when RX buffers were filled
+ * Return: DONE, REPORT (Python handles the event) or REPORT_ERR (a socket error)
+ */
 static int fast_rx(struct pc_fast *f, int epfd, struct fast_entry *e, int *placed)
 {
 	struct pc_udp_rx_result res;
@@ -512,8 +617,17 @@ static int fast_rx(struct pc_fast *f, int epfd, struct fast_entry *e, int *place
 	}
 }
 
-/* Send the registered datagrams of a classified round, in order, up to the first frame that
- * is not one; returns how many frames (a prefix) were taken. */
+/**
+ * tx_prefix() - send the registered datagrams of a classified round, in order, up to the
+ *		 first frame that is not one
+ * @f:		fast path (recs, frames, iov hold the round)
+ * @n:		frames in the round
+ *
+ * A datagram refused with ECONNREFUSED (an earlier ICMP error, cleared by that send) is sent
+ * once more on its own; other failures are counted as drops.
+ *
+ * Return: frames taken (a prefix); 0 when nothing was sent (Python's path decides)
+ */
 static unsigned tx_prefix(struct pc_fast *f, unsigned n)
 {
 	unsigned r, k = 0, nruns = 0;
@@ -573,6 +687,12 @@ static unsigned tx_prefix(struct pc_fast *f, unsigned n)
  * walk, not a whole batch's walk and classification done twice. */
 enum { HEAD_EMPTY, HEAD_OTHER, HEAD_UDP, HEAD_TCP };
 
+/**
+ * head_kind() - what the TX ring's first frame is, from a look at it alone
+ * @f:		fast path (its first frame, slice and record entries are used as scratch)
+ * @mark:	the TX ring's avail position, to put the frame back at once
+ * Return: HEAD_EMPTY, HEAD_OTHER, HEAD_UDP or HEAD_TCP
+ */
 static int head_kind(struct pc_fast *f, uint16_t mark)
 {
 	const struct pc_pkt *p = &f->recs[0];
@@ -594,10 +714,19 @@ static int head_kind(struct pc_fast *f, uint16_t mark)
 	return HEAD_OTHER;
 }
 
-/* The TX kick (@consume: read its eventfd): drain datagrams of registered tuples and segments
- * of registered connections, a round per run of one kind. DONE when the ring is empty; after
- * FAST_TX_ROUNDS rounds the rest waits for the next pass of the wait (tx_more), after the
- * other events, as Python's drain defers it. */
+/**
+ * fast_tx() - the TX kick: drain datagrams of registered tuples and segments of registered
+ *	       connections, a round per run of one kind
+ * @f:		fast path
+ * @placed:	set when RX buffers were filled (ACKs and data sent to the guest)
+ * @consume:	read the kick eventfd first
+ *
+ * After FAST_TX_ROUNDS rounds the rest waits for the next pass of the wait (tx_more), after
+ * the other events, as Python's drain defers it.
+ *
+ * Return: DONE when the ring is empty or the rest is deferred, REPORT when a frame C does
+ *	   not handle (or a bad chain, or a broken ring) leaves the rest to Python
+ */
 static int fast_tx(struct pc_fast *f, int *placed, int consume)
 {
 	uint64_t v;
@@ -638,6 +767,10 @@ static int fast_tx(struct pc_fast *f, int *placed, int consume)
 	return DONE;
 }
 
+/**
+ * now_ms() - the monotonic clock, in milliseconds (pc_fast_poll()'s overall timeout)
+ * Return: CLOCK_MONOTONIC as milliseconds
+ */
 static int64_t now_ms(void)
 {
 	struct timespec ts;

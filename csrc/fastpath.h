@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 /* fastpath.h - internal interface between fastpath.c (tables, the wait, UDP) and fast_tcp.c
  * (established TCP connections); not part of the cdef.
  */

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 /* guest_mem.c - guest memory regions and the dirty-page log
  *
  * Theory of operation
@@ -22,6 +23,9 @@
  * its rings and re-translates them when the generation moved, so a ring never dereferences a
  * region that was unmapped.
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE		/* before any system header (the build defines it too) */
+#endif
 #include <errno.h>
 #include <string.h>
 #include <sys/mman.h>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 /* guest_mem.h - internal interface between guest_mem.c and virtq.c (not part of the cdef).
  *
  * struct pc_mem is opaque to Python; virtq.c needs its translation and logging helpers,
@@ -56,7 +57,8 @@ uint8_t *pc_mem_gpa_range(const struct pc_mem *m, uint64_t gpa, uint64_t len);
 uint8_t *pc_mem_uva_range(const struct pc_mem *m, uint64_t uva, uint64_t len);
 void pc_mem_log_range(struct pc_mem *m, uint64_t gpa, uint64_t len);
 
-/* RX primitives of virtq.c for tcp_path.c (see their comments there). */
+/* RX primitives of virtq.c for tcp_path.c and udp_path.c (mark and seek also for fastpath.c
+ * on the TX ring); see their comments there. */
 struct pc_vq;
 struct iovec;
 int pc_vq_rx_begin(struct pc_vq *vq, uint16_t *avail_idx);
@@ -78,10 +80,5 @@ static inline int pc_mem_log_active(const struct pc_mem *m)
 {
 	return m->log_on && m->log;
 }
-
-/* tcp_path.c: whether bytes [off, off + len) of TX frame @frame are inside that frame (and the
- * frame's slices inside the batch's @max_iov slices); shared with udp_path.c. */
-int pc_tx_range_ok(const struct pc_tx_frame *frames, unsigned nframes, unsigned max_iov,
-		   uint32_t frame, uint32_t off, uint32_t len);
 
 #endif /* PASST_GUEST_MEM_H */

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 /* iov.c - move a whole iovec array through readv()/writev(), resumable after EAGAIN.
  *
  * Theory of operation

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 /* passt_core.h - the whole C API of passt_py's core, as Python sees it.
  *
  * The text between CDEF-BEGIN and CDEF-END is fed to cffi's cdef() verbatim, so it may hold
@@ -115,19 +116,8 @@ int pc_vq_push_rx_ptrs(struct pc_vq *vq, const uint8_t *const *frames, const uin
  * at most one notification per loop batch); 1 if the guest was (due to be) notified. */
 int pc_vq_flush(struct pc_vq *vq);
 
-/* ---- tcp_path.c: the established-TCP data path ---- */
-/* SECTION tcp_path: owned by the TCP data-path work */
-/* virtio-net header (virtio 1.x 5.1.6): flags, gso_type; and what tcp_path.c needs. */
-enum {
-	PC_VNET_F_NEEDS_CSUM = 1, PC_VNET_F_DATA_VALID = 2,
-	PC_VNET_GSO_NONE = 0, PC_VNET_GSO_TCPV4 = 1, PC_VNET_GSO_UDP = 3, PC_VNET_GSO_TCPV6 = 4,
-	PC_VNET_GSO_UDP_L4 = 5, PC_VNET_GSO_ECN = 128
-};
-/* TCP flags, as in the header's 13th byte. */
-enum {
-	PC_TCP_FIN = 1, PC_TCP_SYN = 2, PC_TCP_RST = 4, PC_TCP_PSH = 8, PC_TCP_ACK = 16,
-	PC_TCP_URG = 32, PC_TCP_ECE = 64, PC_TCP_CWR = 128
-};
+/* ---- classify.c: the frames of a TX batch, parsed once for every protocol ---- */
+/* SECTION classify */
 /* Classification of a guest frame (struct pc_pkt.valid). PC_PKT_OK: every field that applies
  * to the protocol is filled; other codes say which check failed first (fields up to it are
  * filled). PC_PKT_OTHER is not an error: not IPv4/IPv6 (ARP...), see ethertype. */
@@ -153,6 +143,20 @@ struct pc_pkt {
 };
 int pc_classify(const struct pc_tx_frame *frames, const struct iovec *iov, unsigned max_iov,
 		unsigned nframes, struct pc_pkt *out);
+
+/* ---- tcp_path.c: the established-TCP data path ---- */
+/* SECTION tcp_path: owned by the TCP data-path work */
+/* virtio-net header (virtio 1.x 5.1.6): flags, gso_type; and what tcp_path.c needs. */
+enum {
+	PC_VNET_F_NEEDS_CSUM = 1, PC_VNET_F_DATA_VALID = 2,
+	PC_VNET_GSO_NONE = 0, PC_VNET_GSO_TCPV4 = 1, PC_VNET_GSO_UDP = 3, PC_VNET_GSO_TCPV6 = 4,
+	PC_VNET_GSO_UDP_L4 = 5, PC_VNET_GSO_ECN = 128
+};
+/* TCP flags, as in the header's 13th byte. */
+enum {
+	PC_TCP_FIN = 1, PC_TCP_SYN = 2, PC_TCP_RST = 4, PC_TCP_PSH = 8, PC_TCP_ACK = 16,
+	PC_TCP_URG = 32, PC_TCP_ECE = 64, PC_TCP_CWR = 128
+};
 /* Guest -> host: bytes [off, off + len) of frame `frame` of a TX batch. */
 struct pc_payload_ref { uint32_t frame; uint32_t off; uint32_t len; };
 int64_t pc_send_payloads(int fd, const struct pc_tx_frame *frames, unsigned nframes,

@@ -1,10 +1,20 @@
+// SPDX-License-Identifier: MIT
 /* sock_filter.c - the drop-everything socket filter migration freezes TCP sockets with.
  *
+ * Theory of operation
+ * -------------------
  * A classic filter (SO_ATTACH_FILTER) needs no privileges on most kernels, but some refuse it
  * to a process without CAP_NET_ADMIN, and passt-py drops that capability when a repair helper
  * does TCP_REPAIR. An eBPF program loaded before the privileges go is a file descriptor that
  * can be attached later (SO_ATTACH_BPF) by whoever holds it, so the freeze still works there.
+ *
+ * The program is two instructions, r0 = 0 and exit: a socket filter's return value is how
+ * many bytes of the packet to keep, so every packet is dropped. It calls no helper and
+ * touches no map: nothing the verifier could refuse.
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE		/* before any system header (the build defines it too) */
+#endif
 #include <errno.h>
 #include <linux/bpf.h>
 #include <string.h>
@@ -23,6 +33,7 @@ int pc_drop_all_filter(void)
 #ifdef __NR_bpf
 	struct bpf_insn prog[2];
 	union bpf_attr attr;
+	/* the BPF program's kernel licence tag (no GPL-only helper used), not this file's */
 	static const char license[] = "GPL";
 	long fd;
 

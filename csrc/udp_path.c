@@ -1,5 +1,8 @@
+// SPDX-License-Identifier: MIT
 /* udp_path.c - UDP datagrams between host sockets and guest memory, both ways.
  *
+ * Theory of operation
+ * -------------------
  * Guest to host (pc_udp_runs, pc_send_udp_runs):
  *
  * Python finds the flow of each datagram (pc_classify() gives addresses, ports and the
@@ -13,9 +16,13 @@
  * after room for the virtio-net, Ethernet, IP and UDP headers, which are then written in front
  * of it: one copy, by the kernel. The socket tells the size of its next datagram (FIONREAD),
  * so only the chains it needs are taken; FIONREAD's 0 (an empty queue or an empty datagram)
- * is settled by a zero-length peek, since a datagram may land between the two calls. A datagram from a peer no template of the call
- * covers (a new peer of a -u listener) is handed back to the caller in a spill buffer instead.
+ * is settled by a zero-length peek, since a datagram may land between the two calls. A
+ * datagram from a peer no template of the call covers (a new peer of a -u listener) is handed
+ * back to the caller in a spill buffer instead.
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE		/* before any system header (the build defines it too) */
+#endif
 #include <errno.h>
 #include <limits.h>
 #include <netinet/in.h>
@@ -25,6 +32,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+#include "classify.h"
 #include "guest_mem.h"
 #include "wire.h"
 
@@ -167,6 +175,7 @@ static void flush(struct dgram_batch *b)
  *		most UDP_GSO_SEGS segments and UDP_GSO_MAX bytes
  * @b:		batch
  * @it:		the item
+ * Return: non-zero if it may
  */
 static int can_join(const struct dgram_batch *b, const struct pc_dgram_ref *it)
 {
@@ -180,7 +189,11 @@ static int can_join(const struct dgram_batch *b, const struct pc_dgram_ref *it)
 	       (uint64_t)head->len * b->count[m] + it->len <= UDP_GSO_MAX;
 }
 
-/* Make the batch's last message a GSO message of segments of its first datagram's size. */
+/**
+ * set_segment() - make a message a GSO message of segments of its first datagram's size
+ * @b:		batch
+ * @m:		the message (the batch's last one), given its UDP_SEGMENT control message here
+ */
 static void set_segment(struct dgram_batch *b, unsigned m)
 {
 	struct msghdr *mh = &b->msgs[m].msg_hdr;

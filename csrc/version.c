@@ -1,5 +1,12 @@
-/* version.c - the API version compiled into the extension, checked by passt_py.core at import
- * so that a stale build fails loudly instead of misbehaving. */
+// SPDX-License-Identifier: MIT
+/* version.c - the API version compiled into the extension
+ *
+ * Theory of operation
+ * -------------------
+ * passt_core.h defines PC_API_VERSION, bumped whenever the C API changes. This file compiles
+ * it into the extension; passt_py.core compares it with the version it was written for at
+ * import, so that a stale build fails loudly instead of misbehaving.
+ */
 #include "passt_core.h"
 
 /**

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 /* virtq.c - split virtqueues (virtio 1.x, section 2.7) on the device side
  *
  * Theory of operation
@@ -28,6 +29,9 @@
  *
  * A stopped ring (before start, after stop) touches no guest memory and never notifies.
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE		/* before any system header (the build defines it too) */
+#endif
 #include <endian.h>
 #include <errno.h>
 #include <string.h>

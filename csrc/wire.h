@@ -1,5 +1,6 @@
+// SPDX-License-Identifier: MIT
 /* wire.h - header sizes, protocol numbers and big/little-endian field access shared by the
- * data-path files (tcp_path.c, udp_path.c). */
+ * data-path files (classify.c, tcp_path.c, udp_path.c, fastpath.c). */
 #ifndef PASST_WIRE_H
 #define PASST_WIRE_H
 
@@ -14,6 +15,7 @@ enum {
 	IP4_HLEN = 20,
 	IP6_HLEN = 40,
 	UDP_HLEN = 8,
+	TCP_HLEN = 20,		/* without options */
 	ETH_P_IP = 0x0800,
 	ETH_P_IPV6 = 0x86dd,
 	PROTO_ICMP = 1,

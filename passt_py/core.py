@@ -545,10 +545,11 @@ class Virtqueue:
 
 # ---- the established-TCP data path ----
 # SECTION tcp_path
-# csrc/tcp_path.c: guest frames classified per batch, payload sent from guest memory (zero
-# copy), host data peeked straight into guest RX buffers as TCP segments (one copy). Python
-# decides per batch or per event; C moves the bytes. See the peek-offset contract in
-# csrc/tcp_path.c: the socket must have SO_PEEK_OFF enabled before TcpPath.rx() is used.
+# csrc/classify.c: guest frames classified per batch (for every protocol); csrc/tcp_path.c:
+# payload sent from guest memory (zero copy), host data peeked straight into guest RX buffers
+# as TCP segments (one copy). Python decides per batch or per event; C moves the bytes. See
+# the peek-offset contract in csrc/tcp_path.c: the socket must have SO_PEEK_OFF enabled
+# before TcpPath.rx() is used.
 import ipaddress  # noqa: E402
 import socket  # noqa: E402
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 /* vufront - a synthetic vhost-user front-end and minimal guest network stack for benchmarks.
  *
  * Theory of operation
