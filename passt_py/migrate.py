@@ -65,7 +65,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 from passt_py import core, icmp, migrate_record, tcp, tcp_repair, udp
 from passt_py.migrate_record import decode_record, encode_record, pack_addr, pack_text
@@ -224,6 +224,15 @@ class Report:
     lost: list[Any] = field(default_factory=list)
 
 
+@dataclass
+class Saved:
+    """The source's encoded flow records, from which each stage writes its section."""
+
+    ping: list[bytes]
+    udp: list[bytes]
+    tcp: list[bytes]            # per connection: framed state record + framed socket record
+
+
 # ---- source ----
 
 def _tcp_events() -> int:
@@ -325,12 +334,39 @@ class Source:
 
     # -- save --
     def sections(self) -> list[bytes]:
-        """The whole stream, as buffers for one writev (header, sections, end marker)."""
+        """The whole stream, as buffers for one writev (header, sections, end marker).
+
+        The sections are written from the version table the target reads (VERSIONS): each
+        stage saves its own section, so writer and reader cannot disagree on their order."""
         t0 = time.perf_counter()
+        saved = self._records()
+        # Each version is its own compat_version: a reader picks exactly the one written.
+        bufs: list[bytes] = [HEADER.pack(MAGIC, self.version, self.version)]
+        digest = hashlib.sha256(bufs[0])
+        for stage in dict(VERSIONS)[self.version]:
+            parts = stage.save(self.ctx, saved)
+            head = SECTION.pack(stage.section, FLAG_OPTIONAL if stage.optional else 0,
+                                sum(len(p) for p in parts))
+            bufs.append(head)
+            digest.update(head)
+            for p in parts:
+                bufs.append(p)
+                digest.update(p)
+        end = SECTION.pack(SEC_END, 0, DIGEST_LEN)
+        digest.update(end)
+        bufs += [end, digest.digest()]
+        self.report.ping, self.report.udp = len(saved.ping), len(saved.udp)
+        self.report.tcp = len(saved.tcp)
+        self.report.bytes = sum(len(b) for b in bufs)
+        self.report.seconds = time.perf_counter() - t0
+        return bufs
+
+    def _records(self) -> Saved:
+        """Every flow's record, encoded for this stream's version (a TCP connection whose
+        state cannot be read stays behind, alone)."""
         ctx = self.ctx
-        ping = [encode_record(s, self.version) for s in self._ping_states]
-        udp_records = [encode_record(s, self.version) for s in self._udp_states]
-        tcp_records: list[bytes] = []
+        saved = Saved([encode_record(s, self.version) for s in self._ping_states],
+                      [encode_record(s, self.version) for s in self._udp_states], [])
         for flow, sock in self._tcp:
             try:
                 st = ctx.tcp.export(flow)
@@ -341,39 +377,8 @@ class Source:
                 continue
             rec = encode_record(st, self.version)
             ksb = ks.pack()
-            tcp_records.append(_U32.pack(len(rec)) + rec + _U32.pack(len(ksb)) + ksb)
-        meta = (pack_text(IMPLEMENTATION) + pack_text(_impl_version())
-                + struct.pack("!III", len(ping), len(udp_records), len(tcp_records))
-                + _U16.pack(len(fingerprint(ctx.view))) + fingerprint(ctx.view))
-        g = ctx.guest
-        guest = (g.mac + bytes([int(g.arp_answered)]) + pack_addr(g.addr4) + pack_addr(g.addr6)
-                 + pack_addr(g.addr6_ll))
-        # Each version is its own compat_version: a reader picks exactly the one written.
-        bufs: list[bytes] = [HEADER.pack(MAGIC, self.version, self.version)]
-        digest = hashlib.sha256(bufs[0])
-
-        def section(sid: int, flags: int, parts: Sequence[bytes]) -> None:
-            length = sum(len(p) for p in parts)
-            head = SECTION.pack(sid, flags, length)
-            bufs.append(head)
-            digest.update(head)
-            for p in parts:
-                bufs.append(p)
-                digest.update(p)
-
-        section(SEC_META, 0, [meta])
-        section(SEC_GUEST, 0, [guest])
-        section(SEC_PING, FLAG_OPTIONAL, [_U32.pack(len(ping))] + _framed(ping))
-        section(SEC_UDP, FLAG_OPTIONAL, [_U32.pack(len(udp_records))] + _framed(udp_records))
-        section(SEC_TCP, 0, [_U32.pack(len(tcp_records))] + tcp_records)
-        end = SECTION.pack(SEC_END, 0, DIGEST_LEN)
-        digest.update(end)
-        bufs += [end, digest.digest()]
-        self.report.ping, self.report.udp = len(ping), len(udp_records)
-        self.report.tcp = len(tcp_records)
-        self.report.bytes = sum(len(b) for b in bufs)
-        self.report.seconds = time.perf_counter() - t0
-        return bufs
+            saved.tcp.append(_U32.pack(len(rec)) + rec + _U32.pack(len(ksb)) + ksb)
+        return saved
 
     # -- post --
     def post(self) -> None:
@@ -810,11 +815,13 @@ def _restore_failed(st: Any, ks: tcp_repair.TcpSockState, e: tcp_repair.RepairEr
 
 @dataclass(frozen=True)
 class Stage:
-    """One section of a version: how to parse it and apply it (target side)."""
+    """One section of a version: how the source writes it, how the target parses and
+    applies it."""
 
     name: str
     section: int
     optional: bool
+    save: Callable[[MigrationContext, Saved], list[bytes]]
     parse: Callable[[MigrationContext, Reader, Loaded], None]
     apply: Callable[[MigrationContext, Loaded, Report], None] | None
 
@@ -829,12 +836,42 @@ def _parse_udp(ctx: MigrationContext, r: Reader, out: Loaded) -> None:
     _parse_flows(udp.UdpFlowState, "UDP", 1, "udp")(ctx, r, out)
 
 
+def _save_meta(ctx: MigrationContext, saved: Saved) -> list[bytes]:
+    """META: who writes, the flow counts, the configuration fingerprint."""
+    fp = fingerprint(ctx.view)
+    return [pack_text(IMPLEMENTATION) + pack_text(_impl_version())
+            + struct.pack("!III", len(saved.ping), len(saved.udp), len(saved.tcp))
+            + _U16.pack(len(fp)) + fp]
+
+
+def _save_guest(ctx: MigrationContext, saved: Saved) -> list[bytes]:
+    """GUEST: the guest's MAC and the addresses we saw it use."""
+    g = ctx.guest
+    return [g.mac + bytes([int(g.arp_answered)]) + pack_addr(g.addr4) + pack_addr(g.addr6)
+            + pack_addr(g.addr6_ll)]
+
+
+def _save_ping(ctx: MigrationContext, saved: Saved) -> list[bytes]:
+    """PING: count, then each record framed."""
+    return [_U32.pack(len(saved.ping))] + _framed(saved.ping)
+
+
+def _save_udp(ctx: MigrationContext, saved: Saved) -> list[bytes]:
+    """UDP: count, then each record framed."""
+    return [_U32.pack(len(saved.udp))] + _framed(saved.udp)
+
+
+def _save_tcp(ctx: MigrationContext, saved: Saved) -> list[bytes]:
+    """TCP: count, then per connection its (already framed) pair of records."""
+    return [_U32.pack(len(saved.tcp))] + saved.tcp
+
+
 STAGES_V1: tuple[Stage, ...] = (
-    Stage("meta", SEC_META, False, _parse_meta, None),
-    Stage("guest", SEC_GUEST, False, _parse_guest, _apply_guest),
-    Stage("ping", SEC_PING, True, _parse_ping, _apply_ping),
-    Stage("udp", SEC_UDP, True, _parse_udp, _apply_udp),
-    Stage("tcp", SEC_TCP, False, _parse_tcp, _apply_tcp),
+    Stage("meta", SEC_META, False, _save_meta, _parse_meta, None),
+    Stage("guest", SEC_GUEST, False, _save_guest, _parse_guest, _apply_guest),
+    Stage("ping", SEC_PING, True, _save_ping, _parse_ping, _apply_ping),
+    Stage("udp", SEC_UDP, True, _save_udp, _parse_udp, _apply_udp),
+    Stage("tcp", SEC_TCP, False, _save_tcp, _parse_tcp, _apply_tcp),
 )
 
 #: Versions this back-end reads, oldest first: (version, ordered stages).
