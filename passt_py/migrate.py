@@ -763,7 +763,10 @@ def activate(ctx: MigrationContext, report: Report) -> None:
     """
     lost, report.lost = report.lost, []
     for st in lost if ctx.tcp is not None else ():
-        ctx.tcp.reset_guest_end(st)
+        try:
+            ctx.tcp.reset_guest_end(st)
+        except (ValueError, OSError) as e:      # a record too broken to address the guest
+            log.warning("migration: no RST to the guest for a lost TCP connection: %s", e)
     pending, report.pending = report.pending, []
     adopted = 0
     for st, ks, sock in pending:

@@ -129,6 +129,8 @@ class FrameTemplate:
                  "_src_b", "_dst_b")
 
     def __init__(self, src: IPAddr, dst: IPAddr, sport: int, dport: int) -> None:
+        if not (0 <= sport <= 0xFFFF and 0 <= dport <= 0xFFFF):
+            raise ValueError(f"TCP ports {sport} -> {dport} out of range")
         self.src, self.dst, self.sport, self.dport = src, dst, sport, dport
         self.version = src.version
         self.l3len = IPV4_HLEN if self.version == 4 else IPV6_HLEN

@@ -15,6 +15,12 @@ Fixtures:
 - ``real_passt_repair``: argv prefix of the real passt-repair helper (migration tests); like the
   QEMU prerequisites, it fails in CI when it cannot be had.
 - ``userns``: ``unshare -rn`` and ``setpriv`` work (rootless tests); fails in CI otherwise.
+
+Hypothesis: the budget of every property test comes from one profile, chosen with
+``PASST_PY_HYPOTHESIS`` (or Hypothesis's own ``--hypothesis-profile``): ``ci`` (the default:
+what CI and a plain ``pytest`` run), ``dev`` (a quick pass while editing) or ``long`` (a
+search worth leaving running). A test that is much cheaper or dearer than the rest scales the
+profile's count with :func:`hypothesis_budget` instead of naming a number of its own.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from pathlib import Path
 from typing import Callable, Iterator, NoReturn
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:
@@ -42,6 +49,31 @@ from tests.guest.real_passt import real_passt_command, real_passt_repair_command
 
 REQUIRE_ENV = "PASST_PY_REQUIRE_QEMU"
 PING_GROUP_RANGE = "0 2147483647"
+
+# ---- Hypothesis profiles ----
+HYPOTHESIS_ENV = "PASST_PY_HYPOTHESIS"
+#: Examples per property at weight 1. ``ci`` keeps the counts the suite always ran (weight 1 is
+#: Hypothesis's default of 100; see hypothesis_budget() for the weights).
+HYPOTHESIS_PROFILES = {"ci": 100, "dev": 15, "long": 2000}
+for _name, _examples in HYPOTHESIS_PROFILES.items():
+    # No deadline anywhere: these properties drive real sockets, rings and C, whose timing
+    # says nothing about correctness (and a loaded CI machine would make them flaky).
+    hypothesis_settings.register_profile(_name, max_examples=_examples, deadline=None)
+
+
+def hypothesis_budget(weight: float = 1.0, **overrides: object) -> hypothesis_settings:
+    """Settings for one property: the active profile's example count times ``weight``, at
+    least one (``overrides``: other settings of that test, e.g. suppress_health_check).
+
+    The weight says how a property compares with the rest: 3 for a cheap one over a big input
+    space (a parser, a checksum), below 1 for one whose every example drives real rings or
+    sockets. Evaluated when the test module is imported, after pytest_configure() chose the
+    profile.
+    """
+    base = hypothesis_settings()
+    return hypothesis_settings(base, max_examples=max(1, round(base.max_examples * weight)),
+                               **overrides)  # type: ignore[arg-type]
+
 
 _timings: list[tuple[str, dict[str, float]]] = []
 
@@ -77,7 +109,18 @@ def qemu_problem() -> str | None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Registers the marker unless pyproject.toml already does."""
+    """Checks the Hypothesis profile choice; registers the marker unless pyproject.toml does."""
+    profile = os.environ.get(HYPOTHESIS_ENV)
+    if profile and profile not in HYPOTHESIS_PROFILES:
+        raise pytest.UsageError(f"{HYPOTHESIS_ENV}={profile}: not a profile "
+                                f"(one of {', '.join(HYPOTHESIS_PROFILES)})")
+    if os.environ.get("PASST_PY_EXAMPLES"):
+        raise pytest.UsageError(f"PASST_PY_EXAMPLES is gone: choose a Hypothesis profile with "
+                                f"{HYPOTHESIS_ENV}={'|'.join(HYPOTHESIS_PROFILES)}")
+    # Loaded here, before any test module is imported (hypothesis_budget() reads it then);
+    # Hypothesis's own --hypothesis-profile, when given, wins.
+    if not config.getoption("hypothesis_profile", None):
+        hypothesis_settings.load_profile(profile or "ci")
     if any(line.startswith("qemu:") for line in config.getini("markers")):
         return
     config.addinivalue_line(

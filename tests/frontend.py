@@ -95,6 +95,8 @@ class Frontend:
         self._tx_done: list[tuple[int, int]] = []
         self.rx_refused: list[int] = []
         self._rx_pending: list[tuple[int, int]] = []
+        #: The rings' next avail indexes as save_state() stopped them (to start them again).
+        self.stopped_bases: tuple[int, int] | None = None
 
     def _connect(self, path: str) -> None:
         """Connect, retrying briefly while a just-started back-end is between bind and listen."""
@@ -241,6 +243,38 @@ class Frontend:
         return state.num
 
     # ---- migration ----
+    def save_state(self, close_early: bool = False) -> tuple[bytes, int]:
+        """The source side, as QEMU does it: stop both rings (their bases kept in
+        ``stopped_bases``), SET_DEVICE_STATE_FD(save), read the state to EOF (or close the
+        pipe at once with ``close_early``), CHECK_DEVICE_STATE; (state, check result)."""
+        self.stopped_bases = (self.get_vring_base(RX), self.get_vring_base(TX))
+        r, w = os.pipe()
+        if close_early:
+            os.close(r)
+        self.request(Request.SET_DEVICE_STATE_FD, struct.pack("=II", 0, 0), [w])
+        os.close(w)
+        data = b""
+        if not close_early:
+            while chunk := os.read(r, 1 << 16):
+                data += chunk
+            os.close(r)
+        return data, self.get_u64(Request.CHECK_DEVICE_STATE)
+
+    def load_state(self, data: bytes) -> int:
+        """The target side: SET_DEVICE_STATE_FD(load), write ``data``, close, then
+        CHECK_DEVICE_STATE; its result (0: loaded)."""
+        r, w = os.pipe()
+        self.request(Request.SET_DEVICE_STATE_FD, struct.pack("=II", 1, 0), [r])
+        os.close(r)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(w, view[:1 << 16]):]
+        except BrokenPipeError:
+            pass                      # the back-end stopped reading a stream it refused
+        os.close(w)
+        return self.get_u64(Request.CHECK_DEVICE_STATE)
+
     def set_log_base(self) -> mmap.mmap:
         """SET_LOG_BASE with a fresh memfd log covering guest memory; returns its mapping."""
         top = max(r.gpa + r.size for r in self.ram.regions)

@@ -41,6 +41,7 @@ class InprocBackend:
         self._kick: dict[int, int] = {}          # ring index -> kick fd
         self._handlers: dict[int, object] = {}
         self._state_buf = bytearray()
+        self._transfer_fd: int | None = None     # the device-state fd while a transfer runs
         self._thread = threading.Thread(target=self._run, name="inproc-backend", daemon=True)
 
     # ---- test side ----
@@ -161,14 +162,27 @@ class InprocBackend:
     # ---- device state ----
     def _start_transfer(self, event: ev.DeviceStateTransfer) -> None:
         os.set_blocking(event.fd, False)
+        self._transfer_fd = event.fd
         if event.direction == DEVICE_STATE_SAVE:
             self._state_buf = bytearray(self.save_state)
-            self._watch(event.fd, select.EPOLLOUT, self._on_state_writable)
+            mask, handler = select.EPOLLOUT, self._on_state_writable
         else:
             self._state_buf = bytearray()
-            self._watch(event.fd, select.EPOLLIN, self._on_state_readable)
+            mask, handler = select.EPOLLIN, self._on_state_readable
+        try:
+            self._watch(event.fd, mask, handler)
+        except PermissionError:
+            # A regular file or a device (a hostile front-end's choice): epoll refuses those,
+            # and they never block, so serve the transfer now, as passt-py's own loop does.
+            # Bounded: a device may never end (/dev/zero), then the transfer fails.
+            for _ in range(4096):
+                if self._transfer_fd != event.fd:
+                    return
+                handler(event.fd, mask)
+            self._finish_transfer(event.fd, 1)
 
     def _finish_transfer(self, fd: int, result: int) -> None:
+        self._transfer_fd = None
         self._unwatch(fd)
         os.close(fd)
         self._apply(self.server.finish_device_state(result))

@@ -1,8 +1,11 @@
-"""Shared pieces for the ICMP/UDP/flow tests: a NetView, a frame sink, a bounded loop pump."""
+"""Shared pieces for the L4 tests: a NetView, a frame sink, a bounded loop pump, guest UDP and
+ICMP echo frames (parsed as the demux hands them over), checksum checks, free ports, and
+reading exactly n bytes from a host socket."""
 from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
 import time
 from typing import Callable
 
@@ -10,8 +13,10 @@ from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.inet6 import IPv6, _ICMPv6
 from scapy.layers.l2 import Ether
 
+from passt_py import core
 from passt_py.ethernet import parse_header
-from passt_py.ip import IpPacket, UdpDatagram, parse_ip, parse_udp, udp_frame
+from passt_py.ip import (IPPROTO_ICMP, IPPROTO_ICMPV6, IpPacket, UdpDatagram, ip_frame,
+                         l4_checksum, parse_ip, parse_udp, udp_frame)
 from passt_py.loop import EventLoop
 from passt_py.netview import GuestState, Ip4View, Ip6View, NetView
 
@@ -72,6 +77,30 @@ def guest_udp(src: ipaddress._BaseAddress, dst: ipaddress._BaseAddress, sport: i
     return pkt, dgram
 
 
+def echo_frame(version: int, ident: int, seq: int, payload: bytes, dst=None) -> bytes:
+    """A guest echo request frame to ``dst`` (default: the gateway) with valid checksums."""
+    src = GUEST4 if version == 4 else GUEST6
+    dst = dst or (GW4 if version == 4 else GW6)
+    kind = 8 if version == 4 else 128
+    msg = bytearray(struct.pack("!BBHHH", kind, 0, 0, ident, seq) + payload)
+    if version == 4:
+        struct.pack_into("!H", msg, 2, core.csum_icmp4(msg))
+        proto = IPPROTO_ICMP
+    else:
+        struct.pack_into("!H", msg, 2, l4_checksum(src, dst, IPPROTO_ICMPV6, msg))
+        proto = IPPROTO_ICMPV6
+    return ip_frame(OUR_MAC, GUEST_MAC, src, dst, proto, bytes(msg), ttl=64)
+
+
+def parsed(frame: bytes) -> IpPacket:
+    """A guest frame's IP packet, as the demux hands it over."""
+    eth = parse_header(frame)
+    assert eth is not None
+    pkt = parse_ip(frame, eth.ethertype)
+    assert pkt is not None
+    return pkt
+
+
 def _summed_layers(pkt: Ether) -> list[tuple[object, str]]:
     """(layer, checksum field) for every outer IP/UDP/ICMP/ICMPv6 layer (quotes excluded)."""
     out = []
@@ -104,3 +133,15 @@ def free_port(version: int = 4) -> int:
     with socket.socket(family, socket.SOCK_DGRAM) as s:
         s.bind(("0.0.0.0", 0) if version == 4 else ("::", 0))
         return s.getsockname()[1]
+
+
+def recv_exactly(sock: socket.socket, n: int, timeout: float = 5.0) -> bytes:
+    """Exactly ``n`` bytes from a stream socket (blocking, ``timeout`` per receive: a peer that
+    stalls fails the test instead of hanging it); an early end of stream is a failure."""
+    sock.settimeout(timeout)
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        assert chunk, f"peer closed after {len(buf)} of {n} bytes"
+        buf += chunk
+    return bytes(buf)

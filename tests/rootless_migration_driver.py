@@ -12,8 +12,8 @@ namespace with nothing but loopback. Everything happens there:
   connection to a host peer socket on 127.0.0.1 (through the gateway address) and both sides
   stream data; more is left in flight when the guest is migrated;
 - the device state is saved on the source and loaded on the target as QEMU does
-  (tests/test_migrate_service.py's ``_save``/``_load``), with the helper — the real passt-repair,
-  the fake one of tests/test_tcp_repair.py, or none — connected to both back-ends just before;
+  (tests/frontend.py's ``save_state``/``load_state``), with the helper — the real passt-repair,
+  the fake one of tests/fake_repair_helper.py, or none — connected to both back-ends just before;
 - the streams then finish on the target, and the guest closes the connection.
 
 The driver asserts nothing: it prints one JSON report (digests, sizes, resets, the back-ends'
@@ -46,9 +46,7 @@ from passt_py.ip import parse_ip  # noqa: E402
 from passt_py.tcp_seg import ACK, FIN, RST, TcpSegment, parse_tcp, seq_add, seq_diff  # noqa: E402
 from tests.frontend import Frontend  # noqa: E402
 from tests.guest.real_passt import real_passt_repair_command  # noqa: E402
-from tests.service_rig import ARGS  # noqa: E402
-from tests.test_migrate_service import _load, _save  # noqa: E402
-from tests.test_tcp_service import Guest  # noqa: E402
+from tests.service_rig import ARGS, Guest  # noqa: E402
 
 #: Runs a command as root-in-the-namespace minus CAP_NET_ADMIN (so no TCP_REPAIR of its own).
 NO_NET_ADMIN = ["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin"]
@@ -159,8 +157,8 @@ def cap_net_admin(pid: int) -> bool:
 
 # ---- the fake helper ----
 def run_fake_helper(path: str, out: str) -> int:
-    """tests/test_tcp_repair.py's FakeHelper as a process; writes the commands it served."""
-    from tests.test_tcp_repair import FakeHelper
+    """tests/fake_repair_helper.py's FakeHelper as a process; writes the commands it served."""
+    from tests.fake_repair_helper import FakeHelper
     helper = FakeHelper(path)
     helper.run()
     with open(out, "w") as f:
@@ -354,10 +352,10 @@ def migrate(peers: Peers, fe_a: Frontend, target: Backend) -> tuple[Frontend, di
     """Save on the source, load into the target, start the target's rings (as QEMU does);
     the guest carries on over the target's front-end."""
     t0 = time.monotonic()
-    state, check_save = _save(fe_a)
+    state, check_save = fe_a.save_state()
     fe_b = Frontend(target.sock)
     fe_b.negotiate()
-    check_load = _load(fe_b, state)
+    check_load = fe_b.load_state(state)
     fe_b.start()
     fe_b.provide_rx(RX_BUFFERS, 4096)
     peers.guest.fe = fe_b

@@ -134,6 +134,7 @@ class GuestPeer:
         self.ack_due = False
         self.pending = b""      # data to send (send_stream)
         self.pending_off = 0    # offset of snd_una in pending
+        self.stream_base = self.isn   # sequence number of pending[0] (set by send_stream)
         self.last_progress = time.monotonic()
         self.rto = 0.3
         env.peers[(gport, rport)] = self
@@ -175,7 +176,7 @@ class GuestPeer:
         self.pending = data
         self.pending_off = 0
         self.snd_una = self.snd_nxt
-        self._base = self.snd_nxt
+        self.stream_base = self.snd_nxt
         self._fill()
 
     def stream_done(self) -> bool:
@@ -184,17 +185,17 @@ class GuestPeer:
     def _fill(self) -> None:
         if not self.pending:
             return
-        sent = seq_diff(self.snd_nxt, self._base)
-        acked = seq_diff(self.snd_una, self._base)
+        sent = seq_diff(self.snd_nxt, self.stream_base)
+        acked = seq_diff(self.snd_una, self.stream_base)
         limit = acked + self.peer_wnd
         n = 0
         while sent < len(self.pending) and sent < limit and n < 64:
             size = min(self.mss, len(self.pending) - sent, limit - sent)
-            self.raw(ACK, seq=seq_add(self._base, sent),
+            self.raw(ACK, seq=seq_add(self.stream_base, sent),
                      payload=self.pending[sent:sent + size])
             sent += size
             n += 1
-        self.snd_nxt = seq_add(self._base, sent)
+        self.snd_nxt = seq_add(self.stream_base, sent)
 
     # ---- receiving ----
     def on_segment(self, rec: Received) -> None:
@@ -220,7 +221,7 @@ class GuestPeer:
                 self.snd_una = seg.ack
                 self.last_progress = time.monotonic()
                 if self.pending:
-                    self.pending_off = min(len(self.pending), seq_diff(self.snd_una, self._base))
+                    self.pending_off = min(len(self.pending), seq_diff(self.snd_una, self.stream_base))
             self.peer_wnd = seg.wnd << self.ws_peer
         if self.rcv_nxt is None:
             return

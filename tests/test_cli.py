@@ -77,9 +77,15 @@ def test_check_config_prints_dump():
 
 
 def test_debug_logs_config_dump_to_stderr():
-    """With -d the same dump is logged at debug level on stderr."""
+    """With -d the same dump is logged at debug level on stderr, line for line."""
     proc = run("--vhost-user", "--check-config", "-d", "-a", "10.9.8.7/24", "-g", "10.9.8.1", "-4", "-i", "lo")
-    assert proc.returncode == 0 and "IPv4 address: 10.9.8.7/24" in proc.stderr
+    assert proc.returncode == 0
+    dump = proc.stdout.splitlines()
+    assert "IPv4 address: 10.9.8.7/24" in dump
+    # Each log line on stderr: "<seconds> DEBUG passt_py.main: <dump line>" (passt_py.log).
+    logged = [line.split(" DEBUG passt_py.main: ", 1)[1] for line in proc.stderr.splitlines()
+              if " DEBUG passt_py.main: " in line]
+    assert logged == dump, proc.stderr
 
 
 def test_unwritable_log_file_is_one_line_exit_1(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from scapy.layers.dhcp import BOOTP, DHCP
 from scapy.layers.inet import IP, UDP
@@ -14,6 +14,7 @@ from passt_py import dhcp
 from passt_py.ethernet import parse_header
 from passt_py.ip import parse_ip, parse_udp, udp_frame
 from passt_py.netview import GuestState, Ip4View, NetView
+from tests.conftest import hypothesis_budget
 
 OUR_MAC = bytes.fromhex("9a559a559a55")
 GUEST_MAC = "52:54:00:12:34:56"
@@ -620,7 +621,7 @@ def test_frame_truncated_at_every_length():
         assert _handle(frame[:cut]) is None
 
 
-@settings(max_examples=300, deadline=None)
+@hypothesis_budget(3)
 @given(index=st.integers(min_value=0, max_value=40), length=st.integers(0, 255))
 def test_corrupt_option_length_never_raises(index: int, length: int):
     """Rewriting any option length byte gives a reply or None, never an exception."""
@@ -638,7 +639,7 @@ def test_corrupt_option_length_never_raises(index: int, length: int):
         assert result is None
 
 
-@settings(max_examples=300, deadline=None)
+@hypothesis_budget(3)
 @given(st.binary(min_size=0, max_size=600))
 def test_random_payload_never_raises(tail: bytes):
     """Arbitrary bytes after a valid header and cookie never raise."""
@@ -646,7 +647,7 @@ def test_random_payload_never_raises(tail: bytes):
     _handle(_payload_frame(head + tail))
 
 
-@settings(max_examples=200, deadline=None)
+@hypothesis_budget(2)
 @given(st.binary(min_size=0, max_size=400))
 def test_random_bytes_never_raise(payload: bytes):
     """Arbitrary UDP payloads never raise."""

@@ -5,7 +5,7 @@ import dataclasses
 import ipaddress
 import struct
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from scapy.layers.dhcp6 import (
     DHCP6_Advertise,
@@ -41,6 +41,7 @@ from passt_py import dhcpv6
 from passt_py.ethernet import parse_header
 from passt_py.ip import parse_ip, parse_udp, udp_frame
 from passt_py.netview import GuestState, Ip6View, NetView
+from tests.conftest import hypothesis_budget
 
 OUR_MAC = bytes.fromhex("9a559a559a55")
 GUEST_MAC = "52:54:00:12:34:56"
@@ -539,7 +540,7 @@ def _length_positions(payload: bytes) -> list[int]:
     return out
 
 
-@settings(max_examples=300, deadline=None)
+@hypothesis_budget(3)
 @given(index=st.integers(min_value=0, max_value=40), length=st.integers(0, 0xFFFF))
 def test_corrupt_option_length_never_raises(index: int, length: int):
     """Rewriting any option length gives a reply or None, never an exception."""
@@ -553,14 +554,14 @@ def test_corrupt_option_length_never_raises(index: int, length: int):
         assert result is None
 
 
-@settings(max_examples=300, deadline=None)
+@hypothesis_budget(3)
 @given(st.binary(min_size=0, max_size=400))
 def test_random_options_never_raise(tail: bytes):
     """Arbitrary bytes after a SOLICIT header never raise."""
     _handle(_payload_frame(b"\x01\x00\x00\x01" + tail))
 
 
-@settings(max_examples=200, deadline=None)
+@hypothesis_budget(2)
 @given(st.sampled_from([1, 3, 4, 5, 6, 8, 9, 11]), st.binary(min_size=0, max_size=300))
 def test_random_messages_never_raise(mtype: int, tail: bytes):
     """Arbitrary options under every client message type never raise."""

@@ -1,11 +1,12 @@
 """Domain names in DNS wire format, plain and compressed, for DHCP and DHCPv6 options."""
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from scapy.layers.dns import dns_get_str
 
 from passt_py import dnsname
+from tests.conftest import hypothesis_budget
 
 
 def test_absolute_name_ends_with_root():
@@ -76,7 +77,7 @@ _LABEL = st.text(alphabet="abcxyz-0", min_size=1, max_size=6)
 _NAME = st.lists(_LABEL, min_size=1, max_size=4).map(".".join)
 
 
-@settings(max_examples=200, deadline=None)
+@hypothesis_budget(2)
 @given(st.lists(_NAME, min_size=1, max_size=8))
 def test_compressed_list_decodes_to_names(names: list[str]):
     """Following pointers from the start of the data gives back every name, in order."""

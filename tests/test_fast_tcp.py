@@ -23,26 +23,22 @@ import termios
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 from scapy.all import IP, TCP, Ether, raw
 
 from passt_py import core
 from passt_py.core import CoreError, TcpTemplate
-from tests.test_fastpath import GUEST4, GW4, Wait, _kick_rig
-from tests.test_tcp_path import GUEST_MAC, HDR, OUR_MAC, E, rig  # noqa: F401 - fixture
+from tests.conftest import hypothesis_budget
+from tests.l4_helpers import recv_exactly
+# rig, wait: fixtures, used by name
+from tests.ring_rig import (GUEST4, GUEST_MAC, GW4, HDR, OUR_MAC, E, Wait,  # noqa: F401
+                            kick_rig, rig, wait)
 
 GPORT, OPORT = 40000, 5000          # the guest's port, the port it talks to
 SEQ0, ACK0 = 1000, 5000             # our next sequence number, the guest's
 SO_PEEK_OFF = 42
 ET = select.EPOLLET
-
-
-@pytest.fixture
-def wait():
-    w = Wait()
-    yield w
-    w.close()
 
 
 @pytest.fixture
@@ -81,7 +77,7 @@ def _register(wait: Wait, r, sock: socket.socket, **kw) -> int:
     wait.fast.set_rx(r.rxq, HDR, True, 0, 64)
     wait.fast.set_tcp(0, 0, 1 << 20, 0xFFFF << 8)
     assert wait.fast.add_tcp(_state(wait.fast, sock, **kw))
-    return _kick_rig(r, wait)
+    return kick_rig(r, wait)
 
 
 def _seg(seq: int, ack: int, flags: str = "A", payload: bytes = b"", wnd: int = 8192) -> bytes:
@@ -118,16 +114,6 @@ def _until_queued(sock: socket.socket, n: int) -> None:
     assert _queued(sock) >= n
 
 
-def _recv_exactly(sock: socket.socket, n: int) -> bytes:
-    sock.settimeout(5)
-    got = bytearray()
-    while len(got) < n:
-        chunk = sock.recv(n - len(got))
-        assert chunk
-        got += chunk
-    return bytes(got)
-
-
 def _tcp_frames(r) -> list:
     """The TCP segments published on the RX ring, as scapy packets (checksums verified)."""
     out = []
@@ -153,7 +139,7 @@ def test_guest_data_reaches_the_peer_and_earns_one_ack(rig, wait, conn):
     _queue_stream(r, data, 1400, "PA")
     os.eventfd_write(kick, 1)
     assert wait.poll() == []
-    assert hashlib.sha256(_recv_exactly(peer, len(data))).digest() == \
+    assert hashlib.sha256(recv_exactly(peer, len(data))).digest() == \
         hashlib.sha256(data).digest()
     assert len(r.tx.pop_used()) == 20
     acks = _tcp_frames(r)
@@ -236,7 +222,7 @@ def test_a_frame_c_does_not_handle_ends_its_share(rig, wait, conn, stopper):
         r.tx.add_tx_buffer(f, bytes(HDR))
     os.eventfd_write(kick, 1)
     assert wait.poll() == [(kick, select.EPOLLIN)]
-    assert _recv_exactly(peer, 1000) == b"a" * 500 + b"b" * 500
+    assert recv_exactly(peer, 1000) == b"a" * 500 + b"b" * 500
     assert len(r.tx.pop_used()) == 2
     batch = r.txq.pop_tx(64, HDR)
     assert [batch.frame(i) for i in range(batch.count)] == rest
@@ -264,7 +250,7 @@ def test_a_full_socket_hands_the_connection_back(rig, wait, conn):
     assert s.back & core.FAST_BACK_FULL
     took = s.tmpl.ack - ACK0
     assert 0 < took < len(data) and s.to_host == took
-    assert _recv_exactly(peer, took) == data[:took]
+    assert recv_exactly(peer, took) == data[:took]
     os.close(kick)
 
 
@@ -356,7 +342,7 @@ def test_a_kick_of_more_than_four_rounds_is_drained_within_the_wait(rig, wait, c
     assert _queue_stream(r, data, 100) == 1100
     os.eventfd_write(kick, 1)
     assert wait.poll() == []
-    assert _recv_exactly(peer, len(data)) == data
+    assert recv_exactly(peer, len(data)) == data
     assert len(r.tx.pop_used()) == 1100
     assert _take(wait, ours).tmpl.ack == ACK0 + len(data)
     os.close(kick)
@@ -372,8 +358,7 @@ _TCP_KINDS = st.lists(st.one_of(
 ), min_size=1, max_size=30)
 
 
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hypothesis_budget(0.4, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(kinds=_TCP_KINDS)
 def test_any_tx_batch_of_a_connection_splits_into_a_taken_prefix_and_an_untouched_rest(
         rig, conn, kinds):
@@ -420,7 +405,7 @@ def test_any_tx_batch_of_a_connection_splits_into_a_taken_prefix_and_an_untouche
         events = w.poll(0)
         assert events == ([] if prefix == len(frames) else [(kick, select.EPOLLIN)])
         if taken:
-            assert _recv_exactly(peer, len(taken)) == taken
+            assert recv_exactly(peer, len(taken)) == taken
         assert len(r.tx.pop_used()) == prefix
         if prefix < len(frames):
             batch = r.txq.pop_tx(64, HDR)

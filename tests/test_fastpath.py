@@ -12,51 +12,29 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import ipaddress
 import os
 import select
 import socket
 import struct
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 from scapy.all import ARP, UDP, Ether, raw
 
 from passt_py import core
 from passt_py.ip import udp_frame
-from tests.test_tcp_path import GUEST_MAC, HDR, OUR_MAC, rig  # noqa: F401 - fixture
-from tests.test_udp_path import ADDRS, _checksum_valid, _pair, _templates, _wait_queued
-
-GUEST4 = ipaddress.IPv4Address("10.0.2.15")
-GW4 = ipaddress.IPv4Address("10.0.2.2")
-
-
-class Wait:
-    """An epoll set and a FastPath, as the service's loop has them."""
-
-    def __init__(self, max_entries: int = 64) -> None:
-        self.ep = select.epoll()
-        self.fast = core.FastPath(max_entries)
-
-    def poll(self, timeout: float = 0.05) -> list[tuple[int, int]]:
-        return self.fast.poll(self.ep.fileno(), timeout)
-
-    def close(self) -> None:
-        self.ep.close()
-
-
-@pytest.fixture
-def wait():
-    w = Wait()
-    yield w
-    w.close()
+# rig, wait: fixtures, used by name
+from tests.conftest import hypothesis_budget
+from tests.ring_rig import (ADDRS, GUEST4, GUEST_MAC, GW4, HDR, OUR_MAC, Wait,  # noqa: F401
+                            ip16, kick_rig, rig, udp_checksum_valid, udp_pair, udp_templates, wait,
+                            wait_queued)
 
 
 def _rx_payloads(r, family: int) -> list[bytes]:
     out = []
     for _hdr, frame, _n in r.rx_frames():
-        assert _checksum_valid(frame, family)
+        assert udp_checksum_valid(frame, family)
         out.append(bytes(Ether(frame)[UDP].payload))
     return out
 
@@ -67,15 +45,15 @@ def test_flow_datagrams_reach_the_ring_inside_the_wait(rig, wait, family):
     and returns nothing (no event for Python); the counts say so."""
     r = rig(num=1024)
     r.rx.add_rx_buffers(1000, 4096)
-    ours, peer = _pair(family)
+    ours, peer = udp_pair(family)
     wait.ep.register(ours.fileno(), select.EPOLLIN)
     wait.fast.set_rx(r.rxq, HDR, True, 0, 64)
-    assert wait.fast.add_rx(ours.fileno(), _templates(family))
+    assert wait.fast.add_rx(ours.fileno(), udp_templates(family))
     sizes = [(k * 7919) % 60001 for k in range(50)]
     payloads = [os.urandom(n) for n in sizes]
     for p in payloads:
         peer.send(p)
-    _wait_queued(ours)
+    wait_queued(ours)
     assert wait.poll() == []
     got = _rx_payloads(r, family)
     assert [hashlib.sha256(g).digest() for g in got] == [hashlib.sha256(p).digest() for p in payloads]
@@ -91,21 +69,21 @@ def test_other_fds_and_events_come_back(rig, wait):
     plain events for Python; their datagrams stay in the socket."""
     r = rig()
     r.rx.add_rx_buffers(10, 4096)
-    a, pa = _pair(4)
-    b, pb = _pair(4)
+    a, pa = udp_pair(4)
+    b, pb = udp_pair(4)
     for s in (a, b):
         wait.ep.register(s.fileno(), select.EPOLLIN)
-    assert wait.fast.add_rx(a.fileno(), _templates(4))
+    assert wait.fast.add_rx(a.fileno(), udp_templates(4))
     pa.send(b"A")
     pb.send(b"B")
-    _wait_queued(a)
+    wait_queued(a)
     assert sorted(wait.poll()) == sorted([(a.fileno(), select.EPOLLIN),
                                           (b.fileno(), select.EPOLLIN)])
     assert a.recv(10) == b"A" and b.recv(10) == b"B"    # untouched: no RX ring set
     wait.fast.set_rx(r.rxq, HDR, True, 0, 64)
     pa.send(b"A2")
     pb.send(b"B2")
-    _wait_queued(a)
+    wait_queued(a)
     assert wait.poll() == [(b.fileno(), select.EPOLLIN)]
     assert _rx_payloads(r, 4) == [b"A2"]
     for s in (a, pa, b, pb):
@@ -117,14 +95,14 @@ def test_a_socket_error_comes_back_as_err(rig, wait):
     back with EPOLLERR, and C took nothing."""
     r = rig()
     r.rx.add_rx_buffers(10, 4096)
-    ours, peer = _pair(4)
+    ours, peer = udp_pair(4)
     ours.setsockopt(socket.SOL_IP, 11, 1)                # IP_RECVERR
     wait.ep.register(ours.fileno(), select.EPOLLIN)
     wait.fast.set_rx(r.rxq, HDR, True, 0, 64)
-    assert wait.fast.add_rx(ours.fileno(), _templates(4))
+    assert wait.fast.add_rx(ours.fileno(), udp_templates(4))
     peer.close()
     ours.send(b"nobody there")                           # port unreachable comes back
-    _wait_queued(ours)
+    wait_queued(ours)
     events = wait.poll()
     assert len(events) == 1 and events[0][0] == ours.fileno()
     assert events[0][1] & select.EPOLLERR
@@ -137,14 +115,14 @@ def test_no_buffers_mutes_the_socket_until_rx_ready(rig, wait):
     set (no busy loop); after the guest adds buffers, rx_ready() brings it back and every
     datagram arrives."""
     r = rig()
-    ours, peer = _pair(4)
+    ours, peer = udp_pair(4)
     wait.ep.register(ours.fileno(), select.EPOLLIN)
     wait.fast.set_rx(r.rxq, HDR, True, 0, 64)
-    assert wait.fast.add_rx(ours.fileno(), _templates(4))
+    assert wait.fast.add_rx(ours.fileno(), udp_templates(4))
     payloads = [os.urandom(1000) for _ in range(10)]
     for p in payloads:
         peer.send(p)
-    _wait_queued(ours)
+    wait_queued(ours)
     assert wait.poll() == []
     assert wait.fast.stats().muted == 1
     handled = wait.fast.stats().handled
@@ -161,28 +139,21 @@ def test_removed_and_cleared_entries_hand_events_back(rig, wait):
     """After remove_rx() (a flow closing) or clear() (another guest MAC), the socket's events
     are Python's again; a muted socket is restored by clear()."""
     r = rig()
-    ours, peer = _pair(4)
+    ours, peer = udp_pair(4)
     wait.ep.register(ours.fileno(), select.EPOLLIN)
     wait.fast.set_rx(r.rxq, HDR, True, 0, 64)
-    assert wait.fast.add_rx(ours.fileno(), _templates(4))
+    assert wait.fast.add_rx(ours.fileno(), udp_templates(4))
     peer.send(b"x")
-    _wait_queued(ours)
+    wait_queued(ours)
     assert wait.poll() == [] and wait.fast.stats().muted == 1     # no buffers: muted
     gen = wait.fast.gen
     wait.fast.clear(wait.ep.fileno())
     assert wait.fast.gen == gen + 1 and wait.fast.stats().rx_entries == 0
     assert wait.poll() == [(ours.fileno(), select.EPOLLIN)]         # restored, and Python's
-    assert wait.fast.add_rx(ours.fileno(), _templates(4))
+    assert wait.fast.add_rx(ours.fileno(), udp_templates(4))
     assert wait.fast.remove_rx(ours.fileno()) == 0
     assert wait.poll() == [(ours.fileno(), select.EPOLLIN)]
     ours.close(), peer.close()
-
-
-def _kick_rig(r, wait):
-    kick = os.eventfd(0, os.EFD_NONBLOCK)
-    wait.ep.register(kick, select.EPOLLIN)
-    wait.fast.set_tx(r.txq, kick)
-    return kick
 
 
 def _frame(sport: int, dport: int, payload: bytes) -> bytes:
@@ -217,7 +188,7 @@ def test_kick_sends_registered_datagrams_from_guest_memory(rig, wait):
     """Datagrams of two registered tuples, interleaved, some split over descriptors: one
     kick, no event for Python, each arrives at its socket in order; every chain is used."""
     r = rig()
-    kick = _kick_rig(r, wait)
+    kick = kick_rig(r, wait)
     sinks = [_sink(), _sink()]
     socks = [_flow_socket(s) for s in sinks]
     for k, s in enumerate(socks):
@@ -245,7 +216,7 @@ def test_kick_stops_at_the_first_frame_it_does_not_handle(rig, wait):
     """[fast, fast, fast, ARP, fast, fast]: the three before the ARP request leave; the kick
     comes back to Python, whose own pop finds exactly the rest, in order."""
     r = rig()
-    kick = _kick_rig(r, wait)
+    kick = kick_rig(r, wait)
     sink = _sink()
     sock = _flow_socket(sink)
     assert wait.fast.add_tx(GUEST4, GW4, 40000, 5000, sock.fileno())
@@ -270,7 +241,7 @@ def test_a_batch_with_a_bad_chain_is_left_whole(rig, wait):
     """A bad chain (a descriptor outside guest memory) among fast datagrams: C sends nothing
     and consumes nothing; Python's pop sees every chain, the bad one included."""
     r = rig()
-    kick = _kick_rig(r, wait)
+    kick = kick_rig(r, wait)
     sink = _sink()
     sock = _flow_socket(sink)
     assert wait.fast.add_tx(GUEST4, GW4, 40000, 5000, sock.fileno())
@@ -290,7 +261,7 @@ def test_a_batch_with_a_bad_chain_is_left_whole(rig, wait):
 def test_kicks_without_tx_entries_are_python_s(rig, wait):
     """With no tuple registered (TCP only, say) the kick is not even looked at."""
     r = rig()
-    kick = _kick_rig(r, wait)
+    kick = kick_rig(r, wait)
     r.tx.add_tx_buffer(_frame(40000, 5000, b"a"), bytes(HDR))
     os.eventfd_write(kick, 1)
     assert wait.poll() == [(kick, select.EPOLLIN)]
@@ -303,7 +274,7 @@ def test_tables_grow_shrink_and_refuse_beyond_their_maximum():
     """Thousands of entries in and out (tombstones, rebuilds): every live one is found,
     removed ones are not, and the maximum holds."""
     fast = core.FastPath(3000)
-    t = _templates(4)
+    t = udp_templates(4)
     fds = range(100, 3100)
     for fd in fds:
         assert fast.add_rx(fd, t)
@@ -319,7 +290,7 @@ def test_tables_grow_shrink_and_refuse_beyond_their_maximum():
     assert st.rx_entries == st.tx_entries == 3000
     live = set(fds[1::2]) | set(range(20000, 21500))
     lib, gone = core.lib, -errno.ENOENT
-    src, dst = (core._ip16(a) for a in (GUEST4, GW4))
+    src, dst = ip16(GUEST4), ip16(GW4)
     for fd in list(fds) + list(range(20000, 21500)):
         want = 0 if fd in live else gone             # a live entry's count, or "no entry"
         assert lib.pc_fast_rx_count(fast._f, fd) == want, fd
@@ -334,12 +305,12 @@ def test_ipv6_kick_and_delivery_both_ways(rig, wait):
     """An IPv6 flow both ways through the fast path: request out, answer in."""
     r = rig()
     r.rx.add_rx_buffers(20, 4096)
-    kick = _kick_rig(r, wait)
-    ours, peer = _pair(6)
+    kick = kick_rig(r, wait)
+    ours, peer = udp_pair(6)
     wait.ep.register(ours.fileno(), select.EPOLLIN)
     wait.fast.set_rx(r.rxq, HDR, True, 0, 64)
     src, dst = ADDRS[6]
-    tmpl = _templates(6)
+    tmpl = udp_templates(6)
     assert wait.fast.add_rx(ours.fileno(), tmpl)
     assert wait.fast.add_tx(dst, src, 40000, 4242, ours.fileno())
     frame = udp_frame(OUR_MAC, GUEST_MAC, dst, src, 40000, 4242, b"ping")
@@ -348,7 +319,7 @@ def test_ipv6_kick_and_delivery_both_ways(rig, wait):
     assert wait.poll() == []
     assert peer.recv(100) == b"ping"
     peer.send(b"pong")
-    _wait_queued(ours)
+    wait_queued(ours)
     assert wait.poll() == []
     assert _rx_payloads(r, 6) == [b"pong"]
     os.close(kick)
@@ -363,7 +334,7 @@ _FRAME_KINDS = st.lists(st.one_of(
 ), min_size=1, max_size=40)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hypothesis_budget(0.6, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(kinds=_FRAME_KINDS)
 def test_any_tx_batch_splits_into_a_sent_prefix_and_an_untouched_rest(rig, kinds):
     """Whatever the guest queues (datagrams of a registered tuple, of another tuple, junk,
@@ -371,7 +342,7 @@ def test_any_tx_batch_splits_into_a_sent_prefix_and_an_untouched_rest(rig, kinds
     intact, and leaves every later frame, byte for byte, to Python's pop."""
     r = rig()
     w = Wait()
-    kick = _kick_rig(r, w)
+    kick = kick_rig(r, w)
     sink = _sink()
     sock = _flow_socket(sink)
     try:

@@ -103,16 +103,29 @@ def test_close_runs_callback_once(loop: EventLoop) -> None:
     assert table.lookup(FlowType.UDP, flow.sides[1]) is None
 
 
-def test_callback_error_does_not_corrupt(loop: EventLoop) -> None:
-    """A failing close callback is logged; the table stays consistent."""
+def test_callback_error_does_not_corrupt(loop: EventLoop,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A failing close callback is logged (at ERROR, naming the flow, with the traceback); the
+    table stays consistent."""
     table = FlowTable(loop)
 
     def boom(_flow: Flow) -> None:
         raise RuntimeError("boom")
 
     flow = table.new(FlowType.UDP, *sides(1), 30.0, on_close=boom)
-    table.close(flow)
+    with caplog.at_level(logging.ERROR, logger="passt_py.flow"):
+        table.close(flow)
     assert len(table) == 0
+    assert table.lookup(FlowType.UDP, flow.sides[0]) is None
+    assert table.lookup(FlowType.UDP, flow.sides[1]) is None
+    errors = [r for r in caplog.records if r.name == "passt_py.flow"]
+    assert len(errors) == 1, caplog.text
+    assert errors[0].levelno == logging.ERROR
+    assert errors[0].getMessage() == f"error closing flow {flow!r}"
+    assert errors[0].exc_info is not None and errors[0].exc_info[0] is RuntimeError
+    # The table still works: the id is reused, the tuple can be taken again.
+    again = table.new(FlowType.UDP, *sides(1), 30.0)
+    assert again.id == flow.id and table.lookup(FlowType.UDP, flow.sides[0]) is again
 
 
 def test_expiry_and_touch(loop: EventLoop) -> None:

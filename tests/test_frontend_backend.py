@@ -8,12 +8,13 @@ import struct
 import subprocess
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 from passt_py.vhost_user import events as ev
 from passt_py.vhost_user import wire
 from passt_py.vhost_user.wire import (
     MemoryRegion, MemoryTable, Request, U64, VringAddr, VringFile, VringState)
+from tests.conftest import hypothesis_budget
 from tests.frontend import (
     DEFAULT_FEATURES, RX, TX, Frontend, FrontendError, spawn_passt_py)
 from tests.inproc_backend import InprocBackend
@@ -402,7 +403,7 @@ def _fuzz_step(fe: Frontend, backend: InprocBackend, step: tuple) -> None:
         backend.send([b"z" * 300])
 
 
-@settings(max_examples=40, deadline=None)
+@hypothesis_budget(0.4)
 @given(st.lists(_STEP, max_size=20))
 def test_random_ring_configuration_never_kills_the_backend(tmp_path_factory, steps):
     """Arbitrary sizes, bases, addresses and memory tables get answers, never a crash."""

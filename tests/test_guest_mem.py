@@ -6,11 +6,12 @@ import mmap
 import os
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from passt_py.core import CoreError, GuestMemory
 from passt_py.ref.virtq import RefMemory, RefRegion
+from tests.conftest import hypothesis_budget
 from tests.virtq_driver import PAGE, GuestRam
 
 BASE = 0x10000
@@ -252,7 +253,7 @@ def test_log_is_shared_with_front_end(mem):
     os.close(fd)
 
 
-@settings(max_examples=200, deadline=None)
+@hypothesis_budget(2)
 @given(gpa=st.integers(0, 6 * SIZE), length=st.integers(0, 3 * SIZE))
 def test_reads_agree_with_reference(gpa, length):
     """For any range, C and the reference agree on fault vs the exact bytes."""

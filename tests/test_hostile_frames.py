@@ -8,18 +8,16 @@ namespace (tests/fuzz/netns_guard.py) so no frame can make the back-end reach an
 """
 from __future__ import annotations
 
-import os
 import socket
 import struct
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
-from tests.conftest import qemu_unavailable
+from tests.conftest import hypothesis_budget, qemu_unavailable
 from tests.fuzz import driver, netns_guard, targets
 
-EXAMPLES = int(os.environ.get("PASST_PY_EXAMPLES", "300"))
 ECHO_PORT = 9
 SEEDS = driver.load_corpus("frames")
 
@@ -230,8 +228,8 @@ def mutated_frames(draw) -> bytes:
     return bytes(frame)
 
 
-@settings(max_examples=EXAMPLES, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@hypothesis_budget(3,
+                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(frames=st.lists(mutated_frames(), min_size=1, max_size=4), udp=st.integers(0, 9))
 def test_mutated_frames_never_hurt_the_link(rig, frames, udp):
     """Seed frames of every protocol, corrupted: contained, and the link still serves."""

@@ -16,20 +16,22 @@ import sys
 import textwrap
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from l4_helpers import (GUEST4, GUEST6, GUEST_MAC, GW4, GW6, OUR_MAC, Sink, checksums_ok,
-                        guest_udp, make_guest, make_view, pump)
+# echo_frame, parsed: also imported from here by tests/test_migrate.py and tests/compat (which
+# should import them from l4_helpers).
+from l4_helpers import (GUEST4, GUEST6, GW4, GW6, Sink, checksums_ok, echo_frame, guest_udp,
+                        make_guest, make_view, parsed, pump)
 from scapy.layers.inet import ICMP, IP, IPerror, UDPerror
 from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6EchoReply, IPerror6, IPv6
 from scapy.layers.l2 import Ether
 
 import netns
 from passt_py import core, icmp
-from passt_py.ethernet import parse_header
 from passt_py.flow import FlowTable
-from passt_py.ip import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP, ip_frame, l4_checksum, parse_ip
+from passt_py.ip import IPPROTO_UDP
 from passt_py.loop import EventLoop
+from tests.conftest import hypothesis_budget
 
 A = ipaddress.ip_address
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -50,29 +52,6 @@ SCRIPT = textwrap.dedent("""
     import test_icmp as t
     print(json.dumps(t.ping_scenario(json.loads(sys.argv[2]), float(sys.argv[3]))))
 """)
-
-
-def echo_frame(version: int, ident: int, seq: int, payload: bytes, dst=None) -> bytes:
-    """A guest echo request frame to ``dst`` (default: the gateway) with valid checksums."""
-    src = GUEST4 if version == 4 else GUEST6
-    dst = dst or (GW4 if version == 4 else GW6)
-    kind = 8 if version == 4 else 128
-    msg = bytearray(struct.pack("!BBHHH", kind, 0, 0, ident, seq) + payload)
-    if version == 4:
-        struct.pack_into("!H", msg, 2, core.csum_icmp4(msg))
-        proto = IPPROTO_ICMP
-    else:
-        struct.pack_into("!H", msg, 2, l4_checksum(src, dst, IPPROTO_ICMPV6, msg))
-        proto = IPPROTO_ICMPV6
-    return ip_frame(OUR_MAC, GUEST_MAC, src, dst, proto, bytes(msg), ttl=64)
-
-
-def parsed(frame: bytes):
-    eth = parse_header(frame)
-    assert eth is not None
-    pkt = parse_ip(frame, eth.ethertype)
-    assert pkt is not None
-    return pkt
 
 
 def ping_scenario(requests: list[list], timeout: float) -> dict:
@@ -193,12 +172,19 @@ def test_malformed_and_non_echo_ignored(handler) -> None:
     assert len(flows) == 0 and sink.frames == []
 
 
-def test_icmp_disabled(handler) -> None:
+def test_icmp_disabled() -> None:
     """With ICMP disabled in the view, echo requests are ignored."""
-    h, flows, _sink = handler
-    h._view = make_view(icmp=False)
-    h.from_guest(parsed(echo_frame(4, 1, 1, b"x")))
-    assert len(flows) == 0
+    loop = EventLoop()
+    flows = FlowTable(loop)
+    sink = Sink()
+    h = icmp.IcmpHandler(loop, make_view(icmp=False), make_guest(), flows, sink)
+    try:
+        h.from_guest(parsed(echo_frame(4, 1, 1, b"x")))
+        h.from_guest(parsed(echo_frame(6, 1, 1, b"x")))
+        assert len(flows) == 0 and sink.frames == []
+    finally:
+        h.close_all()
+        loop.close()
 
 
 @pytest.mark.parametrize("version", [4, 6])
@@ -230,7 +216,7 @@ def test_frag_needed_carries_mtu() -> None:
     assert checksums_ok(frame) and UDPerror in Ether(frame)
 
 
-@settings(max_examples=100, deadline=None)
+@hypothesis_budget()
 @given(l4=st.binary(max_size=64), dst=st.sampled_from([GW4, A("224.0.0.1"), A("10.0.2.255")]))
 def test_arbitrary_icmp_never_raises(l4: bytes, dst: ipaddress.IPv4Address) -> None:
     """Any ICMP bytes towards the gateway or unroutable addresses are handled without raising."""

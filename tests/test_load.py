@@ -16,6 +16,7 @@ import time
 import pytest
 
 from tests.conftest import qemu_unavailable
+from tests.frames import tcp4_frame, udp4_frame
 from tests.fuzz import netns_guard, targets
 
 FLOWS = int(os.environ.get("PASST_PY_LOAD_FLOWS", "10000"))
@@ -34,14 +35,6 @@ def fds() -> int:
     """Open descriptors of this process (after collecting garbage other tests left behind)."""
     gc.collect()
     return len(os.listdir("/proc/self/fd"))
-
-
-def udp_frame(sport: int, payload: bytes = b"load") -> bytes:
-    ip_len = 20 + 8 + len(payload)
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, ip_len, 0, 0, 64, 17, 0,
-                     targets.GUEST4.packed, targets.GW4.packed)
-    udp = struct.pack("!HHHH", sport, ECHO, 8 + len(payload), 0) + payload
-    return targets.OUR_MAC + targets.GUEST_MAC + b"\x08\x00" + ip + udp
 
 
 @pytest.fixture
@@ -73,7 +66,8 @@ def test_ten_thousand_udp_flows_then_all_cleaned_up(netns):
         start = time.monotonic()
         received = 0
         for base in range(0, FLOWS, 256):
-            batch = [udp_frame(10000 + i) for i in range(base, min(FLOWS, base + 256))]
+            batch = [udp4_frame(10000 + i, ECHO, b"load")
+                     for i in range(base, min(FLOWS, base + 256))]
             rig.feed(batch, spins=1)
             while True:
                 try:
@@ -110,7 +104,8 @@ def test_flow_limit_refuses_new_flows_cleanly(netns):
         fd0 = fds()
         out: list[bytes] = []
         for base in range(0, 1000, 100):
-            out += rig.feed([udp_frame(30000 + i) for i in range(base, base + 100)], spins=1)
+            out += rig.feed([udp4_frame(30000 + i, ECHO, b"load")
+                             for i in range(base, base + 100)], spins=1)
         assert len(rig.flows) == limit
         assert rig.flows.refused_total == 900
         icmp_errors = [f for f in out if f[12:14] == b"\x08\x00" and f[23] == 1 and f[34] == 3]
@@ -124,23 +119,12 @@ def test_flow_limit_refuses_new_flows_cleanly(netns):
             except BlockingIOError:
                 break
         assert drained == limit
-        rig.feed([udp_frame(30000)], spins=1)      # an existing flow still carries traffic
+        # an existing flow still carries traffic
+        rig.feed([udp4_frame(30000, ECHO, b"load")], spins=1)
         assert echo.recvfrom(64)[0] == b"load"
     finally:
         echo.close()
         rig.close()
-
-
-def tcp_frame(sport: int, flags: int, seq: int, ack: int = 0, payload: bytes = b"",
-              dport: int = ECHO) -> bytes:
-    from passt_py import core
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 65535, 0, 0) + payload
-    csum = core.csum_l4_ipv4(targets.GUEST4.packed, targets.GW4.packed, 6, tcp)
-    tcp = tcp[:16] + struct.pack("!H", csum) + tcp[18:]
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0,
-                     targets.GUEST4.packed, targets.GW4.packed)
-    ip = ip[:10] + struct.pack("!H", core.csum_ipv4_header(ip)) + ip[12:]
-    return targets.OUR_MAC + targets.GUEST_MAC + b"\x08\x00" + ip + tcp
 
 
 def test_ten_thousand_tcp_connections(netns):
@@ -161,8 +145,8 @@ def test_ten_thousand_tcp_connections(netns):
         start = time.monotonic()
         synacks: dict[int, int] = {}
         for base in range(0, FLOWS, 256):
-            batch = [tcp_frame(10000 + i, 0x02, 1000 * i) for i in range(base, min(FLOWS,
-                                                                                  base + 256))]
+            batch = [tcp4_frame(10000 + i, ECHO, 0x02, 1000 * i)
+                     for i in range(base, min(FLOWS, base + 256))]
             out = rig.feed(batch, spins=2)
             for f in out:
                 if f[47] & 0x12 == 0x12:
@@ -178,7 +162,7 @@ def test_ten_thousand_tcp_connections(netns):
                     synacks[struct.unpack_from("!H", f, 36)[0]] = struct.unpack_from("!I", f,
                                                                                      38)[0]
         assert len(synacks) == FLOWS, f"only {len(synacks)} SYN-ACKs"
-        acks = [tcp_frame(port, 0x10, 1000 * (port - 10000) + 1, (isn + 1) & 0xFFFFFFFF)
+        acks = [tcp4_frame(port, ECHO, 0x10, 1000 * (port - 10000) + 1, isn + 1)
                 for port, isn in synacks.items()]
         for base in range(0, len(acks), 256):
             rig.feed(acks[base:base + 256], spins=1)

@@ -1,5 +1,8 @@
 """The event loop: fd callbacks, timers in deadline order, deferred work once per batch."""
+import logging
 import os
+
+import pytest
 
 from passt_py.loop import IN, EventLoop
 
@@ -29,8 +32,9 @@ def test_timers_fire_in_deadline_order_and_cancel_works():
     loop.close()
 
 
-def test_exception_in_handler_does_not_stop_loop():
-    """A failing handler is logged; the loop keeps serving."""
+def test_exception_in_handler_does_not_stop_loop(caplog: pytest.LogCaptureFixture) -> None:
+    """A failing handler is logged (once, at ERROR, with the handler and its traceback); the
+    loop keeps serving."""
     loop = EventLoop()
     ran = []
 
@@ -39,8 +43,16 @@ def test_exception_in_handler_does_not_stop_loop():
 
     loop.call_later(0, bad)
     loop.call_later(0.01, lambda: (ran.append(1), loop.stop()))
-    loop.run()
+    with caplog.at_level(logging.ERROR, logger="passt_py.loop"):
+        loop.run()
     assert ran == [1]
+    errors = [r for r in caplog.records if r.name == "passt_py.loop"]
+    assert len(errors) == 1, caplog.text
+    assert errors[0].levelno == logging.ERROR
+    assert errors[0].getMessage().startswith("unhandled error in event handler ")
+    assert "bad" in errors[0].getMessage()               # names the handler that failed
+    assert errors[0].exc_info is not None
+    assert errors[0].exc_info[0] is RuntimeError and str(errors[0].exc_info[1]) == "boom"
     loop.close()
 
 

@@ -601,7 +601,7 @@ def test_ping_flows_move_and_keep_the_guest_echo_id(version: int) -> None:
 
     from passt_py.icmp import IcmpHandler
     from tests import netns
-    from test_icmp import echo_frame, parsed
+    from l4_helpers import echo_frame, parsed
     with netns.netns() as ns:
         netns.run_in(ns, ["sh", "-c", "echo '0 2147483647' > /proc/sys/net/ipv4/ping_group_range"])
         pushns(ns)

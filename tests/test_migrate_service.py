@@ -99,37 +99,6 @@ def _udp_payloads(fe: Frontend, timeout: float = 5.0) -> list[bytes]:
     return out
 
 
-def _save(fe: Frontend, close_early: bool = False) -> tuple[bytes, int]:
-    """Suspend, read the state to EOF, CHECK; (state, check result)."""
-    fe.bases = (fe.get_vring_base(RX), fe.get_vring_base(TX))  # type: ignore[attr-defined]
-    r, w = os.pipe()
-    if close_early:
-        os.close(r)
-    fe.request(Request.SET_DEVICE_STATE_FD, struct.pack("=II", 0, 0), [w])
-    os.close(w)
-    data = b""
-    if not close_early:
-        while chunk := os.read(r, 1 << 16):
-            data += chunk
-        os.close(r)
-    return data, fe.get_u64(Request.CHECK_DEVICE_STATE)
-
-
-def _load(fe: Frontend, data: bytes) -> int:
-    """SET_DEVICE_STATE_FD(load), write, close, CHECK."""
-    r, w = os.pipe()
-    fe.request(Request.SET_DEVICE_STATE_FD, struct.pack("=II", 1, 0), [r])
-    os.close(r)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(w, view[:1 << 16]):]
-    except BrokenPipeError:
-        pass                      # the back-end stopped reading a stream it refused
-    os.close(w)
-    return fe.get_u64(Request.CHECK_DEVICE_STATE)
-
-
 def _flow_on_source(ns: str, path: str, server: socket.socket) -> tuple[Frontend, tuple]:
     fe = Frontend(path)
     fe.connect_all()
@@ -145,11 +114,11 @@ def test_state_moves_between_two_processes_and_flows_work_there(ns: str) -> None
     server = _server(ns)
     with backend(ns, "--migrate-exit") as a, backend(ns) as b:
         fe_a, peer = _flow_on_source(ns, a, server)
-        state, check = _save(fe_a)
+        state, check = fe_a.save_state()
         assert check == 0 and state[:8] == b"passt-py"
         with Frontend(b) as fe_b:
             fe_b.negotiate()
-            assert _load(fe_b, state) == 0
+            assert fe_b.load_state(state) == 0
             fe_b.start()
             fe_b.provide_rx(64)
             server.sendto(b"on the target", peer)
@@ -163,15 +132,15 @@ def test_hostile_stream_fails_check_and_target_keeps_serving(ns: str) -> None:
     server = _server(ns)
     with backend(ns, "--migrate-exit") as a, backend(ns) as b:
         fe_a, _peer = _flow_on_source(ns, a, server)
-        state, check = _save(fe_a)
+        state, check = fe_a.save_state()
         assert check == 0
         with Frontend(b) as fe_b:
             fe_b.negotiate()
-            assert _load(fe_b, os.urandom(5000)) != 0
+            assert fe_b.load_state(os.urandom(5000)) != 0
             assert fe_b.get_u64(Request.GET_QUEUE_NUM) == 1
-            assert _load(fe_b, state[:len(state) // 2]) != 0
-            assert _load(fe_b, state[:8] + struct.pack("!II", 99, 99) + state[16:]) != 0
-            assert _load(fe_b, state) == 0
+            assert fe_b.load_state(state[:len(state) // 2]) != 0
+            assert fe_b.load_state(state[:8] + struct.pack("!II", 99, 99) + state[16:]) != 0
+            assert fe_b.load_state(state) == 0
             fe_b.start()
         fe_a.close()
         text = _log(b)
@@ -184,9 +153,9 @@ def test_failed_save_rolls_back_and_source_keeps_serving(ns: str) -> None:
     server = _server(ns)
     with backend(ns) as a:
         fe_a, peer = _flow_on_source(ns, a, server)
-        _state, check = _save(fe_a, close_early=True)
+        _state, check = fe_a.save_state(close_early=True)
         assert check != 0
-        fe_a.start(base=fe_a.bases)  # type: ignore[attr-defined]
+        fe_a.start(base=fe_a.stopped_bases)
         fe_a.provide_rx(64)
         server.sendto(b"still here", peer)
         assert b"still here" in _udp_payloads(fe_a)
@@ -204,9 +173,9 @@ def test_resume_after_handover_rolls_back_on_the_source(ns: str) -> None:
     server = _server(ns)
     with backend(ns) as a:
         fe_a, peer = _flow_on_source(ns, a, server)
-        _state, check = _save(fe_a)
+        _state, check = fe_a.save_state()
         assert check == 0
-        fe_a.start(base=fe_a.bases)  # type: ignore[attr-defined]
+        fe_a.start(base=fe_a.stopped_bases)
         fe_a.provide_rx(64)
         server.sendto(b"resumed here", peer)
         assert b"resumed here" in _udp_payloads(fe_a)

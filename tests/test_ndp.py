@@ -4,7 +4,7 @@ import random
 import struct
 from dataclasses import replace
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from scapy.layers.inet6 import (
     ICMPv6ND_NA,
@@ -27,6 +27,7 @@ from passt_py import ndp
 from passt_py.ethernet import ETH_P_IPV6
 from passt_py.ip import IpPacket, parse_ip
 from passt_py.netview import GuestState, Ip6View, NetView
+from tests.conftest import hypothesis_budget
 
 A = ipaddress.IPv6Address
 OUR_MAC = bytes.fromhex("9a559a559a55")
@@ -665,7 +666,7 @@ def test_parse_options_bounds():
     assert ndp.parse_options(b"\x01\x02" + b"\x00" * 6) is None
 
 
-@settings(max_examples=400, deadline=None)
+@hypothesis_budget(4)
 @given(st.binary(max_size=300), st.sampled_from([ndp.ICMPV6_NS, ndp.ICMPV6_RS]),
        st.sampled_from(["::", GUEST_LL, GUEST_GLOBAL]))
 def test_random_bytes_after_header_never_raise(tail, kind, src):
@@ -678,7 +679,7 @@ def test_random_bytes_after_header_never_raise(tail, kind, src):
         assert Ether(reply)[IPv6].hlim == 255
 
 
-@settings(max_examples=400, deadline=None)
+@hypothesis_budget(4)
 @given(st.binary(max_size=120), st.integers(0, 255), st.booleans())
 def test_random_icmpv6_messages_never_raise(l4, hlim, fix):
     """Arbitrary ICMPv6 bytes and hop limits never raise; only hop limit 255 can be answered."""

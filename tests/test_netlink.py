@@ -119,9 +119,17 @@ def test_ns_dns_from_resolv_conf(dual_dump):
 
 @needs_netns
 def test_ns_debug_dump_on_stderr(dual_ns):
-    """-d logs the resolved configuration on stderr before anything else happens."""
+    """-d logs the resolved configuration on stderr (at debug level, line for line what
+    --check-config prints) before anything else happens."""
     proc = nsutil.run_in(dual_ns, CHECK)
-    assert "IPv4 address: 10.200.0.2/24" in proc.stderr
+    lines = proc.stderr.splitlines()
+    marker = " DEBUG passt_py.main: "
+    logged = [line.split(marker, 1)[1] for line in lines if marker in line]
+    assert "IPv4 address: 10.200.0.2/24" in logged, proc.stderr
+    assert logged == proc.stdout.splitlines(), proc.stderr
+    # Nothing but resolution's notes (warnings, replayed first) comes before the dump.
+    first = next(i for i, line in enumerate(lines) if marker in line)
+    assert all(" WARNING passt_py.main: " in line for line in lines[:first]), proc.stderr
 
 
 @needs_netns
@@ -190,9 +198,11 @@ def test_discovery_leaves_pyroute2_out_of_the_back_end():
     """discover() answers from a short-lived child: pyroute2 (about 20 MiB resident) never
     loads into the process that then serves the guest for its whole life."""
     code = ("import socket, sys; from passt_py import netlink; "
-            "found = netlink.discover(socket.AF_INET); "
+            "found = netlink.discover(socket.AF_INET, 'lo'); "
             "loaded = any(m.startswith('pyroute2') for m in sys.modules); "
-            "print(loaded, found == netlink._query(socket.AF_INET, None))")
+            "print(loaded, found.ifname, found.ifindex, found.mtu)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=30, check=True).stdout.split()
-    assert out == ["False", "True"]          # not loaded, and the same answer as in-process
+    # Not loaded, and the child's answer made it back whole (ip is the oracle).
+    lo = ip_json("link", "show", "lo")[0]
+    assert out == ["False", "lo", str(lo["ifindex"]), str(lo["mtu"])]

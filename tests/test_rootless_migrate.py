@@ -5,7 +5,7 @@ only inside it, nothing but loopback): source and target passt-py without CAP_NE
 test front-end as QEMU and guest, a host peer socket on 127.0.0.1, the device state saved and
 loaded through SET_DEVICE_STATE_FD / CHECK_DEVICE_STATE, and TCP_REPAIR done by the repair
 helper (--repair-path): the real passt-repair when one is at hand (tests/guest/real_passt.py's
-cache; never downloaded here), and always the fake one of tests/test_tcp_repair.py.
+cache; never downloaded here), and always the fake one of tests/fake_repair_helper.py.
 
 What must hold: every byte sent both ways before, across and after the move arrives intact
 (SHA-256), the host peer keeps its one connection (no reset, no reconnection, a clean end of

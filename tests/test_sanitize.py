@@ -2,9 +2,10 @@
 
 One scratch build per module (tests/sanitize_run.py: a copy of the tree, PASST_PY_SANITIZE=1,
 the compiler's runtimes preloaded into a child python). The default run covers the C-core suites
-and the hostile-input suites with a short budget (6 s of fuzzing, 40 Hypothesis examples per
-property: a couple of minutes on two cores); PASST_PY_SANITIZE_LONG=1 gives them the normal
-budget instead (or set PASST_PY_FUZZ_SECONDS / PASST_PY_EXAMPLES yourself).
+and the hostile-input suites with a short budget (6 s of fuzzing, the ``dev`` Hypothesis
+profile of tests/conftest.py: a couple of minutes on two cores); PASST_PY_SANITIZE_LONG=1 gives
+them the normal budget instead (20 s, the ``ci`` profile), or set PASST_PY_FUZZ_SECONDS /
+PASST_PY_HYPOTHESIS yourself.
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def test_core_suites_are_clean_under_asan_and_ubsan(sanitized_tree):
     """Checksum, iov, guest memory, virtqueue, front-end and hostile suites: no report."""
     long = os.environ.get("PASST_PY_SANITIZE_LONG") == "1"
     budget = {"PASST_PY_FUZZ_SECONDS": "20" if long else "6",
-              "PASST_PY_EXAMPLES": "300" if long else "40"}
+              "PASST_PY_HYPOTHESIS": "ci" if long else "dev"}
     saved = {k: os.environ.get(k) for k in budget}
     for key, value in budget.items():
         os.environ[key] = saved[key] or value

@@ -11,7 +11,7 @@ import struct
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 from l4_helpers import GUEST4, GW4, checksums_ok
 from scapy.layers.inet import TCP
@@ -24,6 +24,7 @@ from passt_py.flow import FlowType
 from passt_py.portspec import Forward
 from passt_py.tcp import WS_OURS, Phase, TcpState
 from passt_py.tcp_seg import ACK, FIN, PSH, RST, SYN, parse_tcp, seq_add, seq_diff
+from tests.conftest import hypothesis_budget
 
 VERSIONS = [4, 6]
 
@@ -320,7 +321,7 @@ def test_our_window_follows_the_host_peer(env: TcpEnv) -> None:
     env.pump(lambda: False, 1.0)
     wnds = [r.seg.wnd << WS_OURS for r in peer.log if r.seg.flags & ACK and not r.seg.flags & SYN]
     assert min(wnds) < max(wnds) // 10, "window never closed"
-    assert len(peer.data) == 0 and seq_diff(peer.snd_una, peer._base) < 8 << 20
+    assert len(peer.data) == 0 and seq_diff(peer.snd_una, peer.stream_base) < 8 << 20
     got = _recv_all(env, host, 8 << 20, 30)
     assert len(got) == 8 << 20
 
@@ -621,8 +622,7 @@ def test_parse_tcp_options() -> None:
     assert seg is not None and (seg.mss, seg.ws, seg.sack_ok, seg.ts) == (1460, 14, True, True)
 
 
-@settings(max_examples=200, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hypothesis_budget(2, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(min_size=0, max_size=80), st.integers(0, 0xFF), st.integers(0, 15))
 def test_random_segments_never_raise_nor_hurt_other_flows(env: TcpEnv, junk: bytes, flags: int,
                                                           doff: int) -> None:
@@ -786,7 +786,7 @@ def test_old_duplicates_in_one_batch_get_one_ack(env: TcpEnv) -> None:
     env.pump(lambda: False, 0.05)
     before = len(peer.log)
     for k in range(8):                                  # the same stream again, one batch
-        peer.raw(ACK, seq=seq_add(peer._base, 1000 * k), payload=data[1000 * k:1000 * (k + 1)])
+        peer.raw(ACK, seq=seq_add(peer.stream_base, 1000 * k), payload=data[1000 * k:1000 * (k + 1)])
     env.dispatch()
     assert len(peer.log) == before                      # nothing until the batch ends
     env.loop.run_once(0)

@@ -16,110 +16,21 @@ import socket
 import struct
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from scapy.all import ARP, ICMP, IP, TCP, UDP, Ether, ICMPv6EchoRequest, IPv6, IPv6ExtHdrHopByHop
 from scapy.all import IPv6ExtHdrFragment, raw
 
 from passt_py import core
-from passt_py.core import VRING_F_LOG, CoreError, GuestMemory, TcpPath, TcpTemplate, Virtqueue
+from passt_py.core import CoreError, TcpTemplate
 from passt_py.vhost_user import device as dev_mod
 from passt_py.vhost_user import wire
-from tests.virtq_driver import PAGE, DriverRing, GuestRam
-
-BASE = 0x100000
-SIZE = 16 << 20
-HDR = 12
-GUEST_MAC = bytes.fromhex("525400000001")
-OUR_MAC = bytes.fromhex("9a5500000002")
-
-
-def E() -> Ether:
-    """An Ethernet header with both addresses given (scapy never resolves anything)."""
-    return Ether(src=GUEST_MAC.hex(":"), dst=OUR_MAC.hex(":"))
-
-
-class Rig:
-    """Guest RAM with an RX and a TX ring, both started device-side; a call eventfd each."""
-
-    def __init__(self, num: int = 256, log: bool = False, event_idx: bool = False) -> None:
-        self.ram = GuestRam(((BASE, SIZE),))
-        self.mem = GuestMemory()
-        self.ram.map_into(self.mem)
-        self.rx = DriverRing(self.ram, num)
-        self.tx = DriverRing(self.ram, num)
-        self.calls_fd = []
-        self.vqs = []
-        for i, ring in enumerate((self.rx, self.tx)):
-            vq = Virtqueue(self.mem, i)
-            vq.set_num(num)
-            vq.set_features(event_idx, False)
-            call = os.eventfd(0, os.EFD_NONBLOCK)
-            vq.set_call_fd(os.dup(call))
-            desc, used, avail, log_addr = ring.vring_addr()
-            vq.set_addr(desc, used, avail, log_addr, VRING_F_LOG if log else 0)
-            vq.start()
-            self.vqs.append(vq)
-            self.calls_fd.append(call)
-        self.rxq, self.txq = self.vqs
-        self.path = TcpPath(self.rxq)
-
-    def rx_calls(self) -> int:
-        """Signals on the RX call eventfd since the last look."""
-        try:
-            return struct.unpack("<Q", os.read(self.calls_fd[0], 8))[0]
-        except BlockingIOError:
-            return 0
-
-    def rx_frames(self, mergeable: bool = True) -> list[tuple[bytes, bytes, int]]:
-        """(virtio-net header, frame, chains used) of each RX frame published since last time."""
-        out = []
-        used = self.rx.pop_used()
-        i = 0
-        while i < len(used):
-            head, length = used[i]
-            if length == 0:
-                i += 1
-                continue
-            first = read_chain(self.rx, head, length)
-            nbuf = struct.unpack_from("<H", first, 10)[0] if mergeable else 1
-            parts = [first] + [read_chain(self.rx, h, n) for h, n in used[i + 1:i + nbuf]]
-            blob = b"".join(parts)
-            out.append((blob[:HDR], blob[HDR:], nbuf))
-            i += nbuf
-        return out
-
-    def close(self) -> None:
-        for vq in self.vqs:
-            vq.close()
-        self.mem.clear()
-        for fd in self.calls_fd:
-            os.close(fd)
-        self.ram.close()
-
-
-def read_chain(ring: DriverRing, head: int, length: int) -> bytes:
-    """The first length bytes of an RX chain."""
-    data = bytearray()
-    for gpa, size in ring.chain_buffers(head):
-        take = min(size, length - len(data))
-        if take <= 0:
-            break
-        data += ring.ram.read(gpa, take)
-    return bytes(data)
-
-
-@pytest.fixture
-def rig():
-    """Factory for Rigs, closed at teardown."""
-    made: list[Rig] = []
-
-    def make(**kw) -> Rig:
-        made.append(Rig(**kw))
-        return made[-1]
-    yield make
-    for r in made:
-        r.close()
+from tests.conftest import hypothesis_budget
+from tests.l4_helpers import recv_exactly
+# rig: a fixture, used by name
+from tests.ring_rig import (BASE, HDR, SIZE, E, GUEST_MAC, OUR_MAC, Rig, ip16,  # noqa: F401
+                            rig, send_tx)
+from tests.virtq_driver import PAGE
 
 
 @pytest.fixture
@@ -149,25 +60,9 @@ def tcp_pair():
         s.close()
 
 
-def send_tx(rig: Rig, frames: list[bytes], splits: list | None = None,
-            vnet: list[bytes] | None = None, most: int = 64) -> core.TxBatch:
-    """Put frames on the TX ring (optionally split / with headers) and pop them as a batch."""
-    for i, frame in enumerate(frames):
-        hdr = vnet[i] if vnet else bytes(HDR)
-        rig.tx.add_tx_buffer(frame, hdr, split=splits[i] if splits else None)
-    batch = rig.txq.pop_tx(most, HDR)
-    assert batch.count == len(frames)
-    return batch
-
-
 def classify_frames(rig: Rig, frames: list[bytes], **kw) -> core.PacketRecords:
     """Classify frames placed on the TX ring."""
     return core.classify(send_tx(rig, frames, **kw))
-
-
-def ip16(addr: str) -> bytes:
-    """The 16-byte record form of an address."""
-    return core._ip16(ipaddress.ip_address(addr))
 
 
 # ---- classification ----------------------------------------------------------------------------
@@ -314,7 +209,7 @@ def test_classify_hostile_lengths(rig):
     assert got == [core.PKT_CODES[c] for _, c in cases]
 
 
-@settings(max_examples=150, deadline=None)
+@hypothesis_budget(1.5)
 @given(data=st.binary(min_size=0, max_size=200), cut=st.lists(st.integers(1, 40), max_size=6),
        ethertype=st.sampled_from([b"\x08\x00", b"\x86\xdd", b"\x08\x06"]))
 def test_classify_random_bytes_stay_in_bounds(data, cut, ethertype):
@@ -443,19 +338,9 @@ def test_send_payload_runs_gathers_interleaved_runs_in_order(rig, tcp_pair):
     sent = core.send_payload_runs(ours.fileno(), batch, refs, [(0, 2), (3, 2)])
     expect = payloads[0] + payloads[1] + payloads[3] + payloads[4]
     assert sent == len(expect)
-    assert hashlib.sha256(_recv_all(peer, len(expect))).digest() == \
+    assert hashlib.sha256(recv_exactly(peer, len(expect))).digest() == \
         hashlib.sha256(expect).digest()
 
-
-
-def _recv_all(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    sock.settimeout(5)
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        assert chunk, "peer closed early"
-        buf += chunk
-    return bytes(buf)
 
 
 def test_send_payloads_moves_exact_bytes_across_slices(rig, tcp_pair):
@@ -471,7 +356,7 @@ def test_send_payloads_moves_exact_bytes_across_slices(rig, tcp_pair):
     items.append((3, recs[3].payload_off + 10, 20))          # a sub-range, out of frame order
     expect = b"".join(payloads) + payloads[3][10:30]
     assert core.send_payloads(ours.fileno(), batch, items) == len(expect)
-    got = _recv_all(peer, len(expect))
+    got = recv_exactly(peer, len(expect))
     assert hashlib.sha256(got).digest() == hashlib.sha256(expect).digest()
 
 
@@ -510,7 +395,7 @@ def test_send_payloads_partial_send_reports_what_kernel_took(rig, tcp_pair):
         except BlockingIOError:
             pass
     peer.setblocking(True)
-    received += _recv_all(peer, len(stream) - len(received))
+    received += recv_exactly(peer, len(stream) - len(received))
     assert stalls > 0                                   # partial sends did happen
     assert hashlib.sha256(bytes(received)).digest() == hashlib.sha256(stream).digest()
 
@@ -986,7 +871,7 @@ def test_device_offloads_follow_negotiation():
     d.reset()
 
 
-@settings(max_examples=40, deadline=None)
+@hypothesis_budget(0.4)
 @given(size=st.integers(1, 30000), bufs=st.integers(1, 40), buf_size=st.integers(40, 5000),
        segments=st.integers(1, 3), mergeable=st.booleans(), gso=st.booleans(),
        window=st.integers(0, 40000), mss=st.integers(1, 9000), family=st.sampled_from([4, 6]))
@@ -1065,7 +950,7 @@ def test_stop_publishes_deferred_used_elements(rig, tcp_pair):
     assert r.rx.used_idx == 1
 
 
-@settings(max_examples=200, deadline=None)
+@hypothesis_budget(2)
 @given(spec=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 3), st.integers(0, 300),
                                st.sampled_from(["A", "PA", "S", "FA", "R"])),
                      min_size=1, max_size=24))

@@ -6,9 +6,10 @@ seamless byte stream both ways (SHA-256 of everything sent and received).
 """
 from __future__ import annotations
 
-import array
 import errno
+import fcntl
 import hashlib
+import ipaddress
 import os
 import select
 import shutil
@@ -16,15 +17,20 @@ import socket
 import struct
 import subprocess
 import tempfile
-import threading
 import time
 
 import pytest
 
 from passt_py import tcp_repair as tr
+from tests.fake_repair_helper import FakeHelper
 
 pytestmark = pytest.mark.skipif(not tr.direct_repair_allowed(),
                                 reason="TCP_REPAIR needs CAP_NET_ADMIN")
+
+
+def _queued(sock: socket.socket, request: int) -> int:
+    """Bytes in a socket's receive (tr.SIOCINQ) or send (tr.SIOCOUTQ) queue."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), request, b"\0" * 4))[0]
 
 
 def _pair(family: int = socket.AF_INET) -> tuple[socket.socket, socket.socket]:
@@ -118,7 +124,7 @@ def test_saved_state_has_queues_and_options() -> None:
     assert st.rcv_queue == b"x" * 1000 and st.snd_queue == b""
     assert st.kstate == tr.ESTABLISHED and st.timestamps and st.sack and st.snd_wscale >= 0
     assert st.mss > 0 and (st.local_addr, st.local_port) == (
-        tr._addr(a.getsockname())[0], a.getsockname()[1])
+        ipaddress.ip_address(a.getsockname()[0]), a.getsockname()[1])
     tr.RepairControl().set([a], tr.TCP_REPAIR_OFF)
     a.close()
     b.close()
@@ -148,12 +154,12 @@ def test_frozen_socket_acks_nothing_and_thaws() -> None:
     ctl.set([a], tr.TCP_REPAIR_ON)
     b.send(b"y" * 1000)
     time.sleep(0.3)
-    assert tr._ioctl_int(a, tr.SIOCINQ, "inq") == 0
-    assert tr._ioctl_int(b, tr.SIOCOUTQ, "outq") == 1000
+    assert _queued(a, tr.SIOCINQ) == 0
+    assert _queued(b, tr.SIOCOUTQ) == 1000
     assert tr.thaw(a) == 0
     ctl.set([a], tr.TCP_REPAIR_OFF)
     deadline = time.monotonic() + 5
-    while tr._ioctl_int(a, tr.SIOCINQ, "inq") < 1000 and time.monotonic() < deadline:
+    while _queued(a, tr.SIOCINQ) < 1000 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert a.recv(2000) == b"y" * 1000
     a.close()
@@ -270,44 +276,6 @@ def test_bad_records_are_refused(mutate) -> None:
         tr.TcpSockState.unpack(mutate(data))
     a.close()
     b.close()
-
-
-class FakeHelper(threading.Thread):
-    """Plays passt-repair: connects, applies each command byte to the fds, echoes it."""
-
-    def __init__(self, path: str, fail_after: int | None = None) -> None:
-        super().__init__(daemon=True)
-        self.path = path
-        self.fail_after = fail_after
-        self.commands: list[tuple[int, int]] = []
-
-    def run(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.connect(self.path)
-        sock.settimeout(5)
-        try:
-            while True:
-                msg, anc, _flags, _ = sock.recvmsg(1, socket.CMSG_SPACE(253 * 4))
-                if not msg:
-                    return
-                fds = array.array("i")
-                for level, kind, data in anc:
-                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                        fds.frombytes(data[:len(data) - len(data) % 4])
-                mode = struct.unpack("b", msg)[0]
-                self.commands.append((mode, len(fds)))
-                if self.fail_after is not None and len(self.commands) > self.fail_after:
-                    for fd in fds:
-                        os.close(fd)
-                    return
-                for fd in fds:
-                    tr.set_repair(fd, mode)
-                    os.close(fd)
-                sock.send(msg)
-        except OSError:
-            return
-        finally:
-            sock.close()
 
 
 def _helper_control(tmp_path, fail_after=None) -> tuple[tr.RepairControl, FakeHelper]:
@@ -606,7 +574,8 @@ def _restore_as_nobody(state: tr.TcpSockState, path: str, ready: int, expect: by
     except tr.RepairError as e:
         os.write(ready, f"{e}".encode())
         return 3
-    if tr._addr(sock.getsockname()) != (state.local_addr, state.local_port):
+    local = sock.getsockname()
+    if (ipaddress.ip_address(local[0]), local[1]) != (state.local_addr, state.local_port):
         os.write(ready, f"{sock.getsockname()}".encode())
         return 4
     os.write(ready, b"ok")
@@ -752,7 +721,7 @@ def _frozen_as_nobody(drop: tr.DropFilter) -> int:
         return 1
     b.send(b"z" * 1000)
     time.sleep(0.3)
-    if tr._ioctl_int(a, tr.SIOCINQ, "inq") != 0 or tr._ioctl_int(b, tr.SIOCOUTQ, "outq") != 1000:
+    if _queued(a, tr.SIOCINQ) != 0 or _queued(b, tr.SIOCOUTQ) != 1000:
         return 2
     guard = tr.guard(a, drop)
     if guard is None:
@@ -760,7 +729,7 @@ def _frozen_as_nobody(drop: tr.DropFilter) -> int:
     guard.close()
     tr.thaw(a)
     deadline = time.monotonic() + 5      # the peer retransmits what the filter dropped
-    while tr._ioctl_int(a, tr.SIOCINQ, "inq") < 1000 and time.monotonic() < deadline:
+    while _queued(a, tr.SIOCINQ) < 1000 and time.monotonic() < deadline:
         time.sleep(0.02)
     return 0 if a.recv(2000) == b"z" * 1000 else 3
 

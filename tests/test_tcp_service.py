@@ -15,72 +15,17 @@ import time
 
 import pytest
 
-from passt_py.ethernet import parse_header
-from passt_py.ip import parse_ip
-from passt_py.tcp_seg import (ACK, FIN, PSH, RST, SYN, FrameTemplate, parse_tcp, seq_add, seq_diff,
-                              syn_options)
+from passt_py.tcp_seg import ACK, FIN, PSH, seq_add, seq_diff
 from tests.frontend import Frontend
-from tests.service_rig import GUEST, GUEST_MAC, GW, OUR_MAC, on_loop, service_with_frontend
-
-
+from tests.l4_helpers import recv_exactly
+from tests.service_rig import (GUEST, GUEST_MAC, GW, OUR_MAC, Guest, on_loop,
+                               service_with_frontend)
 
 
 @pytest.fixture()
 def backend(tmp_path):
     with service_with_frontend(tmp_path, 200) as rig:
         yield rig
-
-
-class Guest:
-    """The guest end of one connection, sending frames through the front-end's TX ring."""
-
-    def __init__(self, fe: Frontend, port: int, sport: int = 43210) -> None:
-        self.fe = fe
-        self.tpl = FrameTemplate(GUEST, GW, sport, port)
-        self.isn = random.getrandbits(32)
-        self.snd = seq_add(self.isn, 1)
-        self.rcv = 0
-        self.data = bytearray()
-        self.fin = self.rst = False
-        self.mac = GUEST_MAC
-
-    def send(self, flags: int, payload: bytes = b"", seq: int | None = None, opts: bytes = b"",
-             wnd: int = 0xFFFF, kick: bool = True) -> None:
-        frame = self.tpl.control(OUR_MAC, self.mac, self.snd if seq is None else seq,
-                                 self.rcv, flags, wnd, opts, payload)
-        self.fe.send_frame(bytes(frame), kick=kick)
-
-    def segments(self, timeout: float = 0.5) -> list:
-        out = []
-        for frame in self.fe.recv_frames(256, timeout=timeout):
-            eth = parse_header(frame)
-            pkt = parse_ip(frame, eth.ethertype)
-            if pkt is None or pkt.proto != 6:
-                continue
-            seg = parse_tcp(pkt.l4)
-            if seg is None or seg.dport != self.tpl.sport:
-                continue
-            out.append(seg)
-            if seg.flags & RST:
-                self.rst = True
-            if seg.payload and seg.seq == self.rcv:
-                self.data += seg.payload
-                self.rcv = seq_add(self.rcv, len(seg.payload))
-            if seg.flags & FIN and seq_add(seg.seq, len(seg.payload)) == self.rcv:
-                self.rcv = seq_add(self.rcv, 1)
-                self.fin = True
-        return out
-
-    def connect(self) -> None:
-        self.send(SYN, seq=self.isn, opts=syn_options(1460, 7))
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            for seg in self.segments():
-                if seg.flags == SYN | ACK and seg.ack == self.snd:
-                    self.rcv = seq_add(seg.seq, 1)
-                    self.send(ACK)
-                    return
-        raise AssertionError("no SYN-ACK through the rings")
 
 
 def _listener() -> socket.socket:
@@ -281,22 +226,13 @@ def _exchange(g: Guest, host: socket.socket, k: int) -> None:
     req = b"request %d " % k + os.urandom(k % 50)
     g.send(ACK | PSH, req)
     g.snd = seq_add(g.snd, len(req))
-    assert _recv_n(host, len(req)) == req
+    assert recv_exactly(host, len(req)) == req
     host.sendall(req[::-1])
     want = len(g.data) + len(req)
     deadline = time.monotonic() + 5
     while len(g.data) < want and time.monotonic() < deadline:
         g.segments(0.05)
     assert bytes(g.data[-len(req):]) == req[::-1]
-
-
-def _recv_n(sock: socket.socket, n: int) -> bytes:
-    got = b""
-    while len(got) < n:
-        chunk = sock.recv(n - len(got))
-        assert chunk
-        got += chunk
-    return got
 
 
 def test_request_response_runs_in_c_and_survives_a_new_guest_mac(backend) -> None:

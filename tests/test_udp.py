@@ -7,7 +7,7 @@ import os
 import socket
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from l4_helpers import (GUEST4, GUEST6, GW4, GW6, Sink, checksums_ok, free_port, guest_udp,
                         make_guest, make_view, pump)
@@ -18,7 +18,8 @@ from scapy.layers.l2 import Ether
 from passt_py.flow import FlowTable, FlowType, Pif
 from passt_py.loop import EventLoop
 from passt_py.portspec import Forward, parse_port_options
-from passt_py.udp import MAX_PAYLOAD4, MAX_PAYLOAD6, UdpHandler
+from passt_py.udp import MAX_PAYLOAD4, MAX_PAYLOAD6, UDP_TIMEOUT_BIDIR, UdpHandler
+from tests.conftest import hypothesis_budget
 
 A = ipaddress.ip_address
 FAMILY = {4: (socket.AF_INET, "127.0.0.1", GUEST4, GW4), 6: (socket.AF_INET6, "::1", GUEST6, GW6)}
@@ -27,9 +28,9 @@ FAMILY = {4: (socket.AF_INET, "127.0.0.1", GUEST4, GW4), 6: (socket.AF_INET6, ":
 class Env:
     """A UdpHandler wired to a real loop and a frame sink."""
 
-    def __init__(self, max_flows: int = 1024, **kwargs: float) -> None:
+    def __init__(self, max_flows: int = 1024, view=None, **kwargs: float) -> None:
         self.loop = EventLoop()
-        self.view = make_view()
+        self.view = view or make_view()
         self.guest = make_guest()
         self.flows = FlowTable(self.loop, max_flows=max_flows, sweep_interval=0.02)
         self.sink = Sink()
@@ -241,7 +242,7 @@ def test_forward_host_to_guest_and_back(env: Env, version: int) -> None:
     data, peer = client.recvfrom(100)
     assert data == b"answer" and peer[1] == host_port
     flow = next(iter(env.flows))
-    assert flow.sides[0].pif == Pif.HOST and flow.timeout == env.udp._timeout_bidir
+    assert flow.sides[0].pif == Pif.HOST and flow.timeout == UDP_TIMEOUT_BIDIR  # Env: default
 
 
 def test_forward_goes_to_observed_guest_address(env: Env) -> None:
@@ -315,9 +316,8 @@ def test_ignored_and_malformed(env: Env) -> None:
 
 def test_udp_disabled() -> None:
     """With UDP disabled in the view nothing is forwarded."""
-    env = Env()
+    env = Env(view=make_view(udp=False))
     try:
-        env.udp._view = make_view(udp=False)
         env.send(4, 1000, env.server(4).getsockname()[1], b"x")
         assert len(env.flows) == 0
     finally:
@@ -338,7 +338,7 @@ def test_flow_sides_recorded(env: Env) -> None:
     assert host.oport == sport
 
 
-@settings(max_examples=50, deadline=None)
+@hypothesis_budget(0.5)
 @given(sport=st.integers(0, 65535), port_zero=st.booleans(), payload=st.binary(max_size=256),
        dst=st.sampled_from([GW4, A("224.0.0.251"), A("255.255.255.255"), A("10.0.2.255"),
                             A("0.0.0.0"), A("127.0.0.1")]))

@@ -16,48 +16,15 @@ import struct
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 from scapy.all import IP, UDP, Ether, IPv6, raw
 
 from passt_py import core
-from tests.test_tcp_path import GUEST_MAC, HDR, OUR_MAC, read_chain, rig  # noqa: F401 - fixture
-
-ADDRS = {4: (ipaddress.IPv4Address("10.0.2.2"), ipaddress.IPv4Address("10.0.2.15")),
-         6: (ipaddress.IPv6Address("fd00::2"), ipaddress.IPv6Address("fd00::15"))}
-LOOP = {4: "127.0.0.1", 6: "::1"}
-
-
-def _pair(family: int) -> tuple[socket.socket, socket.socket]:
-    """(ours, peer): ours connected to peer, both on loopback; ours non-blocking."""
-    fam = socket.AF_INET if family == 4 else socket.AF_INET6
-    ours, peer = socket.socket(fam, socket.SOCK_DGRAM), socket.socket(fam, socket.SOCK_DGRAM)
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    ours.bind((LOOP[family], 0))
-    peer.bind((LOOP[family], 0))
-    ours.connect(peer.getsockname()[:2])
-    peer.connect(ours.getsockname()[:2])
-    ours.setblocking(False)
-    return ours, peer
-
-
-def _templates(family: int, peers: list | None = None) -> core.UdpTemplates:
-    src, dst = ADDRS[family]
-    if peers is None:
-        t = core.UdpTemplates(1)
-        t.set(0, GUEST_MAC, OUR_MAC, src, dst, 4242, 40000)
-        t.n = 1
-        return t
-    t = core.UdpTemplates(len(peers))
-    for i, peer in enumerate(peers):
-        t.set(i, GUEST_MAC, OUR_MAC, src, dst, 5000 + i, 40000, peer=peer)
-    t.n = len(peers)
-    return t
-
-
-def _wait_queued(sock: socket.socket) -> None:
-    """Loopback delivers synchronously; a short pause covers a busy machine (bounded)."""
-    time.sleep(0.02)
+# rig: a fixture, used by name
+from tests.conftest import hypothesis_budget
+from tests.ring_rig import (ADDRS, GUEST_MAC, HDR, OUR_MAC, read_chain, rig,  # noqa: F401
+                            send_tx, udp_checksum_valid, udp_pair, udp_templates, wait_queued)
 
 
 def _udp(frame: bytes, family: int):
@@ -65,30 +32,19 @@ def _udp(frame: bytes, family: int):
     return pkt[UDP], pkt[IP] if family == 4 else pkt[IPv6]
 
 
-def _checksum_valid(frame: bytes, family: int) -> bool:
-    """Recompute with scapy: the frame's UDP checksum must be what scapy computes."""
-    pkt = Ether(frame)
-    got, got_ip = pkt[UDP].chksum, pkt[IP].chksum if family == 4 else None
-    del pkt[UDP].chksum
-    if family == 4:
-        del pkt[IP].chksum
-    again = Ether(raw(pkt))
-    return again[UDP].chksum == got and (family == 6 or again[IP].chksum == got_ip)
-
-
 @pytest.mark.parametrize("family", [4, 6])
 def test_datagrams_arrive_whole_with_valid_checksums(rig, family):
     """Sizes from 0 to the largest IPv4/IPv6 datagram, in 4 KiB mergeable buffers: each is one
     frame, in order, equal SHA-256, valid UDP checksum, num_buffers = chains used."""
     r = rig()
-    ours, peer = _pair(family)
+    ours, peer = udp_pair(family)
     sizes = [0, 1, 17, 1472, 4000, 9000, 32768, 65507 if family == 4 else 65527]
     payloads = [os.urandom(n) for n in sizes]
     for p in payloads:
         peer.send(p)
-    _wait_queued(ours)
+    wait_queued(ours)
     r.rx.add_rx_buffers(200, 4096)
-    path, t = core.UdpPath(r.rxq), _templates(family)
+    path, t = core.UdpPath(r.rxq), udp_templates(family)
     assert path.rx(ours.fileno(), t, max_dgrams=64) == len(payloads)
     assert path.last.stop == core.UDP_STOP_DRAINED and path.last.dropped == 0
     assert t.take_count(0) == len(payloads)
@@ -102,7 +58,7 @@ def test_datagrams_arrive_whole_with_valid_checksums(rig, family):
         assert (str(ip.src), str(ip.dst)) == tuple(str(a) for a in ADDRS[family])
         assert (udp.sport, udp.dport, udp.len) == (4242, 40000, 8 + len(p))
         assert hashlib.sha256(bytes(udp.payload)).digest() == hashlib.sha256(p).digest()
-        assert _checksum_valid(frame, family)
+        assert udp_checksum_valid(frame, family)
         if family == 4:
             assert ip.flags == "DF" and ip.ttl == 255
     assert r.rx_calls() == 1
@@ -113,19 +69,19 @@ def test_partial_checksum_when_the_guest_takes_it(rig, family):
     """CSUM_PARTIAL: NEEDS_CSUM with csum_start/offset at the UDP checksum, which holds the
     pseudo-header sum; completing it over the UDP header and payload gives a valid one."""
     r = rig()
-    ours, peer = _pair(family)
+    ours, peer = udp_pair(family)
     payload = bytes(range(256)) * 11 + b"odd"      # fixed, so the check below is too
     peer.send(payload)
-    _wait_queued(ours)
+    wait_queued(ours)
     r.rx.add_rx_buffers(4, 4096)
     path = core.UdpPath(r.rxq)
-    assert path.rx(ours.fileno(), _templates(family), opts=core.UDP_RX_CSUM_PARTIAL) == 1
+    assert path.rx(ours.fileno(), udp_templates(family), opts=core.UDP_RX_CSUM_PARTIAL) == 1
     (vnet, frame, _), = r.rx_frames()
     l3 = 20 if family == 4 else 40
     flags, _gso, _hl, _gs, start, offset = struct.unpack_from("<BBHHHH", vnet)
     assert flags == 1 and (start, offset) == (14 + l3, 6)
-    assert not _checksum_valid(frame, family)        # left partial...
-    assert _checksum_valid(_complete(frame, start), family)   # ...and right once completed
+    assert not udp_checksum_valid(frame, family)        # left partial...
+    assert udp_checksum_valid(_complete(frame, start), family)   # ...and right once completed
 
 
 def _complete(frame: bytes, start: int) -> bytes:
@@ -146,7 +102,7 @@ def test_datagrams_from_an_unknown_peer_come_back_in_the_spill_buffer(rig):
     for p in peers:
         p.bind(("127.0.0.1", 0))
     known = [(ipaddress.IPv4Address("127.0.0.1"), p.getsockname()[1]) for p in peers[:2]]
-    t = _templates(4, known)
+    t = udp_templates(4, known)
     order = [0, 1, 2, 0, 1]
     for n, k in enumerate(order):
         peers[k].sendto(bytes([k, n]) * 100, ours.getsockname())
@@ -170,13 +126,13 @@ def test_a_full_ring_leaves_datagrams_in_the_socket(rig):
     """Buffers for two datagrams only: two are delivered, the call stops on NOBUFS, and the
     rest arrive intact once the guest offers more."""
     r = rig()
-    ours, peer = _pair(4)
+    ours, peer = udp_pair(4)
     payloads = [os.urandom(3000) for _ in range(5)]
     for p in payloads:
         peer.send(p)
-    _wait_queued(ours)
+    wait_queued(ours)
     r.rx.add_rx_buffers(2, 4096)
-    path, t = core.UdpPath(r.rxq), _templates(4)
+    path, t = core.UdpPath(r.rxq), udp_templates(4)
     assert path.rx(ours.fileno(), t) == 2
     assert path.last.stop == core.UDP_STOP_NOBUFS
     r.rx.add_rx_buffers(8, 4096)
@@ -189,13 +145,13 @@ def test_a_datagram_too_big_for_a_chain_is_dropped_alone(rig):
     """Without mergeable buffers a 1000-byte chain cannot hold a 2000-byte datagram: it is
     dropped and counted, the chain stays for the next datagram, which arrives."""
     r = rig()
-    ours, peer = _pair(4)
+    ours, peer = udp_pair(4)
     peer.send(b"x" * 2000)
     peer.send(b"small")
-    _wait_queued(ours)
+    wait_queued(ours)
     r.rx.add_rx_buffers(2, 1000)
     path = core.UdpPath(r.rxq)
-    assert path.rx(ours.fileno(), _templates(4), mergeable=False) == 1
+    assert path.rx(ours.fileno(), udp_templates(4), mergeable=False) == 1
     assert path.last.dropped == 1
     frames = r.rx_frames(mergeable=False)
     assert [bytes(Ether(f)[UDP].payload) for _, f, _ in frames] == [b"small"]
@@ -206,7 +162,7 @@ def test_bad_arguments_are_refused_and_no_template_spills_all(rig):
     """Templates of two IP versions in one call are EINVAL; with no template at all (a -u
     listener before its first peer) the first datagram comes back spilled, using no chain."""
     r = rig()
-    ours, peer = _pair(4)
+    ours, peer = udp_pair(4)
     t = core.UdpTemplates(2)
     t.set(0, GUEST_MAC, OUR_MAC, *ADDRS[4], 1, 2, peer=(ipaddress.IPv4Address("1.2.3.4"), 1))
     t.set(1, GUEST_MAC, OUR_MAC, *ADDRS[6], 1, 2, peer=(ipaddress.IPv6Address("::2"), 1))
@@ -215,7 +171,7 @@ def test_bad_arguments_are_refused_and_no_template_spills_all(rig):
     with pytest.raises(core.CoreError):
         path.rx(ours.fileno(), t)
     peer.send(b"first")
-    _wait_queued(ours)
+    wait_queued(ours)
     r.rx.add_rx_buffers(2, 4096)
     t.n = 0
     assert path.rx(ours.fileno(), t) == 0
@@ -225,7 +181,7 @@ def test_bad_arguments_are_refused_and_no_template_spills_all(rig):
     assert r.rxq.avail_pending == 2 and r.rx_frames() == []
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hypothesis_budget(0.25, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sizes=st.lists(st.integers(0, 20000), min_size=1, max_size=12),
        buf=st.sampled_from([256, 1000, 1526, 4096, 65536]),
        segments=st.integers(1, 3))
@@ -233,14 +189,14 @@ def test_any_sizes_in_any_buffers(rig, sizes, buf, segments):
     """Whatever the datagram sizes and the buffers' size and split, every datagram arrives
     whole, in order, with a valid checksum (or is dropped only if the buffers cannot hold it)."""
     r = rig()
-    ours, peer = _pair(4)
+    ours, peer = udp_pair(4)
     payloads = [os.urandom(n) for n in sizes]
     for p in payloads:
         peer.send(p)
-    _wait_queued(ours)
+    wait_queued(ours)
     r.rx.add_rx_buffers(min(256 // segments, (4 << 20) // buf), buf, segments=segments)
     path = core.UdpPath(r.rxq)
-    n = path.rx(ours.fileno(), _templates(4))
+    n = path.rx(ours.fileno(), udp_templates(4))
 
     def fits(p: bytes) -> bool:           # at most 80 chains and 256 slices per datagram
         chains = -(-(HDR + 42 + len(p)) // buf)
@@ -259,17 +215,17 @@ def test_stopping_with_chains_left_asks_for_a_kick_on_the_next_buffer(rig):
     with a chain left over; the avail event must be the driver's avail idx (3), or the driver,
     already past where we stopped, would never kick for the buffers it adds next."""
     r = rig(event_idx=True)
-    ours, peer = _pair(4)
+    ours, peer = udp_pair(4)
     peer.send(os.urandom(6000))
     peer.send(os.urandom(6000))
-    _wait_queued(ours)
+    wait_queued(ours)
     r.rx.add_rx_buffers(3, 4096)
     path = core.UdpPath(r.rxq)
-    assert path.rx(ours.fileno(), _templates(4)) == 1
+    assert path.rx(ours.fileno(), udp_templates(4)) == 1
     assert path.last.stop == core.UDP_STOP_NOBUFS
     assert r.rx.avail_event == 3
     r.rx.add_rx_buffers(2, 4096)
-    assert path.rx(ours.fileno(), _templates(4)) == 1
+    assert path.rx(ours.fileno(), udp_templates(4)) == 1
 
 
 # ---- guest -> host: runs of one UDP tuple (pc_udp_runs, pc_send_udp_runs) ----
@@ -287,7 +243,6 @@ def _udp_frames(spec: list[tuple[str, int, int, bytes]]) -> list[bytes]:
 def test_udp_runs_cut_where_the_tuple_changes(rig):
     """Consecutive datagrams of one tuple make a run; another tuple, a TCP segment or a frame
     skipped by the index list cut it; positions refer to the index list."""
-    from tests.test_tcp_path import send_tx
     r = rig()
     spec = [("udp", 1, 2, b"a"), ("udp", 1, 2, b"b"), ("udp", 3, 2, b"c"), ("tcp", 1, 2, b""),
             ("udp", 1, 2, b"d"), ("udp", 1, 2, b"e"), ("udp", 1, 2, b"f")]
@@ -320,7 +275,6 @@ def test_udp_runs_send_from_guest_memory_with_per_datagram_fates(rig):
     split over descriptors; a run left at fd -1 is not sent; a socket with a pending ICMP
     error fails its first datagram only, reported at its index position; an fd on a run that
     is not UDP is refused with nothing sent."""
-    from tests.test_tcp_path import send_tx
     import errno as errno_mod
     r = rig()
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -389,7 +343,6 @@ def _reads(sink: socket.socket, n: int) -> list[tuple[bytes, int]]:
 
 def _send_run(rig, sizes: list[int], sender: socket.socket, family: int = 4) -> list[bytes]:
     """One run of datagrams of these sizes through pc_send_udp_runs; returns the payloads."""
-    from tests.test_tcp_path import send_tx
     payloads = [os.urandom(n) for n in sizes]
     r = rig()
     if family == 4:
@@ -458,7 +411,7 @@ def test_datagrams_arriving_while_the_queue_looked_empty_are_not_cut(rig):
     received whole, never truncated to the empty queue's size and dropped."""
     import threading
     r = rig()
-    ours, peer = _pair(4)
+    ours, peer = udp_pair(4)
     payloads = [struct.pack("!I", n) + os.urandom(996) for n in range(3000)]
 
     def send() -> None:
@@ -467,7 +420,7 @@ def test_datagrams_arriving_while_the_queue_looked_empty_are_not_cut(rig):
             if len(p) and p[3] % 4 == 0:
                 time.sleep(0)          # let the receiver find the queue empty now and then
     sender = threading.Thread(target=send)
-    path, t = core.UdpPath(r.rxq), _templates(4)
+    path, t = core.UdpPath(r.rxq), udp_templates(4)
     got: list[bytes] = []
     dropped = 0
     r.rx.add_rx_buffers(64, 4096)
@@ -491,14 +444,14 @@ def test_buffers_the_driver_adds_during_the_call_are_not_waited_for(rig):
     ring, so the datagram received into it publishes five more buffers mid-call: exactly
     that race, every time."""
     r = rig(event_idx=True)
-    ours, peer = _pair(4)
+    ours, peer = udp_pair(4)
     room = HDR + 14 + 20 + 8
     seen = r.rx.avail_idx + 1
     peer.send(struct.pack("<H", (seen + 5) & 0xFFFF) + bytes(100))
     peer.send(b"second")
-    _wait_queued(ours)
+    wait_queued(ours)
     r.rx.add_chain([(r.rx.avail_gpa + 2 - room, 4096, True)])   # payload lands on avail idx
     path = core.UdpPath(r.rxq)
-    assert path.rx(ours.fileno(), _templates(4)) == 1
+    assert path.rx(ours.fileno(), udp_templates(4)) == 1
     assert struct.unpack("<H", r.ram.read(r.rx.avail_gpa + 2, 2))[0] == seen + 5
     assert path.last.stop == core.UDP_STOP_LIMIT          # come back, do not wait

@@ -40,7 +40,8 @@ def _dgram(sport: int, dport: int, payload: bytes) -> bytes:
     return udp_frame(OUR_MAC, GUEST_MAC, GUEST, GW, sport, dport, payload)
 
 
-def _recv_all(sock: socket.socket, count: int) -> list[bytes]:
+def _recv_datagrams(sock: socket.socket, count: int) -> list[bytes]:
+    """Up to ``count`` datagrams, fewer if the socket's timeout passes first."""
     out = []
     for _ in range(count):
         try:
@@ -74,7 +75,7 @@ def test_known_flow_datagrams_arrive_intact_and_in_order(backend) -> None:
     payloads = [os.urandom(rng.choice([1, 17, 1472, 9000, 32768, 60000])) for _ in range(200)]
     for k in range(0, len(payloads), 40):
         _send_batch(fe, [_dgram(40000, port, p) for p in payloads[k:k + 40]], split_big=True)
-    got = _recv_all(sink, len(payloads))
+    got = _recv_datagrams(sink, len(payloads))
     assert [hashlib.sha256(g).hexdigest() for g in got] == \
         [hashlib.sha256(p).hexdigest() for p in payloads]
     assert len(copied) == 1, "datagrams of a known flow were copied out of guest memory"
@@ -97,7 +98,7 @@ def test_two_flows_interleaved_and_a_new_one_in_the_same_batch(backend) -> None:
         frames.append(_dgram(40001 + k, ports[k], payload))
     _send_batch(fe, frames)
     for k in range(3):
-        assert _recv_all(sinks[k], len(want[k])) == want[k], f"flow {k}"
+        assert _recv_datagrams(sinks[k], len(want[k])) == want[k], f"flow {k}"
 
 
 def test_bad_length_field_is_dropped_and_the_flow_goes_on(backend) -> None:
@@ -117,7 +118,7 @@ def test_bad_length_field_is_dropped_and_the_flow_goes_on(backend) -> None:
     good = _dgram(40003, port, b"x" * 50)
     _send_batch(fe, [with_udp_len(good, 8 + 51), with_udp_len(good, 7),
                      with_udp_len(good, 8 + 20), _dgram(40003, port, b"last")])
-    assert _recv_all(sink, 2) == [b"x" * 20, b"last"]
+    assert _recv_datagrams(sink, 2) == [b"x" * 20, b"last"]
 
 
 def test_stale_refusal_is_retried_not_lost(backend) -> None:

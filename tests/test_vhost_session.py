@@ -6,7 +6,7 @@ import os
 import struct
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 from passt_py.vhost_user import wire
 from passt_py.vhost_user.events import (
@@ -15,6 +15,7 @@ from passt_py.vhost_user.session import OFFERED_PROTOCOL_FEATURES, Reply, Sessio
 from passt_py.vhost_user.wire import (
     LogDescription, MemoryRegion, MemoryTable, Message, ProtocolFeature, Request, U64, VringAddr,
     VringFile, VringState, bit)
+from tests.conftest import hypothesis_budget
 from tests.vhost_fakes import OFFERED, FakeDevice
 
 ALL_PROTO = OFFERED_PROTOCOL_FEATURES
@@ -536,7 +537,7 @@ def test_reset_closes_kept_descriptors_and_forgets_features(sess, dev):
 _REQUESTS = st.one_of(st.sampled_from(list(Request)), st.integers(0, 60))
 
 
-@settings(max_examples=300, deadline=None)
+@hypothesis_budget(3)
 @given(st.lists(st.tuples(_REQUESTS, st.integers(0, 15), st.binary(max_size=80),
                           st.integers(0, 3)), max_size=25))
 def test_random_messages_never_raise_nor_leak_descriptors(script):

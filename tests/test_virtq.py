@@ -11,12 +11,13 @@ import os
 import struct
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, given
 from hypothesis import strategies as st
 
 from passt_py import core
 from passt_py.core import VRING_F_LOG, CoreError, GuestMemory, TxBatch, Virtqueue
 from passt_py.ref import virtq as ref
+from tests.conftest import hypothesis_budget
 from tests.virtq_driver import (AVAIL_F_NO_INTERRUPT, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE,
                                 PAGE, DriverRing, GuestRam)
 
@@ -681,8 +682,6 @@ def test_constants_match_reference():
             ref.ERR_SHORT: "short", ref.ERR_IOV: "iov"} == core.VQ_ERRORS
 
 
-# Property-test length: short by default, long on demand (PASST_PY_EXAMPLES=5000).
-EXAMPLES = int(os.environ.get("PASST_PY_EXAMPLES", "300"))
 PBASE = 0x10000
 PSIZE = 0x10000
 # Region 0 holds the ring and buffers, region 1 is adjacent, then a hole, then region 2.
@@ -764,7 +763,7 @@ def _device(spec, ram: GuestRam, ring: DriverRing):
     return mem, vq, rmem, rvq
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@hypothesis_budget(3, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=hostile_rings(write_bias=False), max_frames=st.integers(1, 20),
        max_iov=st.integers(1, 12), hdr_len=st.sampled_from([0, 10, 12]))
 def test_tx_agrees_with_reference(spec, max_frames, max_iov, hdr_len):
@@ -792,7 +791,7 @@ def test_tx_agrees_with_reference(spec, max_frames, max_iov, hdr_len):
         ram.close()
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@hypothesis_budget(3, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=hostile_rings(write_bias=True),
        frames=st.lists(st.binary(min_size=0, max_size=300), min_size=1, max_size=6),
        mergeable=st.booleans(), hdr_len=st.sampled_from([0, 10, 12]),
@@ -832,7 +831,7 @@ def _rx_agrees_with_reference(spec, frames, mergeable, hdr_len) -> None:
         ram.close()
 
 
-@settings(max_examples=50, deadline=None)
+@hypothesis_budget(0.5)
 @given(num=st.sampled_from([1, 4, 16]), jump=st.integers(1, 0xFFFF - 16))
 def test_broken_avail_idx_agrees(num, jump):
     """C and the reference both call an avail idx more than num ahead broken."""

@@ -264,7 +264,7 @@ class _Source:
         return self.env.pump(lambda: len(self.l4_sink.frames) > n, 3)
 
     def _ping_udp(self) -> None:
-        from test_icmp import echo_frame, parsed
+        from l4_helpers import echo_frame, parsed
         for version, ident in ((4, 0x2345), (6, 0x6789)):
             n = len(self.l4_sink.frames)
             self.icmp.from_guest(parsed(echo_frame(version, ident, 1, b"ping")))

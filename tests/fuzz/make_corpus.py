@@ -114,7 +114,7 @@ def migrate_seeds() -> list[bytes]:
 
     from passt_py import migrate
     from tests.fuzz import netns_guard, targets
-    from tests.test_load import tcp_frame, udp_frame
+    from tests.frames import tcp4_frame, udp4_frame
     seeds = []
     with netns_guard.private_netns():
         echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -123,18 +123,18 @@ def migrate_seeds() -> list[bytes]:
         rig.serve_tcp_echo(9)
         try:
             for flows in (0, 1, 3):
-                frames = [udp_frame(40000 + i) for i in range(flows)]
+                frames = [udp4_frame(40000 + i, 9, b"load") for i in range(flows)]
                 frames += [frame for frame in frame_seeds() if frame[12:14] == b"\x08\x00"
                            and frame[23] == 1][:1]
                 rig.feed(frames, 3)
                 synacks = {}
                 for i in range(flows):
-                    for f in rig.feed([tcp_frame(41000 + i, 0x02, 1000)], 3):
+                    for f in rig.feed([tcp4_frame(41000 + i, 9, 0x02, 1000)], 3):
                         if f[47] & 0x12 == 0x12:
                             synacks[41000 + i] = struct.unpack_from("!I", f, 38)[0]
                 for port, isn in synacks.items():
-                    rig.feed([tcp_frame(port, 0x10, 1001, isn + 1)], 2)
-                    rig.feed([tcp_frame(port, 0x18, 1001, isn + 1, b"hello")], 3)
+                    rig.feed([tcp4_frame(port, 9, 0x10, 1001, isn + 1)], 2)
+                    rig.feed([tcp4_frame(port, 9, 0x18, 1001, isn + 1, b"hello")], 3)
                 src = migrate.Source(targets.migrate_context(rig))
                 src.pre()
                 data = b"".join(src.sections())

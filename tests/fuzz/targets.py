@@ -597,12 +597,13 @@ def _exercise_device(device) -> None:
 _migrate_rig: FrameRig | None = None
 
 
-def migrate_context(rig: FrameRig):
-    """The MigrationContext of a rig, as the service builds it (direct TCP_REPAIR if allowed)."""
+def migrate_context(rig: FrameRig, **options):
+    """The MigrationContext of a rig, as the service builds it (direct TCP_REPAIR if allowed);
+    ``options``: more MigrationContext fields (``migrate_exit=True``...)."""
     from passt_py import migrate, tcp_repair
     return migrate.MigrationContext(loop=rig.loop, view=rig.view, guest=rig.guest,
                                     flows=rig.flows, icmp=rig.icmp, udp=rig.udp, tcp=rig.tcp,
-                                    repair=tcp_repair.RepairControl(None))
+                                    repair=tcp_repair.RepairControl(None), **options)
 
 
 def seal_stream(body: bytes) -> bytes:
@@ -613,10 +614,31 @@ def seal_stream(body: bytes) -> bytes:
     return body + end + hashlib.sha256(body + end).digest()
 
 
+def _check_no_traceback(trap: ErrorLogTrap) -> None:
+    """A Finding for the first record logged with a traceback (a catch-all caught a bug);
+    plain error records (a flow that could not be rebuilt) are expected here."""
+    tracebacks = [r for r in trap.records if r.exc_info]
+    trap.records.clear()
+    if tracebacks:
+        trap.records.append(tracebacks[0])
+        trap.check()
+
+
+def _forget_guest(rig: FrameRig) -> None:
+    """Reset the rig's GuestState in place (the handlers share the object) to a new one's."""
+    import dataclasses
+    from passt_py.netview import GuestState
+    fresh = GuestState()
+    for f in dataclasses.fields(fresh):
+        setattr(rig.guest, f.name, getattr(fresh, f.name))
+
+
 def fuzz_migrate(data: bytes) -> None:
     """A stream (usually re-sealed with a correct checksum, so the parsers are reached) is
-    refused with MigrationError or applied; nothing else escapes, no traceback is logged, the
-    flow table keeps its limit, and the link still answers afterwards."""
+    refused with MigrationError, leaving the target as it was (guest state, no flow), or
+    applied; nothing else escapes, no traceback is logged (during the load or while the loop
+    runs afterwards), the flow table keeps its limit, and the link still answers afterwards."""
+    import copy
     from tests.fuzz import netns_guard
     from passt_py import migrate
     if not netns_guard.only_loopback():
@@ -628,17 +650,22 @@ def fuzz_migrate(data: bytes) -> None:
     trap = error_trap()
     stream = data[1:] if data[:1] == b"\xff" else seal_stream(data)
     ctx = migrate_context(rig)
+    _forget_guest(rig)            # as a fresh target: whatever a stream applies shows
+    guest_before = copy.deepcopy(rig.guest)
+    if len(rig.flows):
+        raise Finding(f"{len(rig.flows)} flows before the load")
     try:
         report = migrate.load_bytes(ctx, stream)
     except migrate.MigrationError:
         report = None
+        # Everything is validated before anything is applied: a refusal changes nothing.
+        if rig.guest != guest_before:
+            raise Finding("a refused stream changed the guest state") from None
+        if len(rig.flows):
+            raise Finding(f"a refused stream left {len(rig.flows)} flows") from None
     if report is not None and hasattr(migrate, "activate"):
         migrate.activate(ctx, report)      # target post: restored TCP sockets to the handler
-    tracebacks = [r for r in trap.records if r.exc_info]
-    trap.records.clear()
-    if tracebacks:
-        trap.records.append(tracebacks[0])
-        trap.check()
+    _check_no_traceback(trap)
     if len(rig.flows) > rig.flows.max_flows:
         raise Finding("flow table above its limit after a load")
     for handler in (rig.icmp, rig.udp, rig.tcp):
@@ -650,7 +677,7 @@ def fuzz_migrate(data: bytes) -> None:
         raise Finding("restored TCP sockets left pending after activate")
     if not rig.arp_still_works():
         raise Finding("ARP no longer answered after a migration load")
-    trap.records.clear()
+    _check_no_traceback(trap)     # deferred work of the adopted flows ran in that exchange
 
 
 TARGETS: dict[str, Callable[[bytes], None]] = {
