@@ -8,7 +8,7 @@ host->guest: a memfd ring of 1024 mergeable RX buffers; one rx() call per loop, 
 guest would do, untimed: the consumed buffers are offered again, and the delivered bytes are
 acknowledged (recv MSG_TRUNC, which moves the peek offset back). "64KiB" uses GSO + partial
 checksums into 4 KiB buffers (a TSO guest); "1500" makes MSS segments with full TCP checksums
-into 2 KiB buffers (a guest without offloads, or a capture running), "1500-partial" the same
+into 2 KiB buffers (a guest without offloads), "1500-partial" the same
 with NEEDS_CSUM.
 guest->host: the ring holds TX frames (64 KiB frames in 4 KiB descriptors, like a TSO skb, or
 1514-byte frames); one loop is pop_tx + classify + send_payloads (whatever the socket takes)

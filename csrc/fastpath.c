@@ -488,7 +488,7 @@ int64_t pc_fast_tx_count(struct pc_fast *f, unsigned ipver, const uint8_t *src,
 }
 
 /**
- * pc_fast_clear() - forget every entry (a new front-end, a capture, the guest's MAC changed);
+ * pc_fast_clear() - forget every entry (a new front-end, the guest's MAC changed);
  *		    TCP connections are dropped with their state: take them back first
  * @f:		fast path
  * @epfd:	epoll set muted sockets are restored in

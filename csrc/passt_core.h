@@ -15,7 +15,7 @@
 
 /* CDEF-BEGIN */
 /* Bumped whenever the C API changes; passt_py.core refuses an extension of another version. */
-enum { PC_API_VERSION = 10 };
+enum { PC_API_VERSION = 11 };
 int pc_api_version(void);
 
 /* ---- checksum.c: Internet checksum (RFC 1071) ---- */
@@ -115,6 +115,17 @@ int pc_vq_push_rx_ptrs(struct pc_vq *vq, const uint8_t *const *frames, const uin
 /* Publish used elements left pending by the RX paths' NO_FLUSH calls (one used idx update and
  * at most one notification per loop batch); 1 if the guest was (due to be) notified. */
 int pc_vq_flush(struct pc_vq *vq);
+/* Capture (-p): with an fd set, every frame the ring carries is appended to it as one classic
+ * pcap record (host byte order, microseconds; the caller writes the file header): RX frames
+ * when their used elements are published, by whichever path placed them, TX frames when first
+ * popped. The virtio-net header is left out and a partial checksum (NEEDS_CSUM) completed, in
+ * scratch (snaplen bytes, owned by the caller, also the records' snaplen). hdr_len is the RX
+ * header length. A failed write turns the ring's capture off (err says why); traffic goes on.
+ * fd -1 turns it off. The fd stays the caller's: turn capture off before closing it. */
+struct pc_vq_capture { uint64_t frames; uint64_t bytes; int32_t err; uint32_t on; };
+int pc_vq_set_capture(struct pc_vq *vq, int fd, size_t hdr_len, uint8_t *scratch,
+		      size_t snaplen);
+void pc_vq_capture_stats(const struct pc_vq *vq, struct pc_vq_capture *out);
 
 /* ---- classify.c: the frames of a TX batch, parsed once for every protocol ---- */
 /* SECTION classify */

@@ -712,7 +712,7 @@ static int queued_past_peek(int fd, uint32_t *n)
  * @opts:	PC_TCP_RX_GSO: segments up to 64 KiB with a GSO header (the guest negotiated
  *		VIRTIO_NET_F_GUEST_TSO4/6 for this IP version), checksum left partial;
  *		PC_TCP_RX_CSUM_PARTIAL: every segment NEEDS_CSUM with the pseudo-header sum
- *		(VIRTIO_NET_F_GUEST_CSUM negotiated, no capture wanting full checksums);
+ *		(VIRTIO_NET_F_GUEST_CSUM negotiated; a capture completes it when recording);
  *		PC_TCP_RX_DATA_VALID: full checksums and the DATA_VALID flag (GUEST_CSUM);
  *		PC_TCP_RX_NO_FLUSH: leave the used elements for pc_vq_flush();
  *		PC_TCP_RX_QUEUED: the caller measured what is queued past the peek offset

@@ -28,6 +28,21 @@
  * with VIRTIO_RING_F_EVENT_IDX) decide whether to write the call eventfd, once per batch.
  *
  * A stopped ring (before start, after stop) touches no guest memory and never notifies.
+ *
+ * Capture (-p) is a hook of the ring, not of a path, so that turning it on changes nothing
+ * about which path moves a frame. RX: every path (pc_vq_push_rx*, tcp_path.c, udp_path.c, the
+ * fast path) ends by writing used elements and publishing them in vq_flush(); just before the
+ * used idx is published, while the buffers are still ours, the elements since the last
+ * publication are walked again: an element with a length starts a frame, whose chains are
+ * the next num_buffers elements (from its virtio-net header, 1 without the field), each read
+ * up to its used length through the same checked chain walk as ever. TX: pc_vq_pop_tx()
+ * records each good frame the first time its avail position is popped (the fast path pops a
+ * frame to look at it and puts it back; a position already recorded is not recorded again).
+ * A record is the Ethernet frame, the virtio-net header left out; with NEEDS_CSUM (partial
+ * checksum, both directions, GSO frames included) the frame is copied into the caller's
+ * scratch and its checksum completed there; otherwise the record goes out straight from
+ * guest memory, one writev() per frame. A failed write turns capture off for the ring and
+ * is kept for the caller to report; it never fails the data path.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE		/* before any system header (the build defines it too) */
@@ -35,12 +50,18 @@
 #include <endian.h>
 #include <errno.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "guest_mem.h"
 
 /* A push that ran out of buffers goes on this many times with ones added meanwhile */
 #define VQ_RX_RETRIES 2
+
+/* Capture: a pcap record header and the slices of one frame (an RX frame's walk has room
+ * for as many slices as pc_vq_push_rx() places a frame in) */
+#define CAP_IOV		(PC_VQ_RX_MAX_IOV + 1)
+#define CAP_REC_LEN	16
 
 enum {
 	DESC_F_NEXT = 1,
@@ -86,6 +107,15 @@ struct rx_chain {
  * @rx_iov:	scratch slices of the RX frame being placed
  * @rx_gpa:	guest-physical address of each of @rx_iov, for logging
  * @rx_chain:	scratch chains of the RX frame being placed
+ * @cap_fd:	capture file, -1 when capture is off
+ * @cap_hdr_len: virtio-net header length of the RX frames, for capture
+ * @cap_buf:	caller's scratch for frames whose checksum a capture completes
+ * @cap_snap:	its size, the records' snaplen
+ * @cap_tx_next: TX avail position from which popped frames are not recorded yet
+ * @cap_err:	errno of the write that turned capture off, 0 if none
+ * @cap_frames:	records written
+ * @cap_bytes:	bytes written (record headers included)
+ * @cap_iov:	a record header and the slices of the frame being written
  */
 struct pc_vq {
 	struct pc_mem *mem;
@@ -110,6 +140,15 @@ struct pc_vq {
 	struct iovec rx_iov[PC_VQ_RX_MAX_IOV];
 	uint64_t rx_gpa[PC_VQ_RX_MAX_IOV];
 	struct rx_chain rx_chain[PC_VQ_RX_MAX_CHAINS];
+	int cap_fd;
+	unsigned cap_hdr_len;
+	uint8_t *cap_buf;
+	size_t cap_snap;
+	uint16_t cap_tx_next;
+	int cap_err;
+	uint64_t cap_frames;
+	uint64_t cap_bytes;
+	struct iovec cap_iov[CAP_IOV];
 };
 
 /**
@@ -129,6 +168,7 @@ struct walk {
 };
 
 static int vq_flush(struct pc_vq *vq);
+static void cap_rx(struct pc_vq *vq, uint16_t old, unsigned n);
 
 /**
  * ld16() - load a little-endian 16-bit ring field written by the guest
@@ -180,6 +220,7 @@ void pc_vq_init(struct pc_vq *vq, struct pc_mem *mem)
 	memset(vq, 0, sizeof(*vq));
 	vq->mem = mem;
 	vq->call_fd = -1;
+	vq->cap_fd = -1;
 }
 
 /**
@@ -294,6 +335,7 @@ int pc_vq_set_base(struct pc_vq *vq, unsigned idx)
 	if (idx > UINT16_MAX)
 		return -EINVAL;
 	vq->last_avail = (uint16_t)idx;
+	vq->cap_tx_next = vq->last_avail;
 	return 0;
 }
 
@@ -332,6 +374,7 @@ int pc_vq_start(struct pc_vq *vq)
 		return ret;
 	vq->used_idx = ld16_acquire(vq->used + 2);
 	vq->used_pub = vq->used_idx;
+	vq->cap_tx_next = vq->last_avail;
 	vq->started = 1;
 	return 0;
 }
@@ -560,6 +603,8 @@ static int vq_flush(struct pc_vq *vq)
 
 	if (!n)
 		return 0;
+	if (vq->cap_fd >= 0)		/* before the guest may take the buffers back */
+		cap_rx(vq, old, n < vq->num ? n : vq->num);
 	st16(vq->used + 2, new, __ATOMIC_RELEASE);
 	vq->used_pub = new;
 
@@ -637,6 +682,280 @@ static unsigned skip_header(struct iovec *iov, unsigned n, size_t hdr_len)
 	return k;
 }
 
+/* ---- capture (-p) ---- */
+
+/**
+ * pc_vq_set_capture() - record every frame of the ring into a pcap file, or stop
+ * @vq:		ring
+ * @fd:		file to append records to (the caller keeps it, and wrote the file header),
+ *		or -1 to turn capture off
+ * @hdr_len:	virtio-net header length of RX frames, at most PC_VQ_MAX_HDR
+ * @scratch:	@snaplen bytes, used while a frame's checksum is completed; must stay valid
+ *		while capture is on
+ * @snaplen:	most bytes of a frame recorded, the snaplen of the file header
+ *
+ * TX frames already popped (a position the fast path put back) are not recorded when popped
+ * again, also across calls that only change the settings. Turning capture on clears the
+ * error a failed write left.
+ *
+ * Return: 0, or -EINVAL for a bad @hdr_len, no @scratch or a zero @snaplen
+ */
+int pc_vq_set_capture(struct pc_vq *vq, int fd, size_t hdr_len, uint8_t *scratch,
+		      size_t snaplen)
+{
+	if (fd < 0) {
+		vq->cap_fd = -1;
+		vq->cap_buf = NULL;
+		vq->cap_snap = 0;
+		return 0;
+	}
+	if (hdr_len > PC_VQ_MAX_HDR || !scratch || !snaplen || snaplen > UINT32_MAX)
+		return -EINVAL;
+	if (vq->cap_fd < 0)
+		vq->cap_tx_next = vq->last_avail;
+	vq->cap_fd = fd;
+	vq->cap_hdr_len = (unsigned)hdr_len;
+	vq->cap_buf = scratch;
+	vq->cap_snap = snaplen;
+	vq->cap_err = 0;
+	return 0;
+}
+
+/**
+ * pc_vq_capture_stats() - what the ring's capture did, and whether it is still on
+ * @vq:		ring
+ * @out:	records and bytes written, errno of the write that turned it off (0 if none),
+ *		and 1 while capture is on
+ */
+void pc_vq_capture_stats(const struct pc_vq *vq, struct pc_vq_capture *out)
+{
+	out->frames = vq->cap_frames;
+	out->bytes = vq->cap_bytes;
+	out->err = vq->cap_err;
+	out->on = vq->cap_fd >= 0;
+}
+
+/**
+ * cap_copy() - copy the first bytes of a run of slices into a buffer
+ * @iov:	slices
+ * @n:		number of slices
+ * @dst:	destination
+ * @len:	bytes to copy, at most the bytes in the slices
+ */
+static void cap_copy(const struct iovec *iov, unsigned n, uint8_t *dst, size_t len)
+{
+	size_t done = 0;
+	unsigned k;
+
+	for (k = 0; k < n && done < len; k++) {
+		size_t take = iov[k].iov_len < len - done ? iov[k].iov_len : len - done;
+
+		memcpy(dst + done, iov[k].iov_base, take);
+		done += take;
+	}
+}
+
+/**
+ * cap_sum_from() - one's complement sum of a frame's bytes from an offset to its end
+ * @iov:	the frame's slices
+ * @n:		number of slices
+ * @start:	offset of the first byte summed
+ *
+ * The sum runs from the slice holding @start (pc_csum_iov() keeps the byte lanes right over
+ * slices of any length); the bytes of that slice before @start are taken out again, and the
+ * lanes swapped when @start is odd in it.
+ *
+ * Return: partial sum in 0..0xffff, as pc_csum_partial() over the bytes would give
+ */
+static uint32_t cap_sum_from(const struct iovec *iov, unsigned n, size_t start)
+{
+	size_t off = 0, head;
+	uint32_t sum, before;
+	unsigned k;
+
+	for (k = 0; k < n && off + iov[k].iov_len <= start; k++)
+		off += iov[k].iov_len;
+	if (k == n)
+		return 0;
+	head = start - off;
+	sum = pc_csum_iov(iov + k, n - k, 0);
+	before = pc_csum_partial(iov[k].iov_base, head, 0);
+	sum += 0xffff - before;				/* one's complement subtraction */
+	sum = (sum & 0xffff) + (sum >> 16);
+	if (head & 1)
+		sum = (sum >> 8 | sum << 8) & 0xffff;
+	return sum;
+}
+
+/**
+ * cap_record() - append one frame to the capture file as a pcap record
+ * @vq:		ring with capture on
+ * @ts:		the record's time (CLOCK_REALTIME)
+ * @iov:	the Ethernet frame's slices (virtio-net header excluded); may be
+ *		vq->cap_iov + 1 itself
+ * @n:		number of slices
+ * @len:	the frame's length (its original length: @iov may hold less, when a chain
+ *		could not be walked whole)
+ * @vnet:	the frame's virtio-net header, PC_VQ_TX_VNET bytes (zero-padded)
+ *
+ * With NEEDS_CSUM, the frame wholly in @iov and the field inside the recorded bytes, the
+ * checksum at csum_start + csum_offset is completed (the sum from csum_start to the end of the
+ * frame, the pseudo-header sum the field holds included) in a copy of the recorded bytes; a
+ * frame of more slices than vq->cap_iov holds is copied too. Any other frame goes out from
+ * where it is.
+ */
+static void cap_record(struct pc_vq *vq, const struct timespec *ts, const struct iovec *iov,
+		       unsigned n, uint64_t len, const uint8_t *vnet)
+{
+	uint32_t rec[4];
+	uint64_t have = 0;
+	size_t cap, start = (size_t)vnet[6] | (size_t)vnet[7] << 8;
+	size_t field = start + ((size_t)vnet[8] | (size_t)vnet[9] << 8);
+	unsigned k, cnt;
+	int fix, ret;
+
+	for (k = 0; k < n; k++)
+		have += iov[k].iov_len;
+	if (have > len)
+		have = len;
+	cap = have < vq->cap_snap ? (size_t)have : vq->cap_snap;
+	fix = (vnet[0] & PC_VNET_F_NEEDS_CSUM) && have == len && field + 2 <= cap;
+	rec[0] = (uint32_t)ts->tv_sec;
+	rec[1] = (uint32_t)(ts->tv_nsec / 1000);
+	rec[2] = (uint32_t)cap;
+	rec[3] = len > UINT32_MAX ? UINT32_MAX : (uint32_t)len;
+
+	if (fix || n >= CAP_IOV) {
+		cap_copy(iov, n, vq->cap_buf, cap);
+		if (fix) {
+			uint16_t sum = pc_csum_fold(cap == len ?
+				pc_csum_partial(vq->cap_buf + start, cap - start, 0) :
+				cap_sum_from(iov, n, start));
+
+			vq->cap_buf[field] = (uint8_t)((sum ? sum : 0xffff) >> 8);
+			vq->cap_buf[field + 1] = (uint8_t)(sum ? sum : 0xffff);
+		}
+		vq->cap_iov[1].iov_base = vq->cap_buf;
+		vq->cap_iov[1].iov_len = cap;
+		cnt = 2;
+	} else {
+		size_t left = cap;
+
+		for (k = 0, cnt = 1; k < n && left; k++, cnt++) {
+			vq->cap_iov[cnt].iov_base = iov[k].iov_base;
+			vq->cap_iov[cnt].iov_len = iov[k].iov_len < left ? iov[k].iov_len : left;
+			left -= vq->cap_iov[cnt].iov_len;
+		}
+	}
+	vq->cap_iov[0].iov_base = rec;
+	vq->cap_iov[0].iov_len = CAP_REC_LEN;
+	ret = pc_writev_all(vq->cap_fd, vq->cap_iov, (int)cnt, 0, NULL);
+	vq->cap_iov[0].iov_base = NULL;
+	if (ret) {		/* a short record may be in the file: nothing more after it */
+		vq->cap_err = ret < 0 ? -ret : EIO;
+		vq->cap_fd = -1;
+		return;
+	}
+	vq->cap_frames++;
+	vq->cap_bytes += CAP_REC_LEN + cap;
+}
+
+/**
+ * cap_clip() - cut the slices of one RX chain down to the bytes written into it
+ * @iov:	slices of the chain
+ * @n:		number of slices
+ * @len:	the chain's used length
+ * @got:	set to the bytes left in the slices
+ * Return: number of slices left
+ */
+static unsigned cap_clip(struct iovec *iov, unsigned n, uint64_t len, uint64_t *got)
+{
+	uint64_t done = 0;
+	unsigned k;
+
+	for (k = 0; k < n && done < len; k++) {
+		if (iov[k].iov_len > len - done)
+			iov[k].iov_len = (size_t)(len - done);
+		done += iov[k].iov_len;
+	}
+	*got = done;
+	return k;
+}
+
+/**
+ * cap_used() - read one used element this ring wrote
+ * @vq:		running, translated ring
+ * @slot:	free-running used index
+ * @id:		set to the head index
+ * @len:	set to the used length
+ */
+static void cap_used(const struct pc_vq *vq, uint16_t slot, uint32_t *id, uint32_t *len)
+{
+	uint32_t v[2];
+
+	memcpy(v, vq->used + 4 + 8 * (size_t)(slot % vq->num), sizeof(v));
+	*id = le32toh(v[0]);
+	*len = le32toh(v[1]);
+}
+
+/**
+ * cap_rx() - record the RX frames of the used elements about to be published
+ * @vq:		running, translated ring with capture on
+ * @old:	first used index not published yet
+ * @n:		number of elements from @old, at most the ring size
+ *
+ * An element of length 0 (a bad chain, a dropped frame, a TX chain) is no frame. Any other
+ * starts one, which takes as many elements as its header's num_buffers says (1 without the
+ * field; never past @n). Chains are walked again with every check of the first walk, so a
+ * driver that rewrote its descriptors meanwhile gets a wrong record at worst, never a read
+ * outside guest memory.
+ */
+static void cap_rx(struct pc_vq *vq, uint16_t old, unsigned n)
+{
+	unsigned i = 0, hdr_len = vq->cap_hdr_len;
+	struct timespec ts;
+	int have_ts = 0;
+
+	while (i < n && vq->cap_fd >= 0) {
+		uint8_t vnet[PC_VQ_TX_VNET];
+		uint64_t got = 0, claimed = 0;
+		unsigned niov = 0, chains = 0, nbuf = 0, k;
+		uint32_t id, len;
+
+		cap_used(vq, (uint16_t)(old + i++), &id, &len);
+		if (!len)
+			continue;
+		for (;;) {
+			struct walk w = { vq->cap_iov + 1 + niov, NULL, CAP_IOV - 1 - niov, 0, 0 };
+			uint64_t part;
+
+			walk_chain(vq, id, 1, &w);	/* slices up to a failure stay usable */
+			niov += cap_clip(w.iov, w.n, len, &part);
+			got += part;
+			claimed += len;
+			chains++;
+			if (!nbuf && got >= hdr_len) {
+				copy_vnet_header(vq->cap_iov + 1, niov, hdr_len, vnet);
+				nbuf = hdr_len >= 12 ? ((unsigned)vnet[10] | (unsigned)vnet[11] << 8)
+						     : 1;
+				if (!nbuf)
+					nbuf = 1;
+			}
+			if ((nbuf && chains >= nbuf) || i >= n)
+				break;
+			cap_used(vq, (uint16_t)(old + i++), &id, &len);
+		}
+		if (got < hdr_len || !nbuf)
+			continue;		/* not even a whole header */
+		if (!have_ts) {
+			clock_gettime(CLOCK_REALTIME, &ts);
+			have_ts = 1;
+		}
+		k = skip_header(vq->cap_iov + 1, niov, hdr_len);
+		cap_record(vq, &ts, vq->cap_iov + 1 + k, niov - k, claimed - hdr_len, vnet);
+	}
+}
+
 /**
  * pc_vq_pop_tx() - drain up to @max_frames available chains of a TX ring
  * @vq:		ring
@@ -660,7 +979,8 @@ int pc_vq_pop_tx(struct pc_vq *vq, unsigned max_frames, size_t hdr_len,
 		 struct pc_bad_chain *bad, unsigned *nbad)
 {
 	unsigned pending, good = 0, nb = 0, used_iov = 0;
-	int ret;
+	struct timespec ts;
+	int ret, have_ts = 0;
 
 	*nbad = 0;
 	if (!vq->started)
@@ -676,6 +996,7 @@ int pc_vq_pop_tx(struct pc_vq *vq, unsigned max_frames, size_t hdr_len,
 		unsigned head = ld16(vq->avail + 4 + 2 * (size_t)(vq->last_avail % vq->num));
 		struct walk w = { iov + used_iov, NULL, max_iov - used_iov, 0, 0 };
 		unsigned kind = walk_chain(vq, head, 0, &w);
+		uint16_t pos = vq->last_avail;
 		unsigned k;
 
 		if (kind == PC_VQ_OK && w.total < hdr_len)
@@ -696,6 +1017,15 @@ int pc_vq_pop_tx(struct pc_vq *vq, unsigned max_frames, size_t hdr_len,
 		frames[good].first = used_iov + k;
 		frames[good].nslices = w.n - k;
 		frames[good].len = (uint32_t)(w.total - hdr_len);
+		if (vq->cap_fd >= 0 && (int16_t)(uint16_t)(pos - vq->cap_tx_next) >= 0) {
+			if (!have_ts) {
+				clock_gettime(CLOCK_REALTIME, &ts);
+				have_ts = 1;
+			}
+			cap_record(vq, &ts, iov + frames[good].first, frames[good].nslices,
+				   frames[good].len, frames[good].vnet);
+			vq->cap_tx_next = (uint16_t)(pos + 1);
+		}
 		good++;
 		used_iov += w.n;
 	}

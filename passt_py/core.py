@@ -15,7 +15,7 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
         "passt_py's C core (passt_py._core) is not built: run 'pip install .' or "
         "'pip install -e .' from the source tree") from exc
 
-API_VERSION = 10
+API_VERSION = 11
 
 if lib.pc_api_version() != API_VERSION:  # pragma: no cover - stale builds only
     raise ImportError(
@@ -193,6 +193,7 @@ def readv_all(fd: int, buffers: Sequence[BytesLike], offset: int = 0) -> int:
 # calls only these wrappers; every guest access is bounds-checked in C.
 import array  # noqa: E402  (section-local imports keep the sections independent)
 from collections.abc import Sequence  # noqa: E402
+from typing import NamedTuple  # noqa: E402
 
 #: PC_VQ_ERR_* kind -> name, for TxBatch.bad_chains() and logs.
 VQ_ERRORS: dict[int, str] = {
@@ -362,11 +363,22 @@ class RxResult:
 PUSH_RX_JOIN_MAX = 64 << 10
 
 
+class CaptureStats(NamedTuple):
+    """What a ring's capture did: records and bytes written, the errno of the write that
+    turned it off (0 if none), and whether it is on."""
+
+    frames: int
+    bytes: int
+    err: int
+    on: bool
+
+
 class Virtqueue:
     """One split virtqueue in guest memory, device side; batch calls, one C call each.
 
     The call and kick eventfds given to set_call_fd()/set_kick_fd() become owned by the
-    Virtqueue: replacing one or close() closes the previous fd.
+    Virtqueue: replacing one or close() closes the previous fd. A capture fd
+    (set_capture()) stays the caller's.
     """
 
     def __init__(self, mem: GuestMemory, index: int) -> None:
@@ -380,6 +392,8 @@ class Virtqueue:
         self._event_idx = False
         self._indirect = False
         self._rx_res = ffi.new("struct pc_rx_result *")
+        self._cap_buf = None
+        self._cap_stats = ffi.new("struct pc_vq_capture *")
         self.last_rx = RxResult()
         self.rx_bad_total = 0
         self.tx_bad_total = 0
@@ -532,9 +546,39 @@ class Virtqueue:
         self.rx_bad_total += res.bad
         return n
 
+    def set_capture(self, fd: int, hdr_len: int = 12, snaplen: int | None = None) -> None:
+        """Append every frame the ring carries to ``fd`` as pcap records; -1 turns it off.
+
+        In C, whatever path moves the frame: RX frames when published, TX frames when first
+        popped, partial checksums completed, at most ``snaplen`` bytes each (the file
+        header's, passt_py.pcap.SNAPLEN by default; the caller writes that header).
+        ``hdr_len``: the RX virtio-net header length. The fd stays the caller's: turn capture
+        off before closing it. A failed write turns capture off (see :attr:`capture`).
+        """
+        if snaplen is None:
+            from passt_py.pcap import SNAPLEN   # (pcap imports this module)
+            snaplen = SNAPLEN
+        if fd < 0:
+            lib.pc_vq_set_capture(self._vq, -1, 0, ffi.NULL, 0)
+            self._cap_buf = None
+            return
+        buf = self._cap_buf
+        if buf is None or len(buf) != snaplen:
+            buf = ffi.new("uint8_t[]", max(snaplen, 1))
+        check(lib.pc_vq_set_capture(self._vq, fd, hdr_len, buf, snaplen), "set_capture")
+        self._cap_buf = buf     # the C side uses it while capture is on
+
+    @property
+    def capture(self) -> CaptureStats:
+        """The ring's capture: records and bytes written, error, whether it is on."""
+        st = self._cap_stats
+        lib.pc_vq_capture_stats(self._vq, st)
+        return CaptureStats(st.frames, st.bytes, st.err, bool(st.on))
+
     def close(self) -> None:
-        """Stop the ring and close its eventfds."""
+        """Stop the ring (publishing what is pending), close its eventfds, end capture."""
         lib.pc_vq_stop(self._vq)
+        self.set_capture(-1)
         self.set_call_fd(-1)
         self.set_kick_fd(-1)
 

@@ -2,8 +2,15 @@
 
 Classic pcap (not pcapng) because every tool reads it: a 24-byte file header, then per frame
 a 16-byte record header and the Ethernet frame. The file is written in the host's byte order
-with the standard magic, so readers detect the order. Frames are written as they are given,
-which means the caller must hand over frames with valid checksums.
+with the standard magic, so readers detect the order.
+
+Who writes what: :class:`PcapWriter` opens the file, writes the file header and closes it;
+the records of the guest's traffic are written by the C core's rings (csrc/virtq.c,
+``core.Virtqueue.set_capture()``, given the writer's :attr:`PcapWriter.fd` by the device), at
+the one place every path's frames pass, so a capture never changes which path runs: RX frames
+when their used elements are published, TX frames when popped, partial checksums completed
+there as :func:`complete_checksum` does here. :meth:`PcapWriter.write` records frames handed
+over as bytes (with valid checksums), for back-ends without rings and for tests.
 """
 from __future__ import annotations
 
@@ -45,7 +52,9 @@ def complete_checksum(frame: bytes, vnet: bytes) -> bytes:
 
 
 class PcapWriter:
-    """Appends frames to a pcap file; a write error disables capture instead of the back-end."""
+    """A pcap file: opened (0600) with its header written; records come from the rings'
+    capture (see the module) or :meth:`write`; a write error disables capture instead of the
+    back-end."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -53,6 +62,11 @@ class PcapWriter:
         os.write(self._fd, _FILE_HEADER.pack(PCAP_MAGIC_USEC, *PCAP_VERSION, 0, 0,
                                              SNAPLEN, LINKTYPE_ETHERNET))
         log.info("saving packet capture to %s", path)
+
+    @property
+    def fd(self) -> int:
+        """The file's descriptor for the rings' capture (-1 once closed)."""
+        return self._fd
 
     def write(self, frames: Iterable[bytes]) -> None:
         """Record ``frames`` (one writev per batch) with the current time."""

@@ -11,6 +11,9 @@ What happens on events:
 - host sockets: owned by the protocol handlers, which queue frames for the guest; the guest
   link pushes them to the RX ring once per loop batch;
 - timers: unsolicited router advertisements, the ARP probe for the guest's MAC, flow expiry.
+
+A capture (-p) runs in the rings themselves (the C core records every frame they carry, see
+passt_py.pcap): the same paths run with it as without it.
 """
 from __future__ import annotations
 
@@ -60,6 +63,8 @@ ARP_PROBE_INTERVAL = 1.0
 ARP_PROBE_COUNT = 30
 #: DUID-LLT times count seconds from 2000-01-01 UTC (RFC 8415, 11.2).
 DUID_TIME_EPOCH = 946684800
+#: How often a running capture is checked for a failed write (to log it and close the file).
+CAPTURE_CHECK_INTERVAL = 1.0
 
 
 def netview_from_config(config: Config) -> NetView:
@@ -100,10 +105,13 @@ class Service:
         self.device = NetDevice()
         self.server = self._bind(config)
         self.pcap = PcapWriter(config.pcap_file) if config.pcap_file else None
+        if self.pcap is not None:
+            self.device.set_capture(self.pcap.fd)
+            self.loop.call_later(CAPTURE_CHECK_INTERVAL, self._check_capture)
         self.guest = GuestState()
         self.flows = FlowTable(self.loop, max_flows=config.max_flows)
         self.link = GuestLink(self.view, self.guest, self.device.send_frames, self.loop.defer,
-                              self.pcap, rx_running=lambda: self.device.ring_active(RX))
+                              rx_running=lambda: self.device.ring_active(RX))
         self._rng = random.Random()
         self._kick_fds: dict[int, int] = {}
         self._arp_probes_left = 0
@@ -140,14 +148,13 @@ class Service:
                 link.ndp = NdpResponder(view)
         args = (self.loop, view, self.guest, self.flows, link.to_guest)
         self.icmp = IcmpHandler(*args) if view.icmp else None
-        # Data to the guest goes straight into RX buffers (C) unless a capture must see it;
-        # what the TCP and UDP paths place is published once per loop batch.
+        # Data to the guest goes straight into RX buffers (C); what the TCP and UDP paths
+        # place is published once per loop batch.
         rx_flush = RxFlush(self.device, self.loop.defer)
-        udp_path = None if self.pcap is not None else UdpRingPath(self.device, rx_flush)
+        udp_path = UdpRingPath(self.device, rx_flush)
         # Established UDP flows both ways and the steady state of established TCP connections
-        # in C, inside the loop's wait (no capture either).
-        self.fast = core.FastPath(self.config.max_flows) \
-            if self.pcap is None and (view.udp or view.tcp) else None
+        # in C, inside the loop's wait.
+        self.fast = core.FastPath(self.config.max_flows) if view.udp or view.tcp else None
         self._fast_mac = self.guest.mac
         if self.fast is not None:
             self.loop.set_poller(self._fast_poll)
@@ -156,7 +163,7 @@ class Service:
         if self.udp is not None and self.config.udp_forwards.forwards:
             bound = self.udp.start_forwards(self.config.udp_forwards)
             log.info("UDP: %d forwarding sockets bound", bound)
-        datapath = None if self.pcap is not None else RingDataPath(self.device, rx_flush)
+        datapath = RingDataPath(self.device, rx_flush)
         self.tcp = TcpHandler(*args, datapath=datapath, fast=self.fast) if view.tcp else None
         link.tcp = self.tcp
         if self.tcp is not None and self.config.tcp_forwards.forwards:
@@ -296,15 +303,14 @@ class Service:
             try:
                 # In-order TCP data and datagrams of known UDP flows go to their sockets
                 # straight from guest memory (zero copy); the rest is copied out for the
-                # demux. A capture sees every frame.
+                # demux. (A capture recorded every frame when the ring gave it.)
                 rest: list[int] | range = range(batch.count)
-                if self.pcap is None and (self.tcp is not None or self.udp is not None):
+                if self.tcp is not None or self.udp is not None:
                     rest = self._take_fast(batch)
                 frames = [batch.frame(i) for i in rest]
-                vnets = [batch.vnet(i) for i in rest] if self.pcap else None
             finally:
                 self.device.release(batch)
-            self.link.from_guest(frames, vnets)
+            self.link.from_guest(frames)
         # More is pending: continue after other events had their turn.
         self.loop.defer(self._drain_tx)
 
@@ -445,6 +451,24 @@ class Service:
             log.info("%s: exiting", "--one-off" if self.config.one_off else "--migrate-exit")
             self.loop.stop(0)
 
+    # ---- capture ----
+    def _check_capture(self, final: bool = False) -> None:
+        """Every CAPTURE_CHECK_INTERVAL, and at the end (final): a failed capture write is
+        logged once and the file closed (the rings stopped writing when it failed)."""
+        pcap = self.pcap
+        if pcap is None:
+            return
+        err = self.device.check_capture()
+        if err:
+            log.error("packet capture to %s failed, capture stopped: %s", pcap.path,
+                      os.strerror(err))
+        if err or final:
+            self.device.set_capture(None)
+            pcap.close()
+            self.pcap = None
+        else:
+            self.loop.call_later(CAPTURE_CHECK_INTERVAL, self._check_capture)
+
     # ---- running ----
     def close(self) -> None:
         """Release everything (sockets, capture, loop)."""
@@ -460,8 +484,7 @@ class Service:
         self.drop_filter.close()
         self.server.close()
         self.device.reset()
-        if self.pcap is not None:
-            self.pcap.close()
+        self._check_capture(final=True)
         self.loop.close()
 
 

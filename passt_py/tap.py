@@ -1,13 +1,15 @@
 """The guest's link: L2 demux of frames from the guest, and the one path of frames to it.
 
-Frames from the guest arrive in batches (one TX ring drain); each is captured, the guest's
-MAC and addresses are learnt from it, and it goes to the handler for its protocol. Frames to
+Frames from the guest arrive in batches (one TX ring drain); the guest's MAC and addresses
+are learnt from each, and it goes to the handler for its protocol. Frames to
 the guest are queued by any handler and pushed to the RX ring once per event-loop batch, so
 a burst of replies costs one used-ring flush and one notification; what finds the running
 ring full waits (bounded, in order) for the guest's next RX buffers instead of being lost,
 as a NIC's queue would hold it: a dropped ACK costs the guest's TCP a stall and a resend,
 a dropped ARP or DHCP reply a timeout. A malformed frame is
 dropped here or by its handler, never raised out: one bad frame must not cost other flows.
+A capture (-p) is not this module's business: the C core records frames in the rings, those
+pushed from here included.
 """
 from __future__ import annotations
 
@@ -21,7 +23,6 @@ from passt_py.ip import (IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
                          UdpDatagram, parse_ip, parse_udp)
 from passt_py.log import TRACE
 from passt_py.netview import GuestState, NetView
-from passt_py.pcap import PcapWriter, complete_checksum
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +72,12 @@ class GuestLink:
     def __init__(self, view: NetView, guest: GuestState,
                  deliver: Callable[[list[bytes]], int],
                  defer: Callable[[Callable[[], None]], None],
-                 pcap: PcapWriter | None = None,
                  rx_running: Callable[[], bool] = lambda: False) -> None:
         self.view = view
         self.guest = guest
         self._deliver = deliver
         self._defer = defer
         self._rx_running = rx_running
-        self._pcap = pcap
         self._out: list[bytes] = []
         self.dhcp: ReplyHandler | None = None
         self.dhcpv6: ReplyHandler | None = None
@@ -113,8 +112,6 @@ class GuestLink:
         if not frames:
             return
         placed = self._deliver(frames)
-        if self._pcap is not None:
-            self._pcap.write(frames[:placed])
         if placed == len(frames):
             return
         if self._rx_running():
@@ -135,13 +132,8 @@ class GuestLink:
             self._out = []
 
     # ---- from the guest ----
-    def from_guest(self, frames: list[bytes], vnet_hdrs: list[bytes] | None = None) -> None:
-        """Handle one TX batch from the guest (``vnet_hdrs``: its offload headers, for pcap)."""
-        if self._pcap is not None:
-            if vnet_hdrs is not None:
-                self._pcap.write([complete_checksum(f, h) for f, h in zip(frames, vnet_hdrs)])
-            else:
-                self._pcap.write(frames)
+    def from_guest(self, frames: list[bytes]) -> None:
+        """Handle one TX batch from the guest."""
         for frame in frames:
             try:
                 self._demux(frame)

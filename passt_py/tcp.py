@@ -49,8 +49,9 @@ Where the bytes go (Python decides per run of segments or per event, never per b
   through the demux, whose payload goes out by ``datapath.send_to_host``.
 - host -> guest: ``datapath.host_to_guest`` (passt_py.tcp_copy.TcpDataPath): the service uses
   passt_py.tcp_ring.RingDataPath (C peeks into the guest's RX buffers and writes headers,
-  stopping when they run out: the connection then waits for the guest's RX kick, rx_ready());
-  tests and captures (-p) use passt_py.tcp_copy.CopyingDataPath (frames through the link).
+  stopping when they run out: the connection then waits for the guest's RX kick, rx_ready()),
+  with or without a capture (-p: the rings record what they carry, whatever path it took);
+  tests without rings use passt_py.tcp_copy.CopyingDataPath (frames through the link).
 - the steady state in C: with the service's fast path (core.FastPath), a connection with
   nothing pending but data and ACKs (:meth:`TcpHandler._steady`) is handed to C after the
   batch that left it so (csrc/fast_tcp.c runs the same rules inside the loop's wait). Every

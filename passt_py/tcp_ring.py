@@ -38,10 +38,9 @@ _STOPS = {
 class RingDataPath:
     """Host -> guest through core.TcpPath on the device's RX ring; guest -> host by send()."""
 
-    def __init__(self, device: NetDevice, flush: RxFlush, full_csum: bool = False) -> None:
+    def __init__(self, device: NetDevice, flush: RxFlush) -> None:
         self._device = device
         self._flush = flush
-        self._full_csum = full_csum
         self._path: core.TcpPath | None = None
         self.frames_sent = 0
 
@@ -71,7 +70,7 @@ class RingDataPath:
         tmpl.seq, tmpl.ack, tmpl.window, tmpl.mss = seq, ack, min(wnd, 0xFFFF), mss
         dev = self._device
         n = path.rx(sock.fileno(), tmpl, max_bytes, dev.hdr_len, dev.mergeable,
-                    dev.tcp_rx_opts(tpl.version, self._full_csum), flush=False)
+                    dev.tcp_rx_opts(tpl.version), flush=False)
         if path.last.bufs:
             self._flush.request()
         self.frames_sent += path.last.segs

@@ -513,7 +513,7 @@ class UdpHandler:
 
     def _frame(self, tap: FlowSide, payload: bytes | memoryview) -> bytes:
         """The frame of a host datagram for the guest, built in Python (the copying path:
-        a capture is on, the ring is not running, or the ring path spilled it)."""
+        no ring path, the ring is not running, or the ring path spilled it)."""
         return udp_frame(self._guest.mac, self._view.our_mac, tap.oaddr, tap.eaddr, tap.oport,
                          tap.eport, payload)
 

@@ -7,7 +7,7 @@ GUEST_CSUM). Used elements are published once per loop batch (device.RxFlush, sh
 TCP ring path). A datagram from a peer no template covers comes back in a spill buffer for
 the UDP handler to find or create its flow.
 
-Used only without a capture: a capture must see every frame, so it keeps the copying path.
+A capture (-p) changes nothing here: the RX ring records the frames when they are published.
 """
 from __future__ import annotations
 

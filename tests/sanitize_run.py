@@ -43,6 +43,7 @@ DEFAULT_SUITES = (
     "tests/test_hostile_migrate.py",
     "tests/test_fastpath.py",
     "tests/test_fast_tcp.py",
+    "tests/test_capture.py",
 )
 #: Exit code the sanitizers use when they report (distinct from pytest's own 0..5).
 SANITIZER_EXIT = 86

@@ -13,6 +13,11 @@ the ring is closed); error and log-notification descriptors are kept here until 
 is suspended (no guest-memory writes, no notifications), as the vhost-user specification
 requires after GET_VRING_BASE. A started but disabled ring does nothing visible: TX frames are
 drained and dropped, RX gets nothing.
+
+Capture (-p): :meth:`set_capture` hands the pcap file to both rings, and again to every ring
+that starts and to the fresh rings of :meth:`reset`, so the C core records every frame the
+rings carry whichever path moves it; :meth:`check_capture` tells of a failed write (capture
+is then off on every ring: the file ends there).
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from typing import Callable, Sequence
 
 from passt_py import core
 from passt_py.log import RateLimited
+from passt_py.pcap import SNAPLEN
 from passt_py.vhost_user import wire
 from passt_py.vhost_user.session import DeviceError
 from passt_py.vhost_user.wire import LogDescription, MemoryRegion, VringAddr, bit
@@ -110,6 +116,8 @@ class NetDevice:
         self._tx_spare: core.TxBatch | None = core.TxBatch(TX_BATCH_MAX)
         self._regions: list[MemoryRegion] = []
         self.has_memory = False
+        self._capture_fd: int | None = None
+        self._capture_err = 0
         # Guest-triggered ring errors can come once per packet: a few log lines per second.
         self._ring_log = RateLimited(log)
 
@@ -159,16 +167,11 @@ class NetDevice:
         a partial checksum (the guest completes it) when it negotiated GUEST_CSUM."""
         return core.UDP_RX_CSUM_PARTIAL if self.guest_csum else 0
 
-    def tcp_rx_opts(self, ipver: int, full_csum: bool = False) -> int:
-        """core.TCP_RX_* options for core.TcpPath.rx() as negotiated, for one IP version.
-
-        full_csum (a capture is running): every segment gets a full TCP checksum, so no GSO
-        (a GSO frame's checksum is partial by definition) and DATA_VALID instead of NEEDS_CSUM.
-        """
+    def tcp_rx_opts(self, ipver: int) -> int:
+        """core.TCP_RX_* options for core.TcpPath.rx() as negotiated, for one IP version
+        (a capture completes partial checksums itself: it changes nothing here)."""
         if not self.guest_csum:
             return 0
-        if full_csum:
-            return core.TCP_RX_DATA_VALID
         opts = core.TCP_RX_CSUM_PARTIAL
         if self.guest_tso(ipver):
             opts |= core.TCP_RX_GSO
@@ -252,14 +255,51 @@ class NetDevice:
         except core.CoreError:
             return 0
 
+    # ---- capture ----
+    def set_capture(self, fd: int | None) -> None:
+        """Record every frame both rings carry into the pcap file open at ``fd`` (its header
+        written; the caller keeps the fd), or stop (None): call before closing the fd."""
+        self._capture_fd = fd
+        self._capture_err = 0
+        self._sync_capture()
+
+    def check_capture(self) -> int:
+        """0 while capture works (or is off); else the errno of the write that failed, once:
+        capture is then off on every ring, as the file ends with that write."""
+        self._sync_capture()
+        err, self._capture_err = self._capture_err, 0
+        return err
+
+    def _capture_failed(self) -> None:
+        """A ring's capture write failed: capture ends for every ring (check_capture())."""
+        if self._capture_fd is None:
+            return
+        for ring in self.rings:
+            err = ring.capture.err
+            if err:
+                self._capture_fd, self._capture_err = None, err
+                return
+
+    def _sync_capture(self) -> None:
+        """Give the rings the capture as it stands (the header length follows the features),
+        unless a ring's write failed: then take it from all of them."""
+        self._capture_failed()
+        for ring in self.rings:
+            if self._capture_fd is None:
+                ring.set_capture(-1)
+            else:
+                ring.set_capture(self._capture_fd, self.hdr_len, SNAPLEN)
+
     # ---- the session's Device protocol ----
     def set_features(self, features: int) -> None:
-        """Apply acknowledged features: ring features and dirty logging."""
+        """Apply acknowledged features: ring features, dirty logging, the capture's header
+        length."""
         self._features = features
         for ring in self.rings:
             ring.set_features(bool(features & bit(wire.VIRTIO_RING_F_EVENT_IDX)),
                               bool(features & bit(wire.VIRTIO_RING_F_INDIRECT_DESC)))
         self.mem.logging = bool(features & bit(wire.VHOST_F_LOG_ALL))
+        self._sync_capture()
 
     def set_mem_table(self, regions: Sequence[MemoryRegion], fds: Sequence[int]) -> None:
         """Replace the memory table; the descriptors are closed once mapped (or on failure).
@@ -339,7 +379,8 @@ class NetDevice:
         self._enabled[index] = enabled
 
     def start_ring(self, index: int) -> None:
-        """Start ring ``index`` (size and addresses set)."""
+        """Start ring ``index`` (size and addresses set), capturing if capture is on."""
+        self._sync_capture()
         self.rings[index].start()
         self._started[index] = True
 
@@ -365,7 +406,9 @@ class NetDevice:
         self._started = [False] * self.num_queues
         self._enabled = [False] * self.num_queues
         # Fresh rings: a new front-end must not inherit sizes, addresses or indices.
+        self._capture_failed()
         self.rings = [core.Virtqueue(self.mem, i) for i in range(self.num_queues)]
+        self._sync_capture()
         self._tx_spare = core.TxBatch(TX_BATCH_MAX)
 
 
