@@ -11,13 +11,13 @@ import ipaddress
 import os
 import socket
 import struct
-import subprocess
 import time
 
 import pytest
 
 from tests import frames
 from tests.frontend import Frontend, spawn_passt_py
+from tests.procs import stop
 
 GUEST4 = ipaddress.IPv4Address("10.200.0.2")
 GW4 = ipaddress.IPv4Address("10.200.0.1")
@@ -87,12 +87,7 @@ def passt(tmp_path):
     path = str(tmp_path / "passt-py.sock")
     proc = spawn_passt_py(path, ADDR)
     yield path, proc
-    proc.terminate()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+    stop(proc)
 
 
 def guest_arp_works(fe: Frontend) -> bool:

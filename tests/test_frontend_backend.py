@@ -5,7 +5,6 @@ import hashlib
 import os
 import queue
 import struct
-import subprocess
 
 import pytest
 from hypothesis import given, strategies as st
@@ -18,6 +17,7 @@ from tests.conftest import hypothesis_budget
 from tests.frontend import (
     DEFAULT_FEATURES, RX, TX, Frontend, FrontendError, spawn_passt_py)
 from tests.inproc_backend import InprocBackend
+from tests.procs import stop
 
 
 def sha(data: bytes) -> str:
@@ -334,12 +334,7 @@ def passt_py_process(tmp_path):
     path = str(tmp_path / "passt-py.sock")
     proc = spawn_passt_py(path)
     yield path, proc
-    proc.terminate()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+    stop(proc)
 
 
 def test_out_of_process_backend_negotiates_and_survives_hostile_input(passt_py_process):

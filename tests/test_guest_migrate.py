@@ -24,6 +24,7 @@ import pytest
 
 from tests.netns import in_netns
 from tests.guest.boot import BackendFactory, Guest, migrate
+from tests.procs import stop
 
 pytestmark = pytest.mark.qemu
 
@@ -292,9 +293,4 @@ def test_tcp_streams_survive_with_the_real_passt_repair(guest_boot, guest_netns:
     finally:
         for proc in helpers:
             if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+                stop(proc)

@@ -14,7 +14,9 @@ import time
 
 import pytest
 
-from tests.test_guest_passt_py import in_netns, passt_py
+from tests.netns import in_netns
+from tests.test_guest_passt_py import passt_py
+from tests.procs import stop
 
 pytestmark = pytest.mark.qemu
 
@@ -235,9 +237,4 @@ def test_tcp_iperf3_both_directions(guest_boot, guest_netns, mtu):
         print(f"iperf3 mtu {mtu}: guest->host {results['send'] / 1e9:.2f} Gbit/s, "
               f"host->guest {results['recv'] / 1e9:.2f} Gbit/s")
     finally:
-        server.terminate()
-        try:
-            server.wait(5)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(5)
+        stop(server)

@@ -42,6 +42,7 @@ from tests.conftest import qemu_unavailable
 from tests.guest.boot import BackendFactory, Guest, migrate
 from tests.netns import in_netns
 from tests.test_guest_migrate import HostWriter
+from tests.procs import stop
 
 pytestmark = pytest.mark.qemu
 
@@ -364,12 +365,7 @@ def helpers() -> Iterator[list[subprocess.Popen]]:
     yield procs
     for proc in procs:
         if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            stop(proc)
 
 
 def _start_repair_helper(argv: list[str], ns: str, guest: Guest,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import socket
 import struct
-import subprocess
 import time
 
 import pytest
@@ -24,6 +23,7 @@ from tests.conftest import hypothesis_budget
 from tests.frontend import Frontend, FrontendError, spawn_passt_py
 from tests.fuzz import targets
 from tests.inproc_backend import InprocBackend
+from tests.procs import stop
 
 
 def fd_count(pid: int | str = "self") -> int:
@@ -176,12 +176,7 @@ def passt_py(tmp_path):
     path = str(tmp_path / "passt-py.sock")
     proc = spawn_passt_py(path, ["-a", "10.200.0.2/24", "-g", "10.200.0.1"])
     yield path, proc
-    proc.terminate()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+    stop(proc)
 
 
 def test_passt_py_survives_hostile_frontends_and_serves_the_next(passt_py):

@@ -26,7 +26,8 @@ from passt_py.ethernet import parse_header
 from passt_py.ip import parse_ip, parse_udp, udp_frame
 from passt_py.vhost_user.wire import Request
 from tests import netns
-from tests.frontend import RX, TX, Frontend
+from tests.frontend import Frontend
+from tests.procs import stop
 
 pytestmark = pytest.mark.skipif(not netns.available(), reason="needs root and iproute2")
 
@@ -59,12 +60,7 @@ def backend(ns: str, *extra: str) -> Iterator[str]:
             time.sleep(0.02)
         yield path
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop(proc)
         log.close()
 
 

@@ -144,15 +144,19 @@ def _read_to_eof(sock: socket.socket, timeout: float = 10.0) -> tuple[bytes, boo
     return bytes(out), False
 
 
-def _guest_closes(r: Rig, c: GuestConn, host: socket.socket) -> None:
+def _guest_closes(r: Rig, c: GuestConn, host: socket.socket,
+                  capture: bool | None = None) -> None:
     """The guest ACKs the FIN it got and sends its own: the host sees end of stream and the
-    flow goes."""
+    flow goes (then, unless ``capture`` is None, the path is checked; the host end closes)."""
     c.send_fin()
     rest, eof = _read_to_eof(host, 5)
     assert rest == b"" and eof, "the host peer must see the guest's FIN"
     r.guest.run([c], lambda: c.snd_una == c.snd, timeout=5)
     assert c.snd_una == c.snd, "our FIN must be acknowledged"
     assert r.wait_no_flows(), "the connection must be gone on both sides"
+    if capture is not None:
+        _check_path(r, capture)
+        host.close()
 
 
 def _every_byte_then_one_fin(r: Rig, c: GuestConn, data: bytes, timeout: float = 15.0,
@@ -282,9 +286,7 @@ def test_host_end_while_the_guest_has_not_acked_reaches_the_guest_once(
         _every_byte_then_one_fin(r, c, data, 10, ack=False)
         if last_ack == "with-data":
             assert host.recv(100) == b"last words"
-        _guest_closes(r, c, host)
-        _check_path(r, capture)
-        host.close()
+        _guest_closes(r, c, host, capture)
 
 
 @both_versions
@@ -310,9 +312,7 @@ def test_host_end_with_the_rx_ring_full_reaches_the_guest_once(
         time.sleep(0.2)
         r.fe.provide_rx(256, 4096)
         _every_byte_then_one_fin(r, c, data, 15)
-        _guest_closes(r, c, host)
-        _check_path(r, capture)
-        host.close()
+        _guest_closes(r, c, host, capture)
 
 
 @both_versions
@@ -331,9 +331,7 @@ def test_host_end_behind_a_small_guest_window_reaches_the_guest_once(
         host.shutdown(socket.SHUT_WR)
         _every_byte_then_one_fin(r, c, data, 15)
         assert max(len(s.payload) for s in c.segs) <= 8192
-        _guest_closes(r, c, host)
-        _check_path(r, capture)
-        host.close()
+        _guest_closes(r, c, host, capture)
 
 
 @both_versions
