@@ -1170,11 +1170,6 @@ class TcpHandler:
         if why & core.FAST_BACK_H2G:
             self._host_to_guest(c)
 
-    @property
-    def fast_connections(self) -> int:
-        """Connections whose steady state C runs now."""
-        return len(self._fast_conns)
-
     def fast_release(self) -> None:
         """Take every connection back from C (its templates are about to go stale)."""
         for c in list(self._fast_conns.values()):

@@ -28,7 +28,7 @@ from passt_py.vhost_user import wire
 from passt_py.vhost_user.wire import (
     Header, LogDescription, Message, MemoryRegion, MemoryTable, ProtocolFeature, Request, U64,
     VringAddr, VringFile, VringState, bit)
-from tests.virtq_driver import PAGE, VNET_HDR_LEN, DriverRing, GuestRam
+from tests.virtq_driver import PAGE, VNET_HDR_LEN, DriverRing, GuestRam, read_chain
 
 RX = 0
 TX = 1
@@ -402,13 +402,13 @@ class Frontend:
                 self.rx_refused.append(head)
                 del self._rx_pending[0]
                 continue
-            first = self._read_chain(ring, head, length)
+            first = read_chain(ring, head, length)
             nbuf = struct.unpack_from("<H", first, 10)[0] if mergeable else 1
             if nbuf < 1:
                 raise FrontendError("RX header says 0 buffers")
             if len(self._rx_pending) < nbuf:
                 break
-            parts = [first] + [self._read_chain(ring, h, n)
+            parts = [first] + [read_chain(ring, h, n)
                                for h, n in self._rx_pending[1:nbuf]]
             used_heads += [h for h, _ in self._rx_pending[:nbuf]]
             del self._rx_pending[:nbuf]
@@ -417,15 +417,6 @@ class Frontend:
             self._recycle_rx(used_heads)
         return out
 
-    @staticmethod
-    def _read_chain(ring: DriverRing, head: int, length: int) -> bytes:
-        data = bytearray()
-        for gpa, size in ring.chain_buffers(head):
-            take = min(size, length - len(data))
-            if take <= 0:
-                break
-            data += ring.ram.read(gpa, take)
-        return bytes(data)
 
     # ---- teardown ----
     def close(self) -> None:

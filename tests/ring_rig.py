@@ -20,7 +20,7 @@ from scapy.all import IP, UDP, Ether, raw
 
 from passt_py import core
 from passt_py.core import VRING_F_LOG, GuestMemory, TcpPath, Virtqueue
-from tests.virtq_driver import DriverRing, GuestRam
+from tests.virtq_driver import DriverRing, GuestRam, read_chain  # noqa: F401 (shared)
 
 BASE = 0x100000
 SIZE = 16 << 20
@@ -106,15 +106,6 @@ class Rig:
         self.ram.close()
 
 
-def read_chain(ring: DriverRing, head: int, length: int) -> bytes:
-    """The first length bytes of an RX chain."""
-    data = bytearray()
-    for gpa, size in ring.chain_buffers(head):
-        take = min(size, length - len(data))
-        if take <= 0:
-            break
-        data += ring.ram.read(gpa, take)
-    return bytes(data)
 
 
 @pytest.fixture
@@ -218,3 +209,14 @@ def udp_checksum_valid(frame: bytes, family: int) -> bool:
         del pkt[IP].chksum
     again = Ether(raw(pkt))
     return again[UDP].chksum == got and (family == 6 or again[IP].chksum == got_ip)
+
+
+def tcp_template(family: int = 4, **kw) -> core.TcpTemplate:
+    """A flow template: remote 203.0.113.9:443 (or 2001:db8::9) to guest 10.0.0.2:40000."""
+    if family == 4:
+        src, dst = ipaddress.ip_address("203.0.113.9"), ipaddress.ip_address("10.0.0.2")
+    else:
+        src, dst = ipaddress.ip_address("2001:db8::9"), ipaddress.ip_address("fd00::2")
+    args = dict(sport=443, dport=40000, seq=1000, ack=5000, window=12345, mss=1460)
+    args.update(kw)
+    return core.TcpTemplate(GUEST_MAC, OUR_MAC, src, dst, **args)

@@ -28,6 +28,7 @@ from passt_py.pcap import SNAPLEN, PcapWriter
 # rig, wait: fixtures, used by name
 from tests.pcap_reader import frames as pcap_frames
 from tests.pcap_reader import read_pcap
+from tests.ring_rig import tcp_template
 from tests.ring_rig import (GUEST4, GUEST_MAC, GW4, HDR, OUR_MAC, Wait, kick_rig,  # noqa: F401
                             rig, udp_pair, udp_templates, wait, wait_queued)
 
@@ -110,15 +111,6 @@ def tcp_pair(family: int = 4) -> tuple[socket.socket, socket.socket]:
     return ours, peer
 
 
-def tcp_template(family: int = 4, **kw) -> core.TcpTemplate:
-    import ipaddress
-    if family == 4:
-        src, dst = ipaddress.ip_address("203.0.113.9"), ipaddress.ip_address("10.0.0.2")
-    else:
-        src, dst = ipaddress.ip_address("2001:db8::9"), ipaddress.ip_address("fd00::2")
-    args = dict(sport=443, dport=40000, seq=1000, ack=5000, window=12345, mss=1460)
-    args.update(kw)
-    return core.TcpTemplate(GUEST_MAC, OUR_MAC, src, dst, **args)
 
 
 def wait_queued_bytes(sock: socket.socket, n: int) -> None:
@@ -278,7 +270,7 @@ def test_tx_frames_are_recorded_when_popped_with_checksums_completed(rig, captur
     r = rig()
     path = capture(r.txq)
     e = Ether(src=GUESTS, dst=OURS)
-    want, splits = [], []
+    want: list[bytes] = []
     for pkt in (e / IP(src="10.0.0.2", dst="10.0.0.1") / UDP(sport=5, dport=9) / b"hello!!",
                 e / IPv6(src="fd00::2", dst="fd00::1") / TCP(flags="PA") / os.urandom(1001),
                 e / IP(src="10.0.0.2", dst="10.0.0.1") / TCP(flags="A") / os.urandom(3333)):

@@ -30,6 +30,7 @@ from tests.l4_helpers import recv_exactly
 # rig: a fixture, used by name
 from tests.ring_rig import (BASE, HDR, SIZE, E, GUEST_MAC, OUR_MAC, Rig, ip16,  # noqa: F401
                             rig, send_tx)
+from tests.ring_rig import tcp_template as template
 from tests.virtq_driver import PAGE
 
 
@@ -431,15 +432,6 @@ def test_send_payloads_socket_error_raises(rig, tcp_pair):
 
 # ---- host to guest -----------------------------------------------------------------------------
 
-def template(family: int = 4, **kw) -> TcpTemplate:
-    """A flow template: remote 203.0.113.9:443 (or 2001:db8::9) to guest 10.0.0.2:40000."""
-    if family == 4:
-        src, dst = ipaddress.ip_address("203.0.113.9"), ipaddress.ip_address("10.0.0.2")
-    else:
-        src, dst = ipaddress.ip_address("2001:db8::9"), ipaddress.ip_address("fd00::2")
-    args = dict(sport=443, dport=40000, seq=1000, ack=5000, window=12345, mss=1460)
-    args.update(kw)
-    return TcpTemplate(GUEST_MAC, OUR_MAC, src, dst, **args)
 
 
 def check_segment(frame: bytes, tmpl: TcpTemplate, full_csum: bool = True):

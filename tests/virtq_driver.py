@@ -261,3 +261,14 @@ class DriverRing:
     def chain_buffers(self, head: int) -> list[tuple[int, int]]:
         """(gpa, len) of each direct descriptor of a chain we built."""
         return [self.read_desc(i)[:2] for i in self.layout[head]]
+
+
+def read_chain(ring: DriverRing, head: int, length: int) -> bytes:
+    """The first ``length`` bytes the device wrote into the chain at ``head``."""
+    data = bytearray()
+    for gpa, size in ring.chain_buffers(head):
+        take = min(size, length - len(data))
+        if take <= 0:
+            break
+        data += ring.ram.read(gpa, take)
+    return bytes(data)
