@@ -39,7 +39,7 @@ import pytest
 
 from tests import netns as netns_mod
 from tests.conftest import qemu_unavailable
-from tests.guest.boot import BackendFactory, Guest, migrate
+from tests.guest.boot import BackendFactory, Guest, migrate, wait_running
 from tests.netns import in_netns
 from tests.test_guest_migrate import HostWriter
 from tests.procs import stop
@@ -417,6 +417,7 @@ def _migrate(source: Guest, target: Guest, uri: str,
         status = info.get("status")
         if status == "completed":
             assert paused, "the migration never paused before the switch-over"
+            wait_running(target, max(1.0, deadline - time.monotonic()))
             return info
         if status == "pre-switchover" and not paused:
             at_pause()

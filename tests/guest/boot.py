@@ -235,6 +235,7 @@ def migrate(source: Guest, target: Guest, uri: str, timeout: float = 60.0,
         info = source.qmp.execute("query-migrate")
         status = info.get("status")
         if status == "completed":
+            wait_running(target, max(1.0, deadline - time.monotonic()))
             return info
         if status in ("failed", "cancelled"):
             raise GuestError(f"migration {status}: {info.get('error-desc', info)}\n"
@@ -243,6 +244,22 @@ def migrate(source: Guest, target: Guest, uri: str, timeout: float = 60.0,
         if time.monotonic() >= deadline:
             raise GuestError(f"migration not complete after {timeout}s: {info}")
         time.sleep(0.05)
+
+
+def wait_running(target: Guest, timeout: float) -> None:
+    """Waits until the migration target's VM runs, which is when its back-end has loaded the
+    device state (QEMU resumes only after that). The source says "completed" once it has sent
+    everything, possibly before the target has read it: an orchestrator (libvirt, KubeVirt)
+    moves traffic only after the target runs, and so must a test."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = target.qmp.execute("query-status").get("status")
+        if status == "running":
+            return
+        if time.monotonic() >= deadline:
+            raise GuestError(f"migration target not running after {timeout}s: {status}\n"
+                             f"--- target ---\n{target.diagnostics()}")
+        time.sleep(0.01)
 
 
 @contextmanager
