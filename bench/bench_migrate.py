@@ -24,7 +24,8 @@ for p in (ROOT, ROOT / "tests"):
 from l4_helpers import GW4  # noqa: E402
 from tcp_peer import GuestPeer, TcpEnv  # noqa: E402
 
-from passt_py import migrate, tcp_repair  # noqa: E402
+from passt_py.migrate import repair as tcp_repair  # noqa: E402
+from passt_py.migrate import stream as migrate  # noqa: E402
 
 QUEUED = 4096
 
@@ -111,7 +112,8 @@ def test_state_save_load_tcp_flows(benchmark, flows: int) -> None:
 # ---- QEMU-reported downtime, passt-py and the real passt in the same run ----
 
 def _guest_downtime(factory, netns: str, image) -> dict:
-    from tests.guest.boot import boot_guest, migrate as qmp_migrate
+    from tests.guest.boot import boot_guest
+    from tests.guest.boot import migrate as qmp_migrate
     with boot_guest(factory, netns, image=image, name="src") as src:
         src.wait_dhcp(timeout=60)
         uri = f"unix:{src.workdir / 'migrate.sock'}"

@@ -3,7 +3,7 @@
 Exit statuses: 0 on success (including --help, --version, --print-capabilities and
 --check-config), 1 on any configuration error, reported as one line on stderr, never a
 traceback. The service (passt_py.service.run) owns everything after configuration: binding the
-socket, calling passt_py.daemon at the right moments, and running the event loop.
+socket, calling passt_py.config.daemon at the right moments, and running the event loop.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import logging
 import sys
 from typing import Sequence
 
-from passt_py import cli
-from passt_py.conf import Config, ConfigError, build_config
-from passt_py.log import setup_logging
+from passt_py.config import cli
+from passt_py.config.conf import Config, ConfigError, build_config
+from passt_py.config.log import setup_logging
 
 log = logging.getLogger(__name__)
 

@@ -24,25 +24,29 @@ import os
 import random
 import time
 
-from passt_py import arp, core, daemon, migrate, privileges, tcp_repair
-from passt_py.conf import Config, socket_path_candidates
-from passt_py.dhcp import DhcpServer
-from passt_py.dhcpv6 import Dhcpv6Server
+from passt_py import core
+from passt_py.config import daemon, privileges
+from passt_py.config.conf import Config, socket_path_candidates
 from passt_py.flow import FlowTable
-from passt_py.icmp import IcmpHandler
+from passt_py.link import arp
+from passt_py.link.dhcp import DhcpServer
+from passt_py.link.dhcpv6 import Dhcpv6Server
+from passt_py.link.ndp import NdpResponder
+from passt_py.link.netview import GuestState, Ip4View, Ip6View, NetView
+from passt_py.link.tap import GuestLink
 from passt_py.loop import HUP, IN, EventLoop
-from passt_py.ndp import NdpResponder
-from passt_py.netview import GuestState, Ip4View, Ip6View, NetView
+from passt_py.migrate import repair as tcp_repair
+from passt_py.migrate import stream as migrate
 from passt_py.pcap import PcapWriter
-from passt_py.tap import GuestLink
-from passt_py.tcp import BYTES_PER_EVENT, MAX_WINDOW, TcpHandler
-from passt_py.tcp_ring import RingDataPath
-from passt_py.udp import RECV_BATCH, UdpHandler
-from passt_py.udp_ring import UdpRingPath
+from passt_py.tcp.handler import BYTES_PER_EVENT, MAX_WINDOW, TcpHandler
+from passt_py.tcp.ring import RingDataPath
+from passt_py.udp.handler import RECV_BATCH, UdpHandler
+from passt_py.udp.icmp import IcmpHandler
+from passt_py.udp.ring import UdpRingPath
 from passt_py.vhost_user.device import RX, TX, NetDevice, RxFlush
 from passt_py.vhost_user.events import (DeviceStateTransfer, Event, FrontendConnected,
-                                        FrontendDisconnected, RingEnabled, RingKickFd,
-                                        RingStarted, RingStopped, SendRarp)
+                                        FrontendDisconnected, RingEnabled, RingKickFd, RingStarted,
+                                        RingStopped, SendRarp)
 from passt_py.vhost_user.transport import VhostUserServer
 from passt_py.vhost_user.wire import DEVICE_STATE_SAVE
 
@@ -55,8 +59,8 @@ TX_BATCH = 256
 #: A kick drains at most this many batches before yielding to the loop.
 TX_BATCHES_PER_KICK = 4
 #: Whether this version migrates TCP connections (TCP_REPAIR): then, without --repair-path,
-#: CAP_NET_ADMIN is kept when dropping root (passt_py.privileges); with it, the passt-repair
-#: helper sets TCP_REPAIR for us (passt_py.migrate, passt_py.tcp_repair).
+#: CAP_NET_ADMIN is kept when dropping root (passt_py.config.privileges); with it, the passt-repair
+#: helper sets TCP_REPAIR for us (passt_py.migrate.stream, passt_py.migrate.repair).
 MIGRATES_TCP = True
 #: ARP probes for the guest's MAC after the rings come up: interval and count.
 ARP_PROBE_INTERVAL = 1.0
@@ -204,7 +208,7 @@ class Service:
             log.info("repair helper disconnected")
 
     def migration_context(self) -> migrate.MigrationContext:
-        """What passt_py.migrate needs of this back-end."""
+        """What passt_py.migrate.stream needs of this back-end."""
         return migrate.MigrationContext(
             loop=self.loop, view=self.view, guest=self.guest, flows=self.flows,
             icmp=self.icmp, udp=self.udp, tcp=self.tcp, repair=self.repair,
@@ -395,7 +399,7 @@ class Service:
         self._schedule_ra(first=True)
 
     def _device_state(self, event: DeviceStateTransfer) -> None:
-        """Save or load our state over ``event.fd``, from the loop (passt_py.migrate)."""
+        """Save or load our state over ``event.fd``, from the loop (passt_py.migrate.stream)."""
         if self._transfer is not None and self._transfer.result is None:
             os.close(event.fd)
             log.error("migration: a device-state transfer is already running: refused")

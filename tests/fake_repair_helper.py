@@ -12,7 +12,7 @@ import socket
 import struct
 import threading
 
-from passt_py import tcp_repair as tr
+from passt_py.migrate import repair as tr
 
 
 class FakeHelper(threading.Thread):

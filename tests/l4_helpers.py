@@ -14,11 +14,11 @@ from scapy.layers.inet6 import IPv6, _ICMPv6
 from scapy.layers.l2 import Ether
 
 from passt_py import core
-from passt_py.ethernet import parse_header
-from passt_py.ip import (IPPROTO_ICMP, IPPROTO_ICMPV6, IpPacket, UdpDatagram, ip_frame,
-                         l4_checksum, parse_ip, parse_udp, udp_frame)
+from passt_py.link.ethernet import parse_header
+from passt_py.link.ip import (IPPROTO_ICMP, IPPROTO_ICMPV6, IpPacket, UdpDatagram, ip_frame,
+                              l4_checksum, parse_ip, parse_udp, udp_frame)
+from passt_py.link.netview import GuestState, Ip4View, Ip6View, NetView
 from passt_py.loop import EventLoop
-from passt_py.netview import GuestState, Ip4View, Ip6View, NetView
 
 OUR_MAC = bytes.fromhex("9a559a559a55")
 GUEST_MAC = bytes.fromhex("525400123456")

@@ -22,10 +22,10 @@ import subprocess
 import sys
 import time
 
-from passt_py.ethernet import ETH_P_IPV6, parse_header
-from passt_py.ip import IPPROTO_ICMPV6, parse_ip
-from passt_py.ndp import NdpResponder
-from passt_py.netview import GuestState, Ip6View, NetView
+from passt_py.link.ethernet import ETH_P_IPV6, parse_header
+from passt_py.link.ip import IPPROTO_ICMPV6, parse_ip
+from passt_py.link.ndp import NdpResponder
+from passt_py.link.netview import GuestState, Ip6View, NetView
 
 A = ipaddress.IPv6Address
 TAP = "tapg"

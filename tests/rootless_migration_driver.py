@@ -41,9 +41,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from passt_py.ethernet import parse_header  # noqa: E402
-from passt_py.ip import parse_ip  # noqa: E402
-from passt_py.tcp_seg import ACK, FIN, RST, TcpSegment, parse_tcp, seq_add, seq_diff  # noqa: E402
+from passt_py.link.ethernet import parse_header  # noqa: E402
+from passt_py.link.ip import parse_ip  # noqa: E402
+from passt_py.tcp.seg import ACK, FIN, RST, TcpSegment, parse_tcp, seq_add, seq_diff  # noqa: E402
 from tests.frontend import Frontend  # noqa: E402
 from tests.guest.real_passt import real_passt_repair_command  # noqa: E402
 from tests.service_rig import ARGS, Guest  # noqa: E402

@@ -12,11 +12,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TypeVar
 
-from passt_py.conf import config_from_argv
-from passt_py.ethernet import parse_header
-from passt_py.ip import parse_ip
+from passt_py.config.conf import config_from_argv
+from passt_py.link.ethernet import parse_header
+from passt_py.link.ip import parse_ip
 from passt_py.service import Service
-from passt_py.tcp_seg import ACK, FIN, RST, SYN, FrameTemplate, parse_tcp, seq_add, syn_options
+from passt_py.tcp.seg import ACK, FIN, RST, SYN, FrameTemplate, parse_tcp, seq_add, syn_options
 from tests.frontend import Frontend
 
 #: The guest's addressing in these rigs (IPv4 only, nothing configured by DHCP/NDP).

@@ -14,10 +14,10 @@ import random
 import time
 from typing import Iterable
 
-from passt_py.ethernet import parse_header
-from passt_py.ip import parse_ip
-from passt_py.tcp_seg import (ACK, FIN, RST, SYN, FrameTemplate, TcpSegment, parse_tcp,
-                              seq_add, seq_diff, syn_options)
+from passt_py.link.ethernet import parse_header
+from passt_py.link.ip import parse_ip
+from passt_py.tcp.seg import (ACK, FIN, RST, SYN, FrameTemplate, TcpSegment, parse_tcp, seq_add,
+                              seq_diff, syn_options)
 from tests.frontend import Frontend
 
 IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address

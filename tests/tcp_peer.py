@@ -1,4 +1,4 @@
-"""A minimal guest-side TCP endpoint for handler-level tests of passt_py.tcp.
+"""A minimal guest-side TCP endpoint for handler-level tests of passt_py.tcp.handler.
 
 ``TcpEnv`` wires a TcpHandler to a real loop and a frame sink; ``GuestPeer`` plays one guest
 connection: it builds segments as the guest would send them, and reads the handler's frames
@@ -14,13 +14,13 @@ from typing import Callable
 
 from l4_helpers import GUEST4, GUEST6, GUEST_MAC, GW4, GW6, OUR_MAC, Sink, make_guest, make_view
 
-from passt_py.ethernet import parse_header
 from passt_py.flow import FlowTable
-from passt_py.ip import IPPROTO_TCP, parse_ip
+from passt_py.link.ethernet import parse_header
+from passt_py.link.ip import IPPROTO_TCP, parse_ip
 from passt_py.loop import EventLoop
-from passt_py.tcp import TcpHandler
-from passt_py.tcp_seg import (ACK, FIN, RST, SYN, FrameTemplate, TcpSegment, parse_tcp,
-                              seq_add, seq_diff, syn_options)
+from passt_py.tcp.handler import TcpHandler
+from passt_py.tcp.seg import (ACK, FIN, RST, SYN, FrameTemplate, TcpSegment, parse_tcp, seq_add,
+                              seq_diff, syn_options)
 
 FAMILY = {4: (socket.AF_INET, "127.0.0.1", GUEST4, GW4),
           6: (socket.AF_INET6, "::1", GUEST6, GW6)}

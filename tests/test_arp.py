@@ -3,7 +3,7 @@ import ipaddress
 
 from scapy.layers.l2 import ARP, Ether
 
-from passt_py import arp
+from passt_py.link import arp
 
 OUR_MAC = bytes.fromhex("9a559a559a55")
 GUEST_MAC = bytes.fromhex("525400123456")

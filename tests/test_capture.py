@@ -28,9 +28,8 @@ from passt_py.pcap import SNAPLEN, PcapWriter
 # rig, wait: fixtures, used by name
 from tests.pcap_reader import frames as pcap_frames
 from tests.pcap_reader import read_pcap
-from tests.ring_rig import tcp_template
-from tests.ring_rig import (GUEST4, GUEST_MAC, GW4, HDR, OUR_MAC, Wait, kick_rig,  # noqa: F401
-                            rig, udp_pair, udp_templates, wait, wait_queued)
+from tests.ring_rig import (GUEST4, GUEST_MAC, GW4, HDR, OUR_MAC, Wait, kick_rig, rig,  # noqa: F401
+                            tcp_template, udp_pair, udp_templates, wait, wait_queued)
 
 VNET = struct.Struct("<BBHHHHH")
 OURS, GUESTS = OUR_MAC.hex(":"), GUEST_MAC.hex(":")
@@ -314,7 +313,7 @@ def test_both_directions_in_one_file_in_order(rig, capture):
 
 
 def _udp_frame(sport: int, dport: int, payload: bytes) -> bytes:
-    from passt_py.ip import udp_frame
+    from passt_py.link.ip import udp_frame
     return udp_frame(OUR_MAC, GUEST_MAC, GUEST4, GW4, sport, dport, payload)
 
 
@@ -450,16 +449,18 @@ def test_the_service_with_offloads_keeps_its_paths_and_records_every_frame(tmp_p
     fast paths as without a capture; the pcap has every frame the guest sent, as sent (one
     with a partial checksum, completed), and every frame it got, in order, checksums
     completed; GSO frames whole."""
-    from passt_py.conf import config_from_argv
-    from passt_py.ip import udp_frame
+    from passt_py.config.conf import config_from_argv
+    from passt_py.link.ip import udp_frame
     from passt_py.service import Service
     from passt_py.vhost_user import device
     from passt_py.vhost_user.wire import bit
     from tests.frontend import DEFAULT_FEATURES, Frontend
     from tests.pcap_reader import l4_checksums_ok
-    from tests.service_rig import ARGS, GUEST, GW, on_loop
+    from tests.service_rig import ARGS, GUEST
     from tests.service_rig import GUEST_MAC as G_MAC
+    from tests.service_rig import GW
     from tests.service_rig import OUR_MAC as O_MAC
+    from tests.service_rig import on_loop
     from tests.tcp_guest import GuestStack
 
     pcap, path = tmp_path / "cap.pcap", str(tmp_path / "vu.sock")
@@ -564,10 +565,12 @@ def test_the_service_logs_a_failing_capture_once_and_goes_on(tmp_path, caplog):
     closes the file; the rings stop recording and traffic goes on."""
     import logging
 
-    from passt_py.ip import udp_frame
-    from tests.service_rig import GUEST, GW, service_with_frontend
+    from passt_py.link.ip import udp_frame
+    from tests.service_rig import GUEST
     from tests.service_rig import GUEST_MAC as G_MAC
+    from tests.service_rig import GW
     from tests.service_rig import OUR_MAC as O_MAC
+    from tests.service_rig import service_with_frontend
 
     caplog.set_level(logging.ERROR, logger="passt_py.service")
     with service_with_frontend(tmp_path, 64, extra=["-p", str(tmp_path / "cap.pcap")]) \

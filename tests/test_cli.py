@@ -82,7 +82,7 @@ def test_debug_logs_config_dump_to_stderr():
     assert proc.returncode == 0
     dump = proc.stdout.splitlines()
     assert "IPv4 address: 10.9.8.7/24" in dump
-    # Each log line on stderr: "<seconds> DEBUG passt_py.main: <dump line>" (passt_py.log).
+    # Each log line on stderr: "<seconds> DEBUG passt_py.main: <dump line>" (passt_py.config.log).
     logged = [line.split(" DEBUG passt_py.main: ", 1)[1] for line in proc.stderr.splitlines()
               if " DEBUG passt_py.main: " in line]
     assert logged == dump, proc.stderr

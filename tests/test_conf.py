@@ -8,16 +8,11 @@ import socket
 
 import pytest
 
-from passt_py import cli
-from passt_py.conf import (
-    DEFAULT_MTU,
-    UNSUPPORTED_OPTIONS,
-    ConfigError,
-    build_config,
-    format_mac,
-)
-from passt_py.netlink import DiscoveryError, HostIface
-from passt_py.resolvconf import ResolvConf
+from passt_py.config import cli
+from passt_py.config.conf import (DEFAULT_MTU, UNSUPPORTED_OPTIONS, ConfigError, build_config,
+                                  format_mac)
+from passt_py.config.netlink import DiscoveryError, HostIface
+from passt_py.config.resolvconf import ResolvConf
 
 A = ipaddress.ip_address
 

@@ -13,13 +13,13 @@ import time
 
 import pytest
 
-from passt_py.daemon import PidFile, install_exit_signals
+from passt_py.config.daemon import PidFile, install_exit_signals
 
 # A stand-in for the service: daemonise, then wait (bounded) for SIGTERM on the wakeup fd.
 DAEMON_SCRIPT = textwrap.dedent(
     """
     import select, sys
-    from passt_py.daemon import daemonise, install_exit_signals
+    from passt_py.config.daemon import daemonise, install_exit_signals
     daemonise(sys.argv[1])
     sigs = install_exit_signals()
     for _ in range(100):

@@ -10,10 +10,10 @@ from scapy.layers.dhcp import BOOTP, DHCP
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from passt_py import dhcp
-from passt_py.ethernet import parse_header
-from passt_py.ip import parse_ip, parse_udp, udp_frame
-from passt_py.netview import GuestState, Ip4View, NetView
+from passt_py.link import dhcp
+from passt_py.link.ethernet import parse_header
+from passt_py.link.ip import parse_ip, parse_udp, udp_frame
+from passt_py.link.netview import GuestState, Ip4View, NetView
 from tests.conftest import hypothesis_budget
 
 OUR_MAC = bytes.fromhex("9a559a559a55")

@@ -7,40 +7,21 @@ import struct
 
 from hypothesis import given
 from hypothesis import strategies as st
-from scapy.layers.dhcp6 import (
-    DHCP6_Advertise,
-    DHCP6_Confirm,
-    DHCP6_Decline,
-    DHCP6_InfoRequest,
-    DHCP6_Rebind,
-    DHCP6_Release,
-    DHCP6_Renew,
-    DHCP6_Reply,
-    DHCP6_Request,
-    DHCP6_Solicit,
-    DHCP6OptClientFQDN,
-    DHCP6OptClientId,
-    DHCP6OptDNSDomains,
-    DHCP6OptDNSServers,
-    DHCP6OptElapsedTime,
-    DHCP6OptIA_NA,
-    DHCP6OptIA_PD,
-    DHCP6OptIAAddress,
-    DHCP6OptOptReq,
-    DHCP6OptRapidCommit,
-    DHCP6OptServerId,
-    DHCP6OptStatusCode,
-    DUID_LL,
-    DUID_LLT,
-)
+from scapy.layers.dhcp6 import (DUID_LL, DUID_LLT, DHCP6_Advertise, DHCP6_Confirm, DHCP6_Decline,
+                                DHCP6_InfoRequest, DHCP6_Rebind, DHCP6_Release, DHCP6_Renew,
+                                DHCP6_Reply, DHCP6_Request, DHCP6_Solicit, DHCP6OptClientFQDN,
+                                DHCP6OptClientId, DHCP6OptDNSDomains, DHCP6OptDNSServers,
+                                DHCP6OptElapsedTime, DHCP6OptIA_NA, DHCP6OptIA_PD,
+                                DHCP6OptIAAddress, DHCP6OptOptReq, DHCP6OptRapidCommit,
+                                DHCP6OptServerId, DHCP6OptStatusCode)
 from scapy.layers.inet import UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from passt_py import dhcpv6
-from passt_py.ethernet import parse_header
-from passt_py.ip import parse_ip, parse_udp, udp_frame
-from passt_py.netview import GuestState, Ip6View, NetView
+from passt_py.link import dhcpv6
+from passt_py.link.ethernet import parse_header
+from passt_py.link.ip import parse_ip, parse_udp, udp_frame
+from passt_py.link.netview import GuestState, Ip6View, NetView
 from tests.conftest import hypothesis_budget
 
 OUR_MAC = bytes.fromhex("9a559a559a55")

@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scapy.layers.dns import dns_get_str
 
-from passt_py import dnsname
+from passt_py.link import dnsname
 from tests.conftest import hypothesis_budget
 
 

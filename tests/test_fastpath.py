@@ -23,11 +23,11 @@ from hypothesis import strategies as st
 from scapy.all import ARP, UDP, Ether, raw
 
 from passt_py import core
-from passt_py.ip import udp_frame
+from passt_py.link.ip import udp_frame
 # rig, wait: fixtures, used by name
 from tests.conftest import hypothesis_budget
-from tests.ring_rig import (ADDRS, GUEST4, GUEST_MAC, GW4, HDR, OUR_MAC, Wait,  # noqa: F401
-                            ip16, kick_rig, rig, udp_checksum_valid, udp_pair, udp_templates, wait,
+from tests.ring_rig import (ADDRS, GUEST4, GUEST_MAC, GW4, HDR, OUR_MAC, Wait, ip16,  # noqa: F401
+                            kick_rig, rig, udp_checksum_valid, udp_pair, udp_templates, wait,
                             wait_queued)
 
 

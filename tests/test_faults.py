@@ -133,7 +133,8 @@ def test_flow_table_is_empty_after_the_frontend_leaves(tmp_path):
     """In-process service: UDP, ping and TCP flows of a guest are all gone from the flow table
     once its front-end disconnects; the next front-end starts from nothing."""
     import threading
-    from passt_py.conf import config_from_argv
+
+    from passt_py.config.conf import config_from_argv
     from passt_py.service import Service
     path = str(tmp_path / "svc.sock")
     service = Service(config_from_argv(["--vhost-user", "-s", path, *ADDR[:4]]))
@@ -172,7 +173,7 @@ def test_repeated_reconnects_do_not_leak(passt):
     # The baseline is taken before the first cycle, once the back-end sleeps in its event loop:
     # spawn_passt_py() returns as soon as the vhost-user socket exists, while the set-up still
     # opens the repair helper's listening socket, loads the drop filter (a BPF program) and
-    # forks the clean-up process of passt_py.privileges (keeping one end of a pipe to it).
+    # forks the clean-up process of passt_py.config.privileges (keeping one end of a pipe to it).
     # That is all the one-time state there is: no shared object is created lazily by a first
     # front-end (checked: fd by fd, the first cycle leaves exactly what the set-up left), so
     # everything a front-end brings (its socket, kick/call eventfds, memory, its flows'
@@ -299,8 +300,9 @@ def test_qemu_restart_against_a_running_passt_py(guest_image, guest_netns):
     """Boot, ping, stop QEMU, boot again on the same socket: the same passt-py serves the new
     guest, and each guest's descriptors were released (back to the count before the first)."""
     import sys
-    from pathlib import Path
     import tempfile
+    from pathlib import Path
+
     from tests.guest.boot import boot_guest, start_backend
 
     def factory(sock: Path) -> list[str]:

@@ -1,4 +1,4 @@
-"""Address translation between the guest's addresses and the host's (passt_py.fwd)."""
+"""Address translation between the guest's addresses and the host's (passt_py.link.fwd)."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,8 +6,8 @@ import ipaddress
 
 from l4_helpers import GUEST4, GUEST6, GW4, GW6, LO4, LO6, make_guest, make_view
 
-from passt_py import fwd
-from passt_py.netview import GuestState
+from passt_py.link import fwd
+from passt_py.link.netview import GuestState
 
 A = ipaddress.ip_address
 DNS4 = A("10.0.2.3")

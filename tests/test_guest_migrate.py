@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns import in_netns
 from tests.guest.boot import BackendFactory, Guest, migrate
+from tests.netns import in_netns
 from tests.procs import stop
 
 pytestmark = pytest.mark.qemu
@@ -262,7 +262,7 @@ def test_tcp_streams_survive_with_the_real_passt_repair(guest_boot, guest_netns:
 
     passt-py runs as nobody without capabilities. Some kernels (this one) refuse
     classic socket filters without CAP_NET_ADMIN; the freeze and the same-host guard then use
-    the eBPF filter loaded at start (passt_py.tcp_repair.DropFilter), and the check in
+    the eBPF filter loaded at start (passt_py.migrate.repair.DropFilter), and the check in
     _tcp_streams_across fails if any hop could not freeze or guard its sockets."""
     repair_cmd = real_passt_repair
     helpers: list[subprocess.Popen] = []

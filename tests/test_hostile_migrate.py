@@ -1,4 +1,4 @@
-"""Hostile migration streams into a target back-end (passt_py.migrate.load_bytes).
+"""Hostile migration streams into a target back-end (passt_py.migrate.stream.load_bytes).
 
 Real streams from a source holding ping, UDP and TCP flows, then corrupted in the places a
 checksum cannot protect (a source that lies, a stream re-sealed after tampering). Random
@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
-from passt_py import migrate
+from passt_py.migrate import stream as migrate
 from tests.conftest import hypothesis_budget, qemu_unavailable
 from tests.frames import ACK, SYN, synack_isn, tcp4_frame, udp4_frame
 from tests.fuzz import driver, netns_guard, targets
@@ -91,8 +91,8 @@ def _one_tcp_connection_saved(patch_state=None, patch_socket=None):
     kernel socket record (tcp_repair.TcpSockState). The source closes its socket quietly
     (--migrate-exit, repair mode, a guard listener), so a target in this namespace can restore
     the connection and the peer notices nothing."""
-    import passt_py.tcp as tcp_mod
-    from passt_py import tcp_repair
+    import passt_py.tcp.handler as tcp_mod
+    from passt_py.migrate import repair as tcp_repair
     lst = socket.socket()
     lst.bind(("127.0.0.1", 0))
     lst.listen(1)
@@ -213,8 +213,9 @@ def test_ping_and_udp_records_with_ids_out_of_range_are_skipped(ns, caplog):
     flow by adopt(), so a stream carrying them loads: those flows are counted as failed and
     logged, nothing is raised out of the load, the rest of the stream applies."""
     import ipaddress
-    from passt_py.icmp import IcmpHandler, PingFlowState
-    from passt_py.udp import UdpFlowState, UdpHandler
+
+    from passt_py.udp.handler import UdpFlowState, UdpHandler
+    from passt_py.udp.icmp import IcmpHandler, PingFlowState
     rig = targets.FrameRig()
     try:
         ping = PingFlowState(guest_addr=targets.GUEST4, guest_id=70000, dest=targets.GW4,
@@ -251,7 +252,7 @@ def test_ping_and_udp_records_with_ids_out_of_range_are_skipped(ns, caplog):
     try:
         guest_before = copy.deepcopy(target.guest)
         caplog.clear()                # (the source's rollback re-adopted the same records)
-        with caplog.at_level(logging.WARNING, logger="passt_py.migrate"):
+        with caplog.at_level(logging.WARNING, logger="passt_py.migrate.stream"):
             report = migrate.load_bytes(targets.migrate_context(target), stream)
         assert (report.ping, report.udp, report.failed) == (0, 0, 2), report
         assert len(target.flows) == 0

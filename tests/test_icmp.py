@@ -15,6 +15,7 @@ import struct
 import sys
 import textwrap
 
+import netns
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -26,11 +27,11 @@ from scapy.layers.inet import ICMP, IP, IPerror, UDPerror
 from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6EchoReply, IPerror6, IPv6
 from scapy.layers.l2 import Ether
 
-import netns
-from passt_py import core, icmp
+from passt_py import core
 from passt_py.flow import FlowTable
-from passt_py.ip import IPPROTO_UDP
+from passt_py.link.ip import IPPROTO_UDP
 from passt_py.loop import EventLoop
+from passt_py.udp import icmp
 from tests.conftest import hypothesis_budget
 
 A = ipaddress.ip_address

@@ -168,7 +168,7 @@ def test_ten_thousand_tcp_connections(netns):
             rig.feed(acks[base:base + 256], spins=1)
         elapsed = time.monotonic() - start
         fd1, rss1 = fds(), rss_kib()
-        from passt_py.tcp import Phase
+        from passt_py.tcp.handler import Phase
         established = sum(1 for flow in rig.tcp.connections()
                           if flow.data.st.phase == Phase.ESTABLISHED)
         per_conn = (rss1 - rss0) * 1024 / FLOWS

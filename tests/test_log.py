@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from passt_py import log as plog
-from passt_py.log import TRACE, CappedFileHandler, setup_logging, trace_enabled
+from passt_py.config import log as plog
+from passt_py.config.log import TRACE, CappedFileHandler, setup_logging, trace_enabled
 
 
 @pytest.fixture(autouse=True)
@@ -100,7 +100,8 @@ def test_capped_file_truncates_at_start(tmp_path):
 def test_rate_limited_logs_a_burst_then_counts_the_rest() -> None:
     """Per-packet warnings: a burst per interval, then the suppressed count on the next one."""
     import logging as _logging
-    from passt_py.log import RateLimited
+
+    from passt_py.config.log import RateLimited
     now = [100.0]
     records: list[str] = []
 

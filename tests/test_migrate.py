@@ -18,20 +18,21 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import pytest
-from l4_helpers import GUEST4, GUEST6, GW4, GW6, Sink, free_port, guest_udp, make_guest, \
-    make_view, pump
+from l4_helpers import (GUEST4, GUEST6, GW4, GW6, Sink, free_port, guest_udp, make_guest, make_view,
+                        pump)
 from tcp_peer import FAMILY, GuestPeer, TcpEnv
 
-from passt_py import migrate, tcp_repair
-from passt_py.ethernet import parse_header
 from passt_py.flow import FlowTable, FlowType
-from passt_py.ip import parse_ip, parse_udp
+from passt_py.link.ethernet import parse_header
+from passt_py.link.ip import parse_ip, parse_udp
 from passt_py.loop import EventLoop
-from passt_py.migrate import MigrationContext, MigrationError
-from passt_py.migrate_record import T_INT, T_TRUE, WireField
-from passt_py.tcp import Phase
-from passt_py.tcp_seg import FIN
-from passt_py.udp import UdpHandler
+from passt_py.migrate import repair as tcp_repair
+from passt_py.migrate import stream as migrate
+from passt_py.migrate.record import T_INT, T_TRUE, WireField
+from passt_py.migrate.stream import MigrationContext, MigrationError
+from passt_py.tcp.handler import Phase
+from passt_py.tcp.seg import FIN
+from passt_py.udp.handler import UdpHandler
 
 needs_repair = pytest.mark.skipif(not tcp_repair.direct_repair_allowed(),
                                   reason="TCP_REPAIR needs CAP_NET_ADMIN")
@@ -275,7 +276,7 @@ def test_guest_state_moves() -> None:
 
 def test_source_rollback_recreates_udp_flows_and_listeners() -> None:
     """A failed hand-over puts the UDP flows and -u listeners back on the source."""
-    from passt_py.portspec import parse_port_options
+    from passt_py.config.portspec import parse_port_options
     env = UdpEnv()
     port = free_port()
     rules = parse_port_options([str(port)])
@@ -597,11 +598,11 @@ def test_garbage_streams_never_crash() -> None:
 @pytest.mark.parametrize("version", [4, 6])
 def test_ping_flows_move_and_keep_the_guest_echo_id(version: int) -> None:
     """A ping flow is re-created on the target; replies still carry the guest's echo id."""
+    from l4_helpers import echo_frame, parsed
     from pyroute2.netns import popns, pushns
 
-    from passt_py.icmp import IcmpHandler
+    from passt_py.udp.icmp import IcmpHandler
     from tests import netns
-    from l4_helpers import echo_frame, parsed
     with netns.netns() as ns:
         netns.run_in(ns, ["sh", "-c", "echo '0 2147483647' > /proc/sys/net/ipv4/ping_group_range"])
         pushns(ns)

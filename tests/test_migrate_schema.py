@@ -5,7 +5,7 @@ A record schema (a state class's ``WIRE``: field ids, version-1 names, annotated
 of the stream format. Changing one without a new stream version would let two releases that
 both claim the same version disagree about the bytes. This pins a digest of every schema for
 the versions the code writes: a change makes this fail until the version is bumped (and the
-old version kept readable, see passt_py.migrate's compatibility rule) and the new digests are
+old version kept readable, see passt_py.migrate.stream's compatibility rule) and the new digests are
 added here.
 """
 from __future__ import annotations
@@ -14,10 +14,11 @@ import dataclasses
 
 import pytest
 
-from passt_py import migrate, migrate_record
-from passt_py.icmp import PingFlowState
-from passt_py.tcp import TcpState
-from passt_py.udp import UdpFlowState
+from passt_py.migrate import record as migrate_record
+from passt_py.migrate import stream as migrate
+from passt_py.tcp.handler import TcpState
+from passt_py.udp.handler import UdpFlowState
+from passt_py.udp.icmp import PingFlowState
 
 #: Per stream version, per state class: migrate_record.schema_digest(). Version 1 records
 #: are the same schemas written with names instead of ids.

@@ -22,8 +22,8 @@ from typing import Iterator
 import pytest
 from pyroute2.netns import popns, pushns
 
-from passt_py.ethernet import parse_header
-from passt_py.ip import parse_ip, parse_udp, udp_frame
+from passt_py.link.ethernet import parse_header
+from passt_py.link.ip import parse_ip, parse_udp, udp_frame
 from passt_py.vhost_user.wire import Request
 from tests import netns
 from tests.frontend import Frontend

@@ -6,27 +6,16 @@ from dataclasses import replace
 
 from hypothesis import given
 from hypothesis import strategies as st
-from scapy.layers.inet6 import (
-    ICMPv6ND_NA,
-    ICMPv6ND_NS,
-    ICMPv6ND_RA,
-    ICMPv6ND_Redirect,
-    ICMPv6ND_RS,
-    ICMPv6NDOptDNSSL,
-    ICMPv6NDOptDstLLAddr,
-    ICMPv6NDOptMTU,
-    ICMPv6NDOptPrefixInfo,
-    ICMPv6NDOptRDNSS,
-    ICMPv6NDOptSrcLLAddr,
-    IPv6,
-    in6_chksum,
-)
+from scapy.layers.inet6 import (ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6ND_RA, ICMPv6ND_Redirect,
+                                ICMPv6ND_RS, ICMPv6NDOptDNSSL, ICMPv6NDOptDstLLAddr, ICMPv6NDOptMTU,
+                                ICMPv6NDOptPrefixInfo, ICMPv6NDOptRDNSS, ICMPv6NDOptSrcLLAddr, IPv6,
+                                in6_chksum)
 from scapy.layers.l2 import Ether
 
-from passt_py import ndp
-from passt_py.ethernet import ETH_P_IPV6
-from passt_py.ip import IpPacket, parse_ip
-from passt_py.netview import GuestState, Ip6View, NetView
+from passt_py.link import ndp
+from passt_py.link.ethernet import ETH_P_IPV6
+from passt_py.link.ip import IpPacket, parse_ip
+from passt_py.link.netview import GuestState, Ip6View, NetView
 from tests.conftest import hypothesis_budget
 
 A = ipaddress.IPv6Address

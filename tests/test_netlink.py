@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from passt_py.netlink import DiscoveryError, discover
+from passt_py.config.netlink import DiscoveryError, discover
 
 try:
     from tests import netns as nsutil
@@ -150,7 +150,7 @@ def test_ns_explicit_interface(dual_ns):
 def test_ns_discover_in_process_equivalent(dual_ns):
     """discover() run inside the namespace returns the veth0 values."""
     code = (
-        "import socket; from passt_py.netlink import discover; "
+        "import socket; from passt_py.config.netlink import discover; "
         "h = discover(socket.AF_INET6); print(h.ifname, h.addr, h.prefix_len, h.gateway, h.mtu)"
     )
     proc = nsutil.run_in(dual_ns, [sys.executable, "-c", code])

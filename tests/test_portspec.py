@@ -8,13 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from passt_py.portspec import (
-    DEFAULT_EPHEMERAL,
-    Forward,
-    PortSpecError,
-    parse_port_options,
-    read_ephemeral_range,
-)
+from passt_py.config.portspec import (DEFAULT_EPHEMERAL, Forward, PortSpecError, parse_port_options,
+                                      read_ephemeral_range)
 
 EPH = (32768, 60999)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from passt_py import privileges
+from passt_py.config import privileges
 from tests.frontend import Frontend, spawn_passt_py
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,7 +102,7 @@ def test_names_are_resolved_and_unknown_names_refused():
 
 def test_runas_option_is_accepted_now():
     """--runas is no longer refused as unsupported."""
-    from passt_py.conf import UNSUPPORTED_OPTIONS
+    from passt_py.config.conf import UNSUPPORTED_OPTIONS
     assert "--runas" not in UNSUPPORTED_OPTIONS
 
 

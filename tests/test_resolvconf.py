@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from passt_py.resolvconf import parse_resolv_conf, read_resolv_conf
+from passt_py.config.resolvconf import parse_resolv_conf, read_resolv_conf
 
 A = ipaddress.ip_address
 

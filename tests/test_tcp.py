@@ -19,11 +19,11 @@ from scapy.layers.l2 import Ether
 from tcp_peer import FAMILY, GuestPeer, TcpEnv
 
 from passt_py import core
-from passt_py import tcp as tcp_mod
+from passt_py.config.portspec import Forward
 from passt_py.flow import FlowType
-from passt_py.portspec import Forward
-from passt_py.tcp import WS_OURS, Phase, TcpState
-from passt_py.tcp_seg import ACK, FIN, PSH, RST, SYN, parse_tcp, seq_add, seq_diff
+from passt_py.tcp import handler as tcp_mod
+from passt_py.tcp.handler import WS_OURS, Phase, TcpState
+from passt_py.tcp.seg import ACK, FIN, PSH, RST, SYN, parse_tcp, seq_add, seq_diff
 from tests.conftest import hypothesis_budget
 
 VERSIONS = [4, 6]
@@ -614,7 +614,7 @@ def _free_tcp_port(version: int) -> int:
 
 def test_parse_tcp_options() -> None:
     """MSS, window scale (capped at 14), SACK-permitted and timestamps are recognised."""
-    from passt_py.tcp_seg import FrameTemplate
+    from passt_py.tcp.seg import FrameTemplate
     tpl = FrameTemplate(GUEST4, GW4, 1, 2)
     opts = b"\x02\x04\x05\xb4\x01\x03\x03\x0f\x04\x02\x08\x0a" + b"\0" * 8
     frame = tpl.control(b"\0" * 6, b"\0" * 6, 1, 0, SYN, 100, opts)

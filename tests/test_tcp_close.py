@@ -25,9 +25,9 @@ from typing import Iterator
 
 import pytest
 
-from passt_py.conf import config_from_argv
+from passt_py.config.conf import config_from_argv
 from passt_py.service import Service
-from passt_py.tcp_seg import ACK, RST
+from passt_py.tcp.seg import ACK, RST
 from tests.frontend import Frontend
 from tests.pcap_reader import frames as pcap_frames
 from tests.pcap_reader import l4_checksums_ok

@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from passt_py import tcp_repair as tr
+from passt_py.migrate import repair as tr
 from tests.fake_repair_helper import FakeHelper
 
 pytestmark = pytest.mark.skipif(not tr.direct_repair_allowed(),
@@ -666,7 +666,7 @@ def test_a_full_send_queue_moves_to_a_target_without_forced_sizes(monkeypatch) -
     (the peer reads nothing), is rebuilt on a target that cannot force buffer sizes (no
     CAP_NET_ADMIN, as under passt-repair): the buffer's headroom makes the queue fit, and
     every byte reaches the peer. Without the headroom the refill fails with EAGAIN."""
-    from passt_py import tcp as tcp_mod
+    from passt_py.tcp import handler as tcp_mod
     snd, _rcv = tcp_mod._big_buffers()
     monkeypatch.setattr(tr, "SO_SNDBUFFORCE", -1)        # setsockopt fails: as unprivileged
     monkeypatch.setattr(tr, "SO_RCVBUFFORCE", -1)

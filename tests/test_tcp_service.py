@@ -15,11 +15,10 @@ import time
 
 import pytest
 
-from passt_py.tcp_seg import ACK, FIN, PSH, seq_add, seq_diff
+from passt_py.tcp.seg import ACK, FIN, PSH, seq_add, seq_diff
 from tests.frontend import Frontend
 from tests.l4_helpers import recv_exactly
-from tests.service_rig import (GUEST, GUEST_MAC, GW, OUR_MAC, Guest, on_loop,
-                               service_with_frontend)
+from tests.service_rig import GUEST, GUEST_MAC, GW, OUR_MAC, Guest, on_loop, service_with_frontend
 
 
 @pytest.fixture()
@@ -194,7 +193,8 @@ def test_frames_held_for_a_guest_that_never_offers_buffers_stay_bounded(tmp_path
     back-end holds at most tap.HOLD_MAX replies, counts the rest as dropped, and still
     answers once buffers come."""
     from scapy.layers.l2 import ARP, Ether
-    from passt_py.tap import HOLD_MAX
+
+    from passt_py.link.tap import HOLD_MAX
     request = bytes(Ether(dst="ff:ff:ff:ff:ff:ff", src=GUEST_MAC) /
                     ARP(op=1, hwsrc=GUEST_MAC, psrc=str(GUEST), pdst=str(GW)))
     with service_with_frontend(tmp_path, 0) as (service, fe):

@@ -15,10 +15,10 @@ from scapy.layers.inet import ICMP, IP, UDP, IPerror, UDPerror
 from scapy.layers.inet6 import ICMPv6DestUnreach, IPerror6, IPv6
 from scapy.layers.l2 import Ether
 
+from passt_py.config.portspec import Forward, parse_port_options
 from passt_py.flow import FlowTable, FlowType, Pif
 from passt_py.loop import EventLoop
-from passt_py.portspec import Forward, parse_port_options
-from passt_py.udp import MAX_PAYLOAD4, MAX_PAYLOAD6, UDP_TIMEOUT_BIDIR, UdpHandler
+from passt_py.udp.handler import MAX_PAYLOAD4, MAX_PAYLOAD6, UDP_TIMEOUT_BIDIR, UdpHandler
 from tests.conftest import hypothesis_budget
 
 A = ipaddress.ip_address

@@ -8,18 +8,17 @@ and frames the fast path must not take (bad length field, new flows) are still h
 from __future__ import annotations
 
 import hashlib
-import random
 import os
+import random
 import socket
 import struct
 import time
 
 import pytest
 
-from passt_py.ip import udp_frame
+from passt_py.link.ip import udp_frame
 from tests.frontend import Frontend
 from tests.service_rig import GUEST, GUEST_MAC, GW, OUR_MAC, service_with_frontend
-
 
 
 @pytest.fixture()
@@ -138,14 +137,15 @@ def test_stale_refusal_is_retried_not_lost(backend) -> None:
     assert sink.recv(100) == b"delivered"
 
 
-# ---- host -> guest: datagrams straight into the guest's RX buffers (passt_py.udp_ring) ----
+# ---- host -> guest: datagrams straight into the guest's RX buffers (passt_py.udp.ring) ----
 
 def _guest_datagrams(fe: Frontend, count: int, timeout: float = 5.0) -> list[tuple]:
     """(source address, source port, destination port, payload) of UDP frames the guest got,
     each checked for a valid UDP checksum."""
-    from tests.l4_helpers import checksums_ok
     from scapy.layers.inet import IP, UDP
     from scapy.layers.l2 import Ether
+
+    from tests.l4_helpers import checksums_ok
     out: list[tuple] = []
     deadline = time.monotonic() + timeout
     while len(out) < count and time.monotonic() < deadline:

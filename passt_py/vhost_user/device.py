@@ -28,7 +28,7 @@ import stat
 from typing import Callable, Sequence
 
 from passt_py import core
-from passt_py.log import RateLimited
+from passt_py.config.log import RateLimited
 from passt_py.pcap import SNAPLEN
 from passt_py.vhost_user import wire
 from passt_py.vhost_user.session import DeviceError

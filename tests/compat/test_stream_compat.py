@@ -52,14 +52,15 @@ import old_release  # noqa: E402
 from l4_helpers import Sink, guest_udp  # noqa: E402
 from tcp_peer import FAMILY, GuestPeer, TcpEnv  # noqa: E402
 
-from passt_py import migrate, tcp_repair  # noqa: E402
+from passt_py.config.portspec import Forward, parse_port_options  # noqa: E402
 from passt_py.flow import FlowTable  # noqa: E402
-from passt_py.icmp import IcmpHandler  # noqa: E402
+from passt_py.link.netview import GuestState, Ip4View, Ip6View, NetView  # noqa: E402
 from passt_py.loop import EventLoop  # noqa: E402
-from passt_py.netview import GuestState, Ip4View, Ip6View, NetView  # noqa: E402
-from passt_py.portspec import Forward, parse_port_options  # noqa: E402
-from passt_py.tcp import TcpHandler  # noqa: E402
-from passt_py.udp import UdpHandler  # noqa: E402
+from passt_py.migrate import repair as tcp_repair  # noqa: E402
+from passt_py.migrate import stream as migrate  # noqa: E402
+from passt_py.tcp.handler import TcpHandler  # noqa: E402
+from passt_py.udp.handler import UdpHandler  # noqa: E402
+from passt_py.udp.icmp import IcmpHandler  # noqa: E402
 
 STREAMS = HERE / "streams"
 #: name: (SHA-256 of NAME.bin, SHA-256 of NAME.json). Never edit without a reason in the commit.

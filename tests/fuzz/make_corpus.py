@@ -27,9 +27,9 @@ CORPUS = Path(__file__).resolve().parent / "corpus"
 def frame_seeds() -> list[bytes]:
     """Well-formed and classic broken guest frames of every handled protocol."""
     from scapy.layers.dhcp import BOOTP, DHCP
-    from scapy.layers.dhcp6 import (DHCP6_Request, DHCP6_Solicit, DHCP6OptClientId,
+    from scapy.layers.dhcp6 import (DUID_LL, DHCP6_Request, DHCP6_Solicit, DHCP6OptClientId,
                                     DHCP6OptElapsedTime, DHCP6OptIA_NA, DHCP6OptOptReq,
-                                    DHCP6OptServerId, DUID_LL)
+                                    DHCP6OptServerId)
     from scapy.layers.inet import ICMP, IP, TCP, UDP
     from scapy.layers.inet6 import (ICMPv6EchoRequest, ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6ND_RS,
                                     ICMPv6NDOptSrcLLAddr, IPv6)
@@ -109,12 +109,12 @@ def frame_seeds() -> list[bytes]:
 
 def migrate_seeds() -> list[bytes]:
     """Real migration streams (without their end marker) of a back-end holding ping, UDP and
-    TCP flows, written by passt_py.migrate.Source in a private network namespace."""
+    TCP flows, written by passt_py.migrate.stream.Source in a private network namespace."""
     import socket
 
-    from passt_py import migrate
-    from tests.fuzz import netns_guard, targets
+    from passt_py.migrate import stream as migrate
     from tests.frames import tcp4_frame, udp4_frame
+    from tests.fuzz import netns_guard, targets
     seeds = []
     with netns_guard.private_netns():
         echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

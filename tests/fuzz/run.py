@@ -30,12 +30,13 @@ if str(ROOT) not in sys.path:
 TARGET_NAMES = ("virtq", "checksum", "iov", "frames", "vhost", "migrate")
 NEEDS_NETNS = ("frames", "migrate")
 #: Modules the targets reach, imported under instrumentation.
-INSTRUMENTED = ("passt_py.arp", "passt_py.dhcp", "passt_py.dhcpv6", "passt_py.dnsname",
-                "passt_py.ethernet", "passt_py.flow", "passt_py.fwd", "passt_py.icmp",
-                "passt_py.ip", "passt_py.loop", "passt_py.ndp", "passt_py.netview",
-                "passt_py.tap", "passt_py.udp", "passt_py.vhost_user.wire",
-                "passt_py.vhost_user.session", "passt_py.vhost_user.device",
-                "passt_py.migrate", "passt_py.tcp", "passt_py.tcp_repair")
+INSTRUMENTED = ("passt_py.link.arp", "passt_py.link.dhcp", "passt_py.link.dhcpv6",
+                "passt_py.link.dnsname", "passt_py.link.ethernet", "passt_py.flow",
+                "passt_py.link.fwd", "passt_py.udp.icmp", "passt_py.link.ip", "passt_py.loop",
+                "passt_py.link.ndp", "passt_py.link.netview", "passt_py.link.tap",
+                "passt_py.udp.handler", "passt_py.vhost_user.wire", "passt_py.vhost_user.session",
+                "passt_py.vhost_user.device", "passt_py.migrate.stream", "passt_py.tcp.handler",
+                "passt_py.migrate.repair")
 
 
 def _enter_netns(stack: contextlib.ExitStack) -> None:
@@ -45,8 +46,9 @@ def _enter_netns(stack: contextlib.ExitStack) -> None:
 
 def _atheris(name: str, seconds: float, runs: int | None, seed: int, crash_dir: Path,
              extra: list[str], grow: bool) -> int:
-    import atheris
     import importlib
+
+    import atheris
     with atheris.instrument_imports(include=["passt_py", "tests.fuzz.targets"]):
         from tests.fuzz import targets
         for module in INSTRUMENTED:   # the targets import these lazily: instrument them now

@@ -17,7 +17,7 @@ Targets:
   and TCP handlers attached (in a private network namespace: see netns_guard), then a normal
   ARP exchange must still work.
 - ``migrate``: a migration stream (re-sealed with a correct checksum unless it starts with
-  0xFF) loaded into a target back-end's flow table by passt_py.migrate.load_bytes.
+  0xFF) loaded into a target back-end's flow table by passt_py.migrate.stream.load_bytes.
 - ``vhost``: a sequence of vhost-user messages (any request, payload, descriptors) into a
   Session over the real NetDevice; after each, the TX ring is drained and a frame pushed to RX.
 """
@@ -321,15 +321,15 @@ class FrameRig:
     """
 
     def __init__(self, max_flows: int = 64) -> None:
-        from passt_py.dhcp import DhcpServer
-        from passt_py.dhcpv6 import Dhcpv6Server
         from passt_py.flow import FlowTable
-        from passt_py.icmp import IcmpHandler
+        from passt_py.link.dhcp import DhcpServer
+        from passt_py.link.dhcpv6 import Dhcpv6Server
+        from passt_py.link.ndp import NdpResponder
+        from passt_py.link.netview import GuestState, Ip4View, Ip6View, NetView
+        from passt_py.link.tap import GuestLink
         from passt_py.loop import EventLoop
-        from passt_py.ndp import NdpResponder
-        from passt_py.netview import GuestState, Ip4View, Ip6View, NetView
-        from passt_py.tap import GuestLink
-        from passt_py.udp import UdpHandler
+        from passt_py.udp.handler import UdpHandler
+        from passt_py.udp.icmp import IcmpHandler
         self.loop = EventLoop()
         ip4 = Ip4View(addr=GUEST4, prefix_len=24, gateway=GW4, dns=(DNS4,),
                       map_host_loopback=GW4, dns_match=DNS4,
@@ -349,13 +349,14 @@ class FrameRig:
         args = (self.loop, self.view, self.guest, self.flows, link.to_guest)
         self.icmp = link.icmp = IcmpHandler(*args)
         self.udp = link.udp = UdpHandler(*args)
-        from passt_py.tcp import TcpHandler
+        from passt_py.tcp.handler import TcpHandler
         self.tcp = link.tcp = TcpHandler(*args)
 
     def serve_tcp_echo(self, port: int = 9, limit: int = 256) -> None:
         """A TCP echo server on 127.0.0.1:``port`` run by the rig's loop, so guest connections
         to the gateway get established and see data both ways (at most ``limit`` at once)."""
         import socket
+
         from passt_py.loop import IN
         lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -508,8 +509,8 @@ class VhostRig:
 
 def vhost_payload(r: Reader, request: int) -> bytes:
     """A payload that is often well-formed for ``request``, with hostile numbers."""
-    from passt_py.vhost_user.wire import (LogDescription, MemoryRegion, MemoryTable, Request,
-                                          U64, VringAddr, VringState)
+    from passt_py.vhost_user.wire import (U64, LogDescription, MemoryRegion, MemoryTable, Request,
+                                          VringAddr, VringState)
     mode = r.uint(1) % 8
     if mode == 0:
         return r.take(r.uint(1))                          # raw junk of any size
@@ -600,7 +601,8 @@ _migrate_rig: FrameRig | None = None
 def migrate_context(rig: FrameRig, **options):
     """The MigrationContext of a rig, as the service builds it (direct TCP_REPAIR if allowed);
     ``options``: more MigrationContext fields (``migrate_exit=True``...)."""
-    from passt_py import migrate, tcp_repair
+    from passt_py.migrate import repair as tcp_repair
+    from passt_py.migrate import stream as migrate
     return migrate.MigrationContext(loop=rig.loop, view=rig.view, guest=rig.guest,
                                     flows=rig.flows, icmp=rig.icmp, udp=rig.udp, tcp=rig.tcp,
                                     repair=tcp_repair.RepairControl(None), **options)
@@ -609,7 +611,8 @@ def migrate_context(rig: FrameRig, **options):
 def seal_stream(body: bytes) -> bytes:
     """``body`` (header and sections) followed by a correct end marker and checksum."""
     import hashlib
-    from passt_py import migrate
+
+    from passt_py.migrate import stream as migrate
     end = migrate.SECTION.pack(migrate.SEC_END, 0, migrate.DIGEST_LEN)
     return body + end + hashlib.sha256(body + end).digest()
 
@@ -627,7 +630,8 @@ def _check_no_traceback(trap: ErrorLogTrap) -> None:
 def _forget_guest(rig: FrameRig) -> None:
     """Reset the rig's GuestState in place (the handlers share the object) to a new one's."""
     import dataclasses
-    from passt_py.netview import GuestState
+
+    from passt_py.link.netview import GuestState
     fresh = GuestState()
     for f in dataclasses.fields(fresh):
         setattr(rig.guest, f.name, getattr(fresh, f.name))
@@ -639,8 +643,9 @@ def fuzz_migrate(data: bytes) -> None:
     applied; nothing else escapes, no traceback is logged (during the load or while the loop
     runs afterwards), the flow table keeps its limit, and the link still answers afterwards."""
     import copy
+
+    from passt_py.migrate import stream as migrate
     from tests.fuzz import netns_guard
-    from passt_py import migrate
     if not netns_guard.only_loopback():
         raise RuntimeError("fuzz_migrate must run in a private network namespace")
     global _migrate_rig

@@ -1,9 +1,9 @@
 """The immutable, validated run-time configuration, built from the command line and the host.
 
-Theory of operation: passt_py.cli turns argv into strings; :func:`build_config` validates every
+Theory of operation: config.cli turns argv into strings; :func:`build_config` validates every
 value (one ConfigError per problem, its message naming the option), then refuses options whose
-feature does not exist yet (UNSUPPORTED_OPTIONS), then asks the host (passt_py.netlink,
-passt_py.resolvconf) for whatever was not given: per family the outbound interface, its address
+feature does not exist yet (UNSUPPORTED_OPTIONS), then asks the host (config.netlink,
+config.resolvconf) for whatever was not given: per family the outbound interface, its address
 and prefix, the gateway, and the resolver's DNS servers and search list. A family the host cannot
 route is disabled, as passt does; with neither family usable the configuration is an error.
 
@@ -22,10 +22,10 @@ import stat
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence, TypeVar
 
-from passt_py import cli
-from passt_py.netlink import DiscoveryError, HostIface, discover
-from passt_py.portspec import NO_FORWARDS, PortForwards, PortSpecError, parse_port_options
-from passt_py.resolvconf import ResolvConf, read_resolv_conf
+from passt_py.config import cli
+from passt_py.config.netlink import DiscoveryError, HostIface, discover
+from passt_py.config.portspec import NO_FORWARDS, PortForwards, PortSpecError, parse_port_options
+from passt_py.config.resolvconf import ResolvConf, read_resolv_conf
 
 # Options accepted by the parser whose feature is not implemented yet: giving one is an error.
 # Shrink this as features land; values are still validated before the refusal.

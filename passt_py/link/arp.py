@@ -12,7 +12,7 @@ import ipaddress
 import struct
 from typing import NamedTuple
 
-from passt_py.ethernet import BROADCAST, ETH_HLEN, ETH_P_ARP, ETH_P_IP, ZERO_MAC, build_header
+from passt_py.link.ethernet import BROADCAST, ETH_HLEN, ETH_P_ARP, ETH_P_IP, ZERO_MAC, build_header
 
 ARP_HRD_ETHER = 1
 ARP_OP_REQUEST = 1

@@ -31,10 +31,10 @@ import ipaddress
 import struct
 from typing import NamedTuple
 
-from passt_py import dnsname
-from passt_py.ethernet import parse_header
-from passt_py.ip import IpPacket, UdpDatagram, udp_frame
-from passt_py.netview import GuestState, NetView
+from passt_py.link import dnsname
+from passt_py.link.ethernet import parse_header
+from passt_py.link.ip import IpPacket, UdpDatagram, udp_frame
+from passt_py.link.netview import GuestState, NetView
 
 SERVER_PORT = 547
 CLIENT_PORT = 546

@@ -26,14 +26,15 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
-from passt_py import core, fwd
+from passt_py import core
+from passt_py.config.log import trace
 from passt_py.flow import Flow, FlowRefused, FlowSide, FlowTable, FlowType, Pif
-from passt_py.ip import (IPPROTO_ICMP, IPPROTO_ICMPV6, IPV4_HLEN, IPV6_HLEN, IpPacket,
-                         ip_frame, ipv4_header, ipv6_header, l4_checksum)
-from passt_py.log import trace
+from passt_py.link import fwd
+from passt_py.link.ip import (IPPROTO_ICMP, IPPROTO_ICMPV6, IPV4_HLEN, IPV6_HLEN, IpPacket,
+                              ip_frame, ipv4_header, ipv6_header, l4_checksum)
+from passt_py.link.netview import GuestState, NetView
 from passt_py.loop import ERR, HUP, IN, EventLoop
-from passt_py.migrate_record import WireField
-from passt_py.netview import GuestState, NetView
+from passt_py.migrate.record import WireField
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ class PingFlowState:
     host_addr: IPAddr      # where the requests go on the host side
     host_id: int           # the echo id the host socket used
 
-    #: Wire schema (passt_py.migrate_record): ids never change or get reused.
+    #: Wire schema (passt_py.migrate.record): ids never change or get reused.
     WIRE: ClassVar[tuple[WireField, ...]] = (
         WireField(1, "guest_addr"), WireField(2, "guest_id"), WireField(3, "dest"),
         WireField(4, "host_addr"), WireField(5, "host_id"))

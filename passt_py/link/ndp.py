@@ -28,10 +28,10 @@ import random
 import struct
 from typing import cast
 
-from passt_py import dnsname
-from passt_py.ethernet import ETH_ALEN, ETH_HLEN
-from passt_py.ip import IPPROTO_ICMPV6, IpPacket, ip_frame, l4_checksum
-from passt_py.netview import GuestState, Ip6View, NetView
+from passt_py.link import dnsname
+from passt_py.link.ethernet import ETH_ALEN, ETH_HLEN
+from passt_py.link.ip import IPPROTO_ICMPV6, IpPacket, ip_frame, l4_checksum
+from passt_py.link.netview import GuestState, Ip6View, NetView
 
 IPv6 = ipaddress.IPv6Address
 

@@ -1,6 +1,6 @@
 """The copying TCP data path: the reference implementation of :class:`TcpDataPath`.
 
-The protocol logic in passt_py.tcp decides *what* to send (sequence numbers, windows, how
+The protocol logic in passt_py.tcp.handler decides *what* to send (sequence numbers, windows, how
 many bytes); a data path moves the bytes. This one works anywhere, with plain sockets and
 frames handed to the guest link:
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import socket
 from typing import Callable, Protocol
 
-from passt_py.tcp_seg import ACK, PSH, FrameTemplate, seq_add
+from passt_py.tcp.seg import ACK, PSH, FrameTemplate, seq_add
 
 #: Segments built per call at most (bounded work per event; the caller comes back for more).
 MAX_SEGS = 64

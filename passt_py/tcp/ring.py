@@ -1,6 +1,6 @@
 """The ring TCP data path: host data peeked by C straight into the guest's RX buffers.
 
-Same contract as passt_py.tcp_copy.CopyingDataPath (see TcpDataPath there), built on
+Same contract as passt_py.tcp.copy.CopyingDataPath (see TcpDataPath there), built on
 core.TcpPath (csrc/tcp_path.c): one ``recvmsg(MSG_PEEK)`` per call scatters socket data into
 RX chains, C writes the Ethernet/IP/TCP headers and checksums (or offload flags: GSO and
 partial checksums when the guest negotiated them). Used elements are published once per loop
@@ -20,8 +20,8 @@ from __future__ import annotations
 import socket
 
 from passt_py import core
-from passt_py.tcp_copy import STOP_AGAIN, STOP_DRAINED, STOP_EOF, STOP_NOBUFS, STOP_WINDOW
-from passt_py.tcp_seg import ACK, PSH, FrameTemplate
+from passt_py.tcp.copy import STOP_AGAIN, STOP_DRAINED, STOP_EOF, STOP_NOBUFS, STOP_WINDOW
+from passt_py.tcp.seg import ACK, PSH, FrameTemplate
 from passt_py.vhost_user.device import RX, NetDevice, RxFlush
 
 _STOPS = {

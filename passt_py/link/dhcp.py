@@ -36,10 +36,10 @@ import ipaddress
 import struct
 from typing import NamedTuple
 
-from passt_py import dnsname
-from passt_py.ethernet import BROADCAST
-from passt_py.ip import IpPacket, UdpDatagram, udp_frame
-from passt_py.netview import GuestState, Ip4View, NetView
+from passt_py.link import dnsname
+from passt_py.link.ethernet import BROADCAST
+from passt_py.link.ip import IpPacket, UdpDatagram, udp_frame
+from passt_py.link.netview import GuestState, Ip4View, NetView
 
 SERVER_PORT = 67
 CLIENT_PORT = 68

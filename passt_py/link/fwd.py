@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from passt_py.netview import GuestState, Ip4View, Ip6View, NetView
+from passt_py.link.netview import GuestState, Ip4View, Ip6View, NetView
 
 IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -24,7 +24,7 @@ version's stage list says which sections must come, in which order. Sections of 
     UDP    UDP flows (optional, likewise)
     TCP    TCP connections: guest-side state (tcp.py) + kernel socket state (tcp_repair.py)
 
-Flow records use a small self-describing record codec (passt_py.migrate_record): the owner's
+Flow records use a small self-describing record codec (passt_py.migrate.record): the owner's
 state dataclass, field by field, each with its numeric field id from the owner's declared
 schema (version 1: its name) and a type tag; the target checks every value against the
 dataclass's annotations before anything is built.
@@ -67,16 +67,21 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from passt_py import core, icmp, migrate_record, tcp, tcp_repair, udp
-from passt_py.migrate_record import decode_record, encode_record, pack_addr, pack_text
+from passt_py import core
 from passt_py.flow import Flow, FlowRefused, FlowTable, FlowType
+from passt_py.link.netview import GuestState, NetView
 from passt_py.loop import ERR, HUP, IN, OUT, EventLoop
-from passt_py.netview import GuestState, NetView
+from passt_py.migrate import record as migrate_record
+from passt_py.migrate import repair as tcp_repair
+from passt_py.migrate.record import decode_record, encode_record, pack_addr, pack_text
+from passt_py.tcp import handler as tcp
+from passt_py.udp import handler as udp
+from passt_py.udp import icmp
 
 log = logging.getLogger(__name__)
 
 MAGIC = 0x7061_7373_742D_7079       # "passt-py"
-#: Version 2: flow records carry numeric field ids (passt_py.migrate_record); version 1
+#: Version 2: flow records carry numeric field ids (passt_py.migrate.record); version 1
 #: (passt-py 0.1.0) carried field names. Both are read; both can be written (Source).
 VERSION = 2
 COMPAT_VERSION = 2
@@ -115,7 +120,7 @@ class MigrationError(Exception):
         self.stage = stage
 
 
-# ---- primitive encoding (passt_py.migrate_record) ----
+# ---- primitive encoding (passt_py.migrate.record) ----
 
 class Reader(migrate_record.Reader):
     """Bounds-checked cursor over one section payload; its errors name the stage."""

@@ -1,7 +1,7 @@
 """Command-line parser with passt's option names.
 
 This module only knows the syntax: which options exist, which take a value, which repeat. Values
-stay strings here; passt_py.conf turns them into a validated Config, so every semantic error is
+stay strings here; config.conf turns them into a validated Config, so every semantic error is
 reported in one place with one line. Parser errors also become one line (ParseError) rather than
 argparse's usage-plus-message exit 2, because passt_py exits 1 on any configuration error.
 """

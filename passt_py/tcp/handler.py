@@ -3,7 +3,7 @@
 Theory of operation (passt's model, RFC 9293 semantics on the guest side):
 
 - Outbound: a guest SYN for a new tuple creates a TCP flow and a non-blocking host socket,
-  connect()ed to the destination after address translation (passt_py.fwd: the gateway is the
+  connect()ed to the destination after address translation (passt_py.link.fwd: the gateway is the
   host's loopback...). The guest's MSS goes to the socket (TCP_MAXSEG, before connect())
   unless the peer is on this host (loopback: no path to fit, and small segments cost CPU).
   An inbound connection's handshake is over before the guest's MSS is known: its socket keeps
@@ -47,11 +47,11 @@ Where the bytes go (Python decides per run of segments or per event, never per b
   (core.send_payload_runs); every other frame (handshake,
   FIN, RST, out of order, other protocols) is copied out and reaches :meth:`from_guest`
   through the demux, whose payload goes out by ``datapath.send_to_host``.
-- host -> guest: ``datapath.host_to_guest`` (passt_py.tcp_copy.TcpDataPath): the service uses
-  passt_py.tcp_ring.RingDataPath (C peeks into the guest's RX buffers and writes headers,
+- host -> guest: ``datapath.host_to_guest`` (passt_py.tcp.copy.TcpDataPath): the service uses
+  passt_py.tcp.ring.RingDataPath (C peeks into the guest's RX buffers and writes headers,
   stopping when they run out: the connection then waits for the guest's RX kick, rx_ready()),
   with or without a capture (-p: the rings record what they carry, whatever path it took);
-  tests without rings use passt_py.tcp_copy.CopyingDataPath (frames through the link).
+  tests without rings use passt_py.tcp.copy.CopyingDataPath (frames through the link).
 - the steady state in C: with the service's fast path (core.FastPath), a connection with
   nothing pending but data and ACKs (:meth:`TcpHandler._steady`) is handed to C after the
   batch that left it so (csrc/fast_tcp.c runs the same rules inside the loop's wait). Every
@@ -73,18 +73,19 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable, ClassVar, Iterable
 
-from passt_py import core, fwd
+from passt_py import core
+from passt_py.config.log import trace
+from passt_py.config.portspec import Forward, PortForwards
 from passt_py.flow import Flow, FlowRefused, FlowSide, FlowTable, FlowType, Pif
-from passt_py.ip import IpPacket
-from passt_py.log import trace
+from passt_py.link import fwd
+from passt_py.link.ip import IpPacket
+from passt_py.link.netview import GuestState, NetView
 from passt_py.loop import ERR, HUP, IN, OUT, EventLoop, Timer
-from passt_py.migrate_record import WireField
-from passt_py.netview import GuestState, NetView
-from passt_py.portspec import Forward, PortForwards
-from passt_py.tcp_ring import RingDataPath
-from passt_py.tcp_copy import (STOP_AGAIN, STOP_DRAINED, STOP_EOF, STOP_NOBUFS, STOP_WINDOW,
+from passt_py.migrate.record import WireField
+from passt_py.tcp.copy import (STOP_AGAIN, STOP_DRAINED, STOP_EOF, STOP_NOBUFS, STOP_WINDOW,
                                CopyingDataPath, TcpDataPath)
-from passt_py.tcp_seg import (ACK, FIN, MSS_DEFAULT4, MSS_DEFAULT6, RST, SYN, FrameTemplate,
+from passt_py.tcp.ring import RingDataPath
+from passt_py.tcp.seg import (ACK, FIN, MSS_DEFAULT4, MSS_DEFAULT6, RST, SYN, FrameTemplate,
                               TcpSegment, parse_tcp, rst_reply, seq_add, seq_diff, syn_options)
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,7 @@ class TcpState:
     fin_acked: bool = False
     timestamps: bool = False
 
-    #: Wire schema (passt_py.migrate_record): ids never change or get reused.
+    #: Wire schema (passt_py.migrate.record): ids never change or get reused.
     WIRE: ClassVar[tuple[WireField, ...]] = (
         WireField(1, "version"), WireField(2, "guest_addr"), WireField(3, "guest_port"),
         WireField(4, "our_addr"), WireField(5, "our_port"), WireField(6, "inbound"),

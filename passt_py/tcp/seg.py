@@ -19,8 +19,8 @@ import struct
 from typing import NamedTuple
 
 from passt_py import core
-from passt_py.ethernet import ETH_HLEN, ETH_P_IP, ETH_P_IPV6
-from passt_py.ip import IPPROTO_TCP, IPV4_HLEN, IPV6_HLEN
+from passt_py.link.ethernet import ETH_HLEN, ETH_P_IP, ETH_P_IPV6
+from passt_py.link.ip import IPPROTO_TCP, IPV4_HLEN, IPV6_HLEN
 
 IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from passt_py.ethernet import BROADCAST
+from passt_py.link.ethernet import BROADCAST
 
 IPv4 = ipaddress.IPv4Address
 IPv6 = ipaddress.IPv6Address

@@ -13,7 +13,7 @@ import struct
 from typing import NamedTuple
 
 from passt_py import core
-from passt_py.ethernet import ETH_HLEN, ETH_P_IP, ETH_P_IPV6, build_header
+from passt_py.link.ethernet import ETH_HLEN, ETH_P_IP, ETH_P_IPV6, build_header
 
 IPPROTO_ICMP = 1
 IPPROTO_TCP = 6

@@ -5,7 +5,7 @@ source port, destination, destination port) tuple creates a UDP flow. Its host s
 like passt, to the same port number the guest used (SO_REUSEADDR, so several flows from one
 guest port can share it; each is connected to its own peer and the kernel prefers connected
 sockets), falling back to an ephemeral port when the port is taken. It is connected to the
-destination after address translation (passt_py.fwd), so the kernel filters what comes back.
+destination after address translation (passt_py.link.fwd), so the kernel filters what comes back.
 Replies are sent to the guest as UDP frames from the address and port the guest talked to.
 
 Host errors: flow sockets enable IP_RECVERR / IPV6_RECVERR; an ICMP error (port unreachable,
@@ -37,17 +37,19 @@ import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, ClassVar, Iterable, Sequence
 
-from passt_py import core, fwd, icmp
+from passt_py import core
+from passt_py.config.log import trace
+from passt_py.config.portspec import Forward, PortForwards
 from passt_py.flow import Flow, FlowRefused, FlowSide, FlowTable, FlowTableFull, FlowType, Pif
-from passt_py.ip import IPPROTO_UDP, IpPacket, UdpDatagram, udp_frame, udp_segment
-from passt_py.log import trace
+from passt_py.link import fwd
+from passt_py.link.ip import IPPROTO_UDP, IpPacket, UdpDatagram, udp_frame, udp_segment
+from passt_py.link.netview import GuestState, NetView
 from passt_py.loop import ERR, HUP, IN, EventLoop
-from passt_py.migrate_record import WireField
-from passt_py.netview import GuestState, NetView
-from passt_py.portspec import Forward, PortForwards
+from passt_py.migrate.record import WireField
+from passt_py.udp import icmp
 
 if TYPE_CHECKING:
-    from passt_py.udp_ring import UdpRingPath
+    from passt_py.udp.ring import UdpRingPath
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +109,7 @@ class UdpFlowState:
     local_port: int
     bidir: bool            # the target side answered already (longer timeout)
 
-    #: Wire schema (passt_py.migrate_record): ids never change or get reused.
+    #: Wire schema (passt_py.migrate.record): ids never change or get reused.
     WIRE: ClassVar[tuple[WireField, ...]] = (
         WireField(1, "forwarded"), WireField(2, "guest_addr"), WireField(3, "guest_port"),
         WireField(4, "our_addr"), WireField(5, "our_port"), WireField(6, "host_addr"),

@@ -17,12 +17,12 @@ import ipaddress
 import logging
 from typing import Callable, Protocol
 
-from passt_py import arp
-from passt_py.ethernet import ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, parse_header
-from passt_py.ip import (IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IpPacket,
-                         UdpDatagram, parse_ip, parse_udp)
-from passt_py.log import TRACE
-from passt_py.netview import GuestState, NetView
+from passt_py.config.log import TRACE
+from passt_py.link import arp
+from passt_py.link.ethernet import ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, parse_header
+from passt_py.link.ip import (IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IpPacket,
+                              UdpDatagram, parse_ip, parse_udp)
+from passt_py.link.netview import GuestState, NetView
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,2 @@
+# SPDX-License-Identifier: MIT
+"""Configuration: command line, host addresses and routes, privileges, daemon, logging."""

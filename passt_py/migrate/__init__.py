@@ -1,0 +1,2 @@
+# SPDX-License-Identifier: MIT
+"""Migration: the device-state stream, its record codec and TCP repair."""

@@ -1,0 +1,2 @@
+# SPDX-License-Identifier: MIT
+"""TCP: the connection handler, its segment codec and its two data paths."""
