@@ -197,7 +197,7 @@ def test_namespace_addresses_configurable():
 def test_discovery_leaves_pyroute2_out_of_the_back_end():
     """discover() answers from a short-lived child: pyroute2 (about 20 MiB resident) never
     loads into the process that then serves the guest for its whole life."""
-    code = ("import socket, sys; from passt_py import netlink; "
+    code = ("import socket, sys; from passt_py.config import netlink; "
             "found = netlink.discover(socket.AF_INET, 'lo'); "
             "loaded = any(m.startswith('pyroute2') for m in sys.modules); "
             "print(loaded, found.ifname, found.ifindex, found.mtu)")

@@ -174,7 +174,7 @@ def test_runas_numeric_user_and_group(tmp_path):
 @pytest.mark.parametrize("keep", [False, True])
 def test_cap_net_admin_kept_only_on_request(keep):
     """keep_net_admin leaves CAP_NET_ADMIN alone in the sets; otherwise nothing is left."""
-    code = ("from passt_py import privileges\n"
+    code = ("from passt_py.config import privileges\n"
             f"d = privileges.drop_privileges('4321', keep_net_admin={keep})\n"
             "print(d.note)\n"
             "print(open('/proc/self/status').read())\n")
@@ -192,7 +192,7 @@ def test_cap_net_admin_kept_only_on_request(keep):
 def test_not_root_changes_nothing():
     """Without root, --runas is ignored with a note (as passt does)."""
     code = ("import os\n"
-            "from passt_py import privileges\n"
+            "from passt_py.config import privileges\n"
             "os.setgid(4321) if os.geteuid() == 0 else None\n"
             "os.setuid(4321) if os.geteuid() == 0 else None\n"
             "uid = os.getuid()\n"
