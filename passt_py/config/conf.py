@@ -576,16 +576,35 @@ def _check_family_options(args: argparse.Namespace, f4: _Family, f6: _Family) ->
     return use4, use6
 
 
-def build_config(
-    args: argparse.Namespace,
-    discover_host: Callable[[int, str | None], HostIface | None] = discover,
-    resolv: Callable[[], ResolvConf] = read_resolv_conf,
-) -> Config:
-    """Validate ``args`` (from cli.parse_args) and fill defaults from the host.
+@dataclass(frozen=True)
+class _Values:
+    """Every command-line value, parsed and checked on its own, before host discovery."""
 
-    ``discover_host`` and ``resolv`` are the host queries, replaceable so tests can describe a
-    host without touching its network. Raises ConfigError with one line on any problem.
-    """
+    mtu: int
+    mac: bytes
+    log_size: int
+    max_flows: int
+    log_file: str | None
+    pid_file: str | None
+    pcap_file: str | None
+    repair_path: str | None
+    socket_path: str | None
+    fd: int | None
+    hostname: str | None
+    fqdn: str | None
+    runas: str | None
+    f4: _Family
+    f6: _Family
+    use4: bool
+    use6: bool
+    dns: tuple[IpAddress, ...] | None
+    search: tuple[str, ...] | None
+    tcp: PortForwards
+    udp: PortForwards
+
+
+def _check_modes(args: argparse.Namespace) -> None:
+    """Refuse the mode and logging combinations that cannot work together."""
     if not args.vhost_user:
         raise ConfigError("--vhost-user is required: only vhost-user mode is supported")
     if args.quiet and (args.debug or args.trace):
@@ -593,79 +612,108 @@ def build_config(
     if args.fd is not None and args.socket_path is not None:
         raise ConfigError("-F/--fd: conflicts with -s/--socket")
 
-    def given(option: str, parse: Callable[[str], T]) -> T | None:
-        """The parsed value of ``option`` (spelled "-x/--long"), or None when it was not given."""
-        text = getattr(args, cli.option_dests()[option.split("/")[-1]])
-        return None if text is None else _opt(option, parse, text)
 
-    def value(option: str, parse: Callable[[str], T], default: T) -> T:
-        """The parsed value of ``option``, or ``default``."""
-        parsed = given(option, parse)
-        return default if parsed is None else parsed
+def _parsed(args: argparse.Namespace, option: str, parse: Callable[[str], T]) -> T | None:
+    """The parsed value of ``option`` (spelled "-x/--long"), or None when it was not given."""
+    text = getattr(args, cli.option_dests()[option.split("/")[-1]])
+    return None if text is None else _opt(option, parse, text)
 
-    mtu = value("-m/--mtu", parse_mtu, DEFAULT_MTU)
-    mac = value("-M/--mac-addr", parse_mac, parse_mac(DEFAULT_MAC))
-    log_size = value("--log-size", lambda t: parse_int(t, LOG_SIZE_MIN, 1 << 40, "log size"), DEFAULT_LOG_SIZE)
-    max_flows = value("--max-flows", lambda t: parse_int(t, 1, MAX_FLOWS_MAX, "flow count"), cli.DEFAULT_MAX_FLOWS)
-    log_file = given("-l/--log-file", parse_path)
-    pid_file = given("-P/--pid", parse_path)
-    pcap_file = given("-p/--pcap", parse_path)
-    repair_path = given("--repair-path", parse_path)
-    socket_path = given("-s/--socket", parse_socket_path)
-    fd = given("-F/--fd", parse_fd)
-    hostname = given("-H/--hostname", lambda t: parse_domain(t, "hostname"))
-    fqdn = given("--fqdn", lambda t: parse_domain(t, "FQDN"))
-    runas = given("--runas", parse_runas)
+
+def _parsed_or(args: argparse.Namespace, option: str, parse: Callable[[str], T], default: T) -> T:
+    """The parsed value of ``option``, or ``default``."""
+    parsed = _parsed(args, option, parse)
+    return default if parsed is None else parsed
+
+
+def _parse_values(args: argparse.Namespace) -> _Values:
+    """Parse every value, in the order their errors are reported (the first one wins)."""
+    mtu = _parsed_or(args, "-m/--mtu", parse_mtu, DEFAULT_MTU)
+    mac = _parsed_or(args, "-M/--mac-addr", parse_mac, parse_mac(DEFAULT_MAC))
+    log_size = _parsed_or(args, "--log-size", lambda t: parse_int(t, LOG_SIZE_MIN, 1 << 40, "log size"),
+                          DEFAULT_LOG_SIZE)
+    max_flows = _parsed_or(args, "--max-flows", lambda t: parse_int(t, 1, MAX_FLOWS_MAX, "flow count"),
+                           cli.DEFAULT_MAX_FLOWS)
+    log_file = _parsed(args, "-l/--log-file", parse_path)
+    pid_file = _parsed(args, "-P/--pid", parse_path)
+    pcap_file = _parsed(args, "-p/--pcap", parse_path)
+    repair_path = _parsed(args, "--repair-path", parse_path)
+    socket_path = _parsed(args, "-s/--socket", parse_socket_path)
+    fd = _parsed(args, "-F/--fd", parse_fd)
+    hostname = _parsed(args, "-H/--hostname", lambda t: parse_domain(t, "hostname"))
+    fqdn = _parsed(args, "--fqdn", lambda t: parse_domain(t, "FQDN"))
+    runas = _parsed(args, "--runas", parse_runas)
     f4, f6 = _parse_families(args)
     use4, use6 = _check_family_options(args, f4, f6)
-    dns_opt = _parse_dns(args)
-    search_opt = _parse_search(args)
+    dns = _parse_dns(args)
+    search = _parse_search(args)
     tcp = _ports("-t/--tcp-ports", args.tcp_ports)
     udp = _ports("-u/--udp-ports", args.udp_ports)
     if use6 and 0 < mtu < IPV6_MIN_MTU:
         raise ConfigError(f"-m/--mtu: {mtu} is below the IPv6 minimum {IPV6_MIN_MTU} (add -4 to turn IPv6 off)")
+    return _Values(mtu=mtu, mac=mac, log_size=log_size, max_flows=max_flows, log_file=log_file,
+                   pid_file=pid_file, pcap_file=pcap_file, repair_path=repair_path,
+                   socket_path=socket_path, fd=fd, hostname=hostname, fqdn=fqdn, runas=runas,
+                   f4=f4, f6=f6, use4=use4, use6=use6, dns=dns, search=search, tcp=tcp, udp=udp)
 
-    _reject_unsupported(args)
 
-    notes: list[str] = []
-    resolved = resolv() if dns_opt is None or search_opt is None else ResolvConf()
-    dns = dns_opt if dns_opt is not None else resolved.nameservers
-    search = search_opt if search_opt is not None else resolved.search
+def _from_host(
+    args: argparse.Namespace,
+    v: _Values,
+    discover_host: Callable[[int, str | None], HostIface | None],
+    resolv: Callable[[], ResolvConf],
+    notes: list[str],
+) -> tuple[Ip4Config | None, Ip6Config | None, tuple[str, ...]]:
+    """(ip4, ip6, search): what the command line left open, filled from the host per family;
+    a family the host cannot route is disabled (a note says why), both is an error."""
+    resolved = resolv() if v.dns is None or v.search is None else ResolvConf()
+    dns = v.dns if v.dns is not None else resolved.nameservers
+    search = v.search if v.search is not None else resolved.search
     ip4 = ip6 = None
     try:
-        if use4:
-            ip4 = _resolve_family(4, f4, discover_host(socket.AF_INET, args.interface), dns, notes)
-        if use6:
-            ip6 = _resolve_family(6, f6, discover_host(socket.AF_INET6, args.interface), dns, notes)
+        if v.use4:
+            ip4 = _resolve_family(4, v.f4, discover_host(socket.AF_INET, args.interface), dns, notes)
+        if v.use6:
+            ip6 = _resolve_family(6, v.f6, discover_host(socket.AF_INET6, args.interface), dns, notes)
     except DiscoveryError as e:
         option = "-i/--interface: " if args.interface else ""
         raise ConfigError(f"{option}{e}") from None
     if ip4 is None and ip6 is None:
         only = " (IPv4 only)" if args.ipv4_only else " (IPv6 only)" if args.ipv6_only else ""
         raise ConfigError(f"no usable host interface{only}: give -i, or -a and -g")
+    return ip4, ip6, tuple(search)  # type: ignore[return-value]
 
+
+def _assemble(
+    args: argparse.Namespace,
+    v: _Values,
+    ip4: Ip4Config | None,
+    ip6: Ip6Config | None,
+    search: tuple[str, ...],
+    notes: list[str],
+) -> Config:
+    """The Config from checked values, the host's answers and the flags taken as they are."""
     debug = bool(args.debug or args.trace)
     return Config(
         vhost_user=True,
-        socket_path=socket_path,
-        fd=fd,
+        socket_path=v.socket_path,
+        fd=v.fd,
         one_off=args.one_off,
         foreground=bool(args.foreground or debug),
         debug=debug,
         trace=args.trace,
         quiet=args.quiet,
-        log_file=log_file,
-        log_size=log_size,
-        pid_file=pid_file,
-        pcap_file=pcap_file,
+        log_file=v.log_file,
+        log_size=v.log_size,
+        pid_file=v.pid_file,
+        pcap_file=v.pcap_file,
         check_config=args.check_config,
-        mtu=mtu,
-        mac=mac,
-        ip4=ip4,  # type: ignore[arg-type]
-        ip6=ip6,  # type: ignore[arg-type]
-        search=tuple(search),
-        hostname=hostname,
-        fqdn=fqdn,
+        mtu=v.mtu,
+        mac=v.mac,
+        ip4=ip4,
+        ip6=ip6,
+        search=search,
+        hostname=v.hostname,
+        fqdn=v.fqdn,
         no_dhcp_dns=args.no_dhcp_dns,
         no_dhcp_search=args.no_dhcp_search,
         no_tcp=args.no_tcp,
@@ -675,14 +723,34 @@ def build_config(
         no_ndp=args.no_ndp,
         no_dhcpv6=args.no_dhcpv6,
         no_ra=args.no_ra,
-        tcp_forwards=tcp,
-        udp_forwards=udp,
-        max_flows=max_flows,
-        runas=runas,
-        repair_path=repair_path,
+        tcp_forwards=v.tcp,
+        udp_forwards=v.udp,
+        max_flows=v.max_flows,
+        runas=v.runas,
+        repair_path=v.repair_path,
         migrate_exit=args.migrate_exit,
         notes=tuple(notes),
     )
+
+
+def build_config(
+    args: argparse.Namespace,
+    discover_host: Callable[[int, str | None], HostIface | None] = discover,
+    resolv: Callable[[], ResolvConf] = read_resolv_conf,
+) -> Config:
+    """Validate ``args`` (from cli.parse_args) and fill defaults from the host.
+
+    ``discover_host`` and ``resolv`` are the host queries, replaceable so tests can describe a
+    host without touching its network. Raises ConfigError with one line on any problem. The
+    steps run in this order, which decides which error is reported: modes, every value,
+    unsupported options, then the host.
+    """
+    _check_modes(args)
+    values = _parse_values(args)
+    _reject_unsupported(args)
+    notes: list[str] = []
+    ip4, ip6, search = _from_host(args, values, discover_host, resolv, notes)
+    return _assemble(args, values, ip4, ip6, search, notes)
 
 
 def config_from_argv(argv: Sequence[str] | None = None) -> Config:

@@ -34,7 +34,10 @@ INSTRUMENTED = ("passt_py.link.arp", "passt_py.link.dhcp", "passt_py.link.dhcpv6
                 "passt_py.link.dnsname", "passt_py.link.ethernet", "passt_py.flow",
                 "passt_py.link.fwd", "passt_py.udp.icmp", "passt_py.link.ip", "passt_py.loop",
                 "passt_py.link.ndp", "passt_py.link.netview", "passt_py.link.tap",
-                "passt_py.udp.handler", "passt_py.vhost_user.wire", "passt_py.vhost_user.session",
+                "passt_py.udp.handler", "passt_py.udp.context", "passt_py.udp.errqueue",
+                "passt_py.udp.fast", "passt_py.udp.forward", "passt_py.udp.rx",
+                "passt_py.udp.sockets", "passt_py.udp.tx", "passt_py.vhost_user.wire",
+                "passt_py.vhost_user.session",
                 "passt_py.vhost_user.device", "passt_py.migrate.stream", "passt_py.tcp.handler",
                 "passt_py.migrate.repair")
 
