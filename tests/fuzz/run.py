@@ -35,7 +35,10 @@ INSTRUMENTED = ("passt_py.link.arp", "passt_py.link.dhcp", "passt_py.link.dhcpv6
                 "passt_py.link.fwd", "passt_py.udp.icmp", "passt_py.link.ip", "passt_py.loop",
                 "passt_py.link.ndp", "passt_py.link.netview", "passt_py.link.tap",
                 "passt_py.udp.handler", "passt_py.vhost_user.wire", "passt_py.vhost_user.session",
-                "passt_py.vhost_user.device", "passt_py.migrate.stream", "passt_py.tcp.handler",
+                "passt_py.vhost_user.device", "passt_py.migrate.codec", "passt_py.migrate.context",
+                "passt_py.migrate.section", "passt_py.migrate.meta", "passt_py.migrate.versions",
+                "passt_py.migrate.source", "passt_py.migrate.target", "passt_py.migrate.record",
+                "passt_py.tcp.handler", "passt_py.tcp.migration", "passt_py.udp.migration",
                 "passt_py.migrate.repair")
 
 
