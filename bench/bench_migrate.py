@@ -25,15 +25,17 @@ from l4_helpers import GW4  # noqa: E402
 from tcp_peer import GuestPeer, TcpEnv  # noqa: E402
 
 from passt_py.migrate import repair as tcp_repair  # noqa: E402
-from passt_py.migrate import stream as migrate  # noqa: E402
+from passt_py.migrate.context import MigrationContext  # noqa: E402
+from passt_py.migrate.source import Source  # noqa: E402
+from passt_py.migrate.target import load_bytes  # noqa: E402
 
 QUEUED = 4096
 
 
-def _ctx(env: TcpEnv) -> migrate.MigrationContext:
-    return migrate.MigrationContext(loop=env.loop, view=env.view, guest=env.guest,
-                                    flows=env.flows, tcp=env.tcp,
-                                    repair=tcp_repair.RepairControl(), migrate_exit=True)
+def _ctx(env: TcpEnv) -> MigrationContext:
+    return MigrationContext(loop=env.loop, view=env.view, guest=env.guest,
+                            flows=env.flows, tcp=env.tcp,
+                            repair=tcp_repair.RepairControl(), migrate_exit=True)
 
 
 def _connections(n: int) -> tuple[TcpEnv, list[GuestPeer], list[socket.socket]]:
@@ -73,7 +75,7 @@ def _save_load(n: int) -> dict:
     dst = TcpEnv(max_flows=n + 64)
     try:
         t0 = time.perf_counter()
-        source = migrate.Source(_ctx(src))
+        source = Source(_ctx(src))
         source.pre()
         data = b"".join(source.sections())
         t1 = time.perf_counter()
@@ -82,7 +84,7 @@ def _save_load(n: int) -> dict:
             peer.env = dst
             dst.peers[key] = peer
         t2 = time.perf_counter()
-        report = migrate.load_bytes(_ctx(dst), data)
+        report = load_bytes(_ctx(dst), data)
         t3 = time.perf_counter()
         assert report.tcp == source.report.tcp == n and report.failed == 0
         return {"flows": n, "save_ms": round((t1 - t0) * 1e3, 2),

@@ -36,7 +36,9 @@ from passt_py.link.netview import GuestState, Ip4View, Ip6View, NetView
 from passt_py.link.tap import GuestLink
 from passt_py.loop import HUP, IN, EventLoop
 from passt_py.migrate import repair as tcp_repair
-from passt_py.migrate import stream as migrate
+from passt_py.migrate.context import MigrationContext
+from passt_py.migrate.source import Source
+from passt_py.migrate.transfer import EXIT_DELAY, Transfer
 from passt_py.pcap import PcapWriter
 from passt_py.tcp.handler import BYTES_PER_EVENT, MAX_WINDOW, TcpHandler
 from passt_py.tcp.ring import RingDataPath
@@ -60,7 +62,7 @@ TX_BATCH = 256
 TX_BATCHES_PER_KICK = 4
 #: Whether this version migrates TCP connections (TCP_REPAIR): then, without --repair-path,
 #: CAP_NET_ADMIN is kept when dropping root (passt_py.config.privileges); with it, the passt-repair
-#: helper sets TCP_REPAIR for us (passt_py.migrate.stream, passt_py.migrate.repair).
+#: helper sets TCP_REPAIR for us (passt_py.migrate.source, passt_py.migrate.repair).
 MIGRATES_TCP = True
 #: ARP probes for the guest's MAC after the rings come up: interval and count.
 ARP_PROBE_INTERVAL = 1.0
@@ -176,8 +178,8 @@ class Service:
 
     def _setup_migration(self) -> None:
         """The passt-repair helper's socket (unless --repair-path none) and migration state."""
-        self._transfer: migrate.Transfer | None = None
-        self._migrated: migrate.Source | None = None   # source that handed its state over
+        self._transfer: Transfer | None = None
+        self._migrated: Source | None = None            # source that handed its state over
         self._exit_timer = None                         # --migrate-exit, until a rollback
         self.repair_helper: tcp_repair.RepairHelper | None = None
         path = self.config.repair_path
@@ -207,9 +209,9 @@ class Service:
             helper.drop()
             log.info("repair helper disconnected")
 
-    def migration_context(self) -> migrate.MigrationContext:
-        """What passt_py.migrate.stream needs of this back-end."""
-        return migrate.MigrationContext(
+    def migration_context(self) -> MigrationContext:
+        """What migration (passt_py.migrate) needs of this back-end."""
+        return MigrationContext(
             loop=self.loop, view=self.view, guest=self.guest, flows=self.flows,
             icmp=self.icmp, udp=self.udp, tcp=self.tcp, repair=self.repair,
             drop=self.drop_filter,
@@ -399,7 +401,7 @@ class Service:
         self._schedule_ra(first=True)
 
     def _device_state(self, event: DeviceStateTransfer) -> None:
-        """Save or load our state over ``event.fd``, from the loop (passt_py.migrate.stream)."""
+        """Save or load our state over ``event.fd``, from the loop (passt_py.migrate.transfer)."""
         if self._transfer is not None and self._transfer.result is None:
             os.close(event.fd)
             log.error("migration: a device-state transfer is already running: refused")
@@ -411,7 +413,7 @@ class Service:
             # earlier hand-over is void, serve from here first, then save anew.
             source, self._migrated = self._migrated, None
             source.rollback()
-        self._transfer = migrate.Transfer(self.migration_context(), event.fd, save,
+        self._transfer = Transfer(self.migration_context(), event.fd, save,
                                           self._transfer_done)
         self._transfer.start()
 
@@ -421,7 +423,7 @@ class Service:
             self._migrated = transfer.source
             if self.config.migrate_exit:
                 log.info("--migrate-exit: exiting once the front-end has our result")
-                self._exit_timer = self.loop.call_later(migrate.EXIT_DELAY,
+                self._exit_timer = self.loop.call_later(EXIT_DELAY,
                                                         lambda: self.loop.stop(0))
         elif transfer is not None and transfer.source is None and self.repair_helper is not None \
                 and self.repair_helper.conn_fd is not None:

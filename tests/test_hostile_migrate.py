@@ -1,4 +1,4 @@
-"""Hostile migration streams into a target back-end (passt_py.migrate.stream.load_bytes).
+"""Hostile migration streams into a target back-end (passt_py.migrate.target.load_bytes).
 
 Real streams from a source holding ping, UDP and TCP flows, then corrupted in the places a
 checksum cannot protect (a source that lies, a stream re-sealed after tampering). Random
@@ -23,7 +23,9 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
-from passt_py.migrate import stream as migrate
+from passt_py.migrate.codec import MigrationError
+from passt_py.migrate.source import Source
+from passt_py.migrate.target import load_bytes
 from tests.conftest import hypothesis_budget, qemu_unavailable
 from tests.frames import ACK, SYN, synack_isn, tcp4_frame, udp4_frame
 from tests.fuzz import driver, netns_guard, targets
@@ -108,7 +110,7 @@ def _one_tcp_connection_saved(patch_state=None, patch_socket=None):
             isn = synack_isn(rig.feed([], 1), 42000)
         assert isn is not None, "no SYN-ACK from the source"
         rig.feed([tcp4_frame(42000, port, ACK, 1001, isn + 1)], 2)
-        src = migrate.Source(targets.migrate_context(rig, migrate_exit=True))
+        src = Source(targets.migrate_context(rig, migrate_exit=True))
         src.pre()
         honest = b"".join(src.sections())
         real_export, real_save = tcp_mod.TcpHandler.export, tcp_repair.save
@@ -162,15 +164,15 @@ def test_tcp_record_with_one_sided_window_scaling_is_refused(ns):
         try:
             ctx = targets.migrate_context(target)
             guest_before, fds_before = copy.deepcopy(target.guest), _open_fds()
-            with pytest.raises(migrate.MigrationError) as refused:
-                migrate.load_bytes(ctx, lying)
+            with pytest.raises(MigrationError) as refused:
+                load_bytes(ctx, lying)
             assert refused.value.stage == "tcp", refused.value
             assert "bad window scales 7/-1" in str(refused.value)
             assert target.guest == guest_before
             assert len(target.flows) == 0
             assert _open_fds() == fds_before           # no socket was even built
             assert target.arp_still_works()
-            report = migrate.load_bytes(ctx, honest)
+            report = load_bytes(ctx, honest)
             assert (report.tcp, report.failed) == (1, 0), report
             assert target.guest != guest_before        # (the guest section was applied now)
             host.sendall(b"after the refusal")
@@ -193,7 +195,7 @@ def test_tcp_record_with_port_out_of_range_is_dropped_alone(ns, caplog):
             ctx = targets.migrate_context(target)
             guest_before = copy.deepcopy(target.guest)
             with caplog.at_level(logging.ERROR, logger="passt_py"):
-                report = migrate.load_bytes(ctx, lying)
+                report = load_bytes(ctx, lying)
                 assert target.arp_still_works()      # runs the loop: deferred work included
             assert target.guest != guest_before      # the rest of the stream was applied
             assert (report.tcp, report.failed) == (0, 1), report
@@ -240,7 +242,7 @@ def test_ping_and_udp_records_with_ids_out_of_range_are_skipped(ns, caplog):
         UdpHandler.export = lambda self, flow: dataclasses.replace(
             real_udp(self, flow), guest_port=70000)
         try:
-            src = migrate.Source(targets.migrate_context(rig))
+            src = Source(targets.migrate_context(rig))
             src.pre()
             stream = b"".join(src.sections())
             src.rollback()
@@ -252,8 +254,8 @@ def test_ping_and_udp_records_with_ids_out_of_range_are_skipped(ns, caplog):
     try:
         guest_before = copy.deepcopy(target.guest)
         caplog.clear()                # (the source's rollback re-adopted the same records)
-        with caplog.at_level(logging.WARNING, logger="passt_py.migrate.stream"):
-            report = migrate.load_bytes(targets.migrate_context(target), stream)
+        with caplog.at_level(logging.WARNING, logger="passt_py.udp.migration"):
+            report = load_bytes(targets.migrate_context(target), stream)
         assert (report.ping, report.udp, report.failed) == (0, 0, 2), report
         assert len(target.flows) == 0
         assert target.guest != guest_before          # the guest section applied

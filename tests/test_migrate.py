@@ -27,9 +27,13 @@ from passt_py.link.ethernet import parse_header
 from passt_py.link.ip import parse_ip, parse_udp
 from passt_py.loop import EventLoop
 from passt_py.migrate import repair as tcp_repair
-from passt_py.migrate import stream as migrate
-from passt_py.migrate.record import T_INT, T_TRUE, WireField
-from passt_py.migrate.stream import MigrationContext, MigrationError
+from passt_py.migrate.codec import (FLAG_OPTIONAL, MAGIC, SEC_END, SEC_META, SEC_TCP,
+                                    MigrationError, Reader)
+from passt_py.migrate.context import MigrationContext
+from passt_py.migrate.record import T_INT, T_TRUE, WireField, decode_record, encode_record
+from passt_py.migrate.source import Source
+from passt_py.migrate.target import load_bytes
+from passt_py.migrate.versions import COMPAT_VERSION, VERSION, choose_version
 from passt_py.tcp.handler import Phase
 from passt_py.tcp.seg import FIN
 from passt_py.udp.handler import UdpHandler
@@ -66,9 +70,9 @@ def _ctx_for(env: TcpEnv, migrate_exit: bool = True) -> MigrationContext:
                             migrate_exit=migrate_exit)
 
 
-def save(ctx: MigrationContext) -> tuple[bytes, migrate.Source]:
+def save(ctx: MigrationContext) -> tuple[bytes, Source]:
     """Run source pre, save and post; return the stream."""
-    src = migrate.Source(ctx)
+    src = Source(ctx)
     src.pre()
     data = b"".join(src.sections())
     src.post()
@@ -90,13 +94,13 @@ def test_header_and_section_layout_is_big_endian_and_self_describing() -> None:
     """Header magic/version/compat, then id/flags/length sections, then the SHA-256 end."""
     data = empty_stream()
     magic, version, compat = struct.unpack_from("!QII", data)
-    assert (magic, version, compat) == (migrate.MAGIC, migrate.VERSION, migrate.COMPAT_VERSION)
+    assert (magic, version, compat) == (MAGIC, VERSION, COMPAT_VERSION)
     off, ids = 16, []
     while True:
         sid, flags, length = struct.unpack_from("!HHI", data, off)
         ids.append((sid, flags))
         off += 8 + length
-        if sid == migrate.SEC_END:
+        if sid == SEC_END:
             break
     assert off == len(data)
     assert ids == [(1, 0), (2, 0), (3, 1), (4, 1), (5, 0), (0xFFFF, 0)]
@@ -105,13 +109,13 @@ def test_header_and_section_layout_is_big_endian_and_self_describing() -> None:
 
 def test_version_table_lookup_is_bounded() -> None:
     """The newest known version within [compat, version]; nothing outside the table."""
-    assert migrate._choose_version(1, 1)[0] == 1
-    assert migrate._choose_version(2, 2)[0] == 2
-    assert migrate._choose_version(7, 1)[0] == 2          # newer source, compatible down to 1
-    assert migrate._choose_version(7, 2)[0] == 2
-    assert migrate._choose_version(7, 3) is None           # newer and incompatible
-    assert migrate._choose_version(0, 0) is None
-    assert migrate._choose_version(0xFFFFFFFF, 0xFFFFFFFF) is None
+    assert choose_version(1, 1)[0] == 1
+    assert choose_version(2, 2)[0] == 2
+    assert choose_version(7, 1)[0] == 2                  # newer source, compatible down to 1
+    assert choose_version(7, 2)[0] == 2
+    assert choose_version(7, 3) is None                  # newer and incompatible
+    assert choose_version(0, 0) is None
+    assert choose_version(0xFFFFFFFF, 0xFFFFFFFF) is None
 
 
 @dataclass
@@ -147,7 +151,7 @@ class _Renamed:
 
 
 def _decode(cls: type, raw: bytes, version: int):
-    return migrate.decode_record(cls, migrate.Reader(raw, "t"), version)
+    return decode_record(cls, Reader(raw, "t"), version)
 
 
 @pytest.mark.parametrize("version", [1, 2])
@@ -155,10 +159,10 @@ def test_record_codec_round_trip_and_type_checks(version: int) -> None:
     """Records carry field ids (version 1: names) and types; wrong types, unknown enums and
     missing fields fail."""
     rec = _Rec(-5, True, b"xyz", ipaddress.IPv6Address("::1"), Phase.ESTABLISHED, 2.5, "s")
-    raw = migrate.encode_record(rec, version)
+    raw = encode_record(rec, version)
     assert _decode(_Rec, raw, version) == rec
     key = (lambda f: bytes([f])) if version == 2 else (lambda f: b"\x01" + "-abcdefg"[f].encode())
-    bad_enum = migrate.encode_record(_Rec(1, False, b"", GUEST4, Phase.CLOSED), version) \
+    bad_enum = encode_record(_Rec(1, False, b"", GUEST4, Phase.CLOSED), version) \
         .replace(bytes([T_INT]) + struct.pack("!q", Phase.CLOSED),
                  bytes([T_INT]) + struct.pack("!q", 99))
     with pytest.raises(MigrationError, match="e:"):
@@ -179,18 +183,18 @@ def test_renaming_an_attribute_does_not_change_the_wire(version: int) -> None:
     """A record written before a rename reads into the renamed class, and the renamed class
     writes the same bytes (its schema keeps the ids and the version-1 names)."""
     rec = _Rec(7, False, b"q", GUEST4, Phase.ESTABLISHED, 0.5, "x")
-    raw = migrate.encode_record(rec, version)
+    raw = encode_record(rec, version)
     renamed = _decode(_Renamed, raw, version)
     assert (renamed.alpha, renamed.gamma) == (7, "x")
-    assert migrate.encode_record(renamed, version) == raw
+    assert encode_record(renamed, version) == raw
 
 
 def test_version_2_records_carry_no_python_names() -> None:
     """No attribute name reaches a version-2 record (that is what made renames dangerous)."""
     rec = _Rec(1, True, b"", GUEST4, Phase.ESTABLISHED, 1.0, None)
-    raw = migrate.encode_record(rec, 2)
+    raw = encode_record(rec, 2)
     assert raw[0] == 7 and raw[1] == 1 and raw[2] == T_INT
-    assert migrate.encode_record(rec, 1)[1:3] == b"\x01a"
+    assert encode_record(rec, 1)[1:3] == b"\x01a"
 
 
 # ---- round trips ----
@@ -224,7 +228,7 @@ def test_udp_flows_move_and_keep_their_host_port(version: int) -> None:
         assert data == b"hello" and peer[1] == gport
         stream, _ = save(src.ctx)
         assert len(src.flows) == 0          # stateless flows leave the source at once
-        report = migrate.load_bytes(dst.ctx, stream)
+        report = load_bytes(dst.ctx, stream)
         assert report.udp == 1 and report.failed == 0
         flow = next(iter(dst.flows))
         assert flow.type == FlowType.UDP and flow.side(2).oport == gport
@@ -249,7 +253,7 @@ def test_target_table_may_already_hold_flows() -> None:
         dst.udp.from_guest(*guest_udp(GUEST4, GW4, free_port(), port, b"d"))
         assert len(dst.flows) == 1
         stream, _ = save(src.ctx)
-        report = migrate.load_bytes(dst.ctx, stream)
+        report = load_bytes(dst.ctx, stream)
         assert report.udp == 2 and len(dst.flows) == 3
         assert sorted(f.id for f in dst.flows) == [0, 1, 2]
     finally:
@@ -266,7 +270,7 @@ def test_guest_state_moves() -> None:
         src.guest.addr6_ll = ipaddress.IPv6Address("fe80::5054:ff:fe00:beef")
         src.guest.arp_answered = True
         dst.guest.__init__()
-        migrate.load_bytes(dst.ctx, save(src.ctx)[0])
+        load_bytes(dst.ctx, save(src.ctx)[0])
         assert dst.guest.mac == src.guest.mac and dst.guest.addr4 == src.guest.addr4
         assert dst.guest.addr6_ll == src.guest.addr6_ll and dst.guest.arp_answered
     finally:
@@ -287,7 +291,7 @@ def test_source_rollback_recreates_udp_flows_and_listeners() -> None:
     try:
         gport = free_port()
         env.udp.from_guest(*guest_udp(GUEST4, GW4, gport, server.getsockname()[1], b"x"))
-        src = migrate.Source(env.ctx)
+        src = Source(env.ctx)
         src.pre()
         src.sections()
         assert len(env.flows) == 0 and env.udp.listeners == 0
@@ -364,7 +368,7 @@ def test_tcp_connection_moves_with_data_in_flight_both_ways(version: int) -> Non
         _move_peers(src, dst)
         peer.drop = None
         peer.auto_ack = True
-        report = migrate.load_bytes(_ctx_for(dst), stream)
+        report = load_bytes(_ctx_for(dst), stream)
         assert report.tcp == 1 and report.failed == 0
         # Everything continues on the target.
         got_guest_at = len(peer.data)
@@ -393,7 +397,7 @@ def test_tcp_source_rollback_keeps_the_connection() -> None:
     src = TcpEnv()
     try:
         peer, host, _ = _outbound(src, 4, 41001)
-        source = migrate.Source(_ctx_for(src, migrate_exit=False))
+        source = Source(_ctx_for(src, migrate_exit=False))
         source.pre()
         source.sections()
         host.sendall(b"during")            # frozen: not acked, retransmitted after the thaw
@@ -420,7 +424,7 @@ def test_many_tcp_connections_move() -> None:
         src.pump(lambda: all(len(p.data) == 1000 for p, _ in pairs), 10)
         stream, _ = save(_ctx_for(src))
         _move_peers(src, dst)
-        report = migrate.load_bytes(_ctx_for(dst), stream)
+        report = load_bytes(_ctx_for(dst), stream)
         assert report.tcp == 50 and report.failed == 0
         for i, (_peer, host) in enumerate(pairs):
             host.sendall(bytes([i]) * 500)
@@ -468,7 +472,7 @@ def _refused(data: bytes, max_flows: int = 1024) -> MigrationError:
     env.guest.mac = b"\x02" * 6
     try:
         with pytest.raises(MigrationError) as info:
-            migrate.load_bytes(env.ctx, data)
+            load_bytes(env.ctx, data)
         assert len(env.flows) == 0 and env.guest.mac == b"\x02" * 6, "target changed"
         assert before[0] == 0
         return info.value
@@ -506,7 +510,7 @@ def test_bad_magic_and_unknown_versions_are_refused(real_stream: bytes) -> None:
 
 def _resign(body: bytes) -> bytes:
     """A stream from header+sections with a correct end marker (so only the content lies)."""
-    end = struct.pack("!HHI", migrate.SEC_END, 0, 32)
+    end = struct.pack("!HHI", SEC_END, 0, 32)
     return body + end + hashlib.sha256(body + end).digest()
 
 
@@ -518,7 +522,7 @@ def test_huge_section_length_refused_before_allocation(real_stream: bytes) -> No
     """A section announcing 4 GiB fails at its header, without waiting for or allocating it."""
     body = _body(real_stream)
     first = _section_offsets(real_stream)[0]
-    for sid in (migrate.SEC_META, migrate.SEC_TCP, 0x1234):
+    for sid in (SEC_META, SEC_TCP, 0x1234):
         forged = body[:first] + struct.pack("!HHI", sid, 0, 0xFFFFFFFF)
         err = _refused(forged)
         assert err.code == errno.E2BIG, err
@@ -528,7 +532,7 @@ def test_huge_counts_refused(real_stream: bytes) -> None:
     """Counts in the metadata beyond the flow table, or not matching the records, fail."""
     body = bytearray(_body(real_stream))
     meta_off = _section_offsets(real_stream)[0] + 8
-    r = migrate.Reader(body[meta_off:], "t")
+    r = Reader(body[meta_off:], "t")
     r.text(), r.text()
     counts_at = meta_off + r.off
     body[counts_at:counts_at + 12] = struct.pack("!III", 0xFFFFFFFF, 0, 0)
@@ -545,7 +549,7 @@ def test_config_mismatch_is_refused_with_both_configs_named(real_stream: bytes) 
     env.ctx.view = make_view().__class__(**{**make_view().__dict__, "mtu": 1500})
     try:
         with pytest.raises(MigrationError) as info:
-            migrate.load_bytes(env.ctx, real_stream)
+            load_bytes(env.ctx, real_stream)
         assert info.value.stage == "meta" and "MTU 65520" in str(info.value) \
             and "MTU 1500" in str(info.value)
     finally:
@@ -555,10 +559,10 @@ def test_config_mismatch_is_refused_with_both_configs_named(real_stream: bytes) 
 def test_unknown_optional_section_skipped_unknown_required_refused(real_stream: bytes) -> None:
     """Forward compatibility: flag bit 0 lets an old reader skip what it does not know."""
     body = _body(real_stream)
-    extra = struct.pack("!HHI", 0x0777, migrate.FLAG_OPTIONAL, 3) + b"new"
+    extra = struct.pack("!HHI", 0x0777, FLAG_OPTIONAL, 3) + b"new"
     env = UdpEnv()
     try:
-        report = migrate.load_bytes(env.ctx, _resign(body + extra))
+        report = load_bytes(env.ctx, _resign(body + extra))
         assert report.udp == 1
     finally:
         env.close()
@@ -589,7 +593,7 @@ def test_garbage_streams_never_crash() -> None:
     for n in list(range(0, 40)) + [100, 1000, 70000]:
         data = bytes(rng.getrandbits(8) for _ in range(n))
         if n >= 8 and rng.random() < 0.5:
-            data = struct.pack("!QII", migrate.MAGIC, 1, 1) + data[16:]
+            data = struct.pack("!QII", MAGIC, 1, 1) + data[16:]
         _refused(data)
 
 
@@ -616,7 +620,7 @@ def test_ping_flows_move_and_keep_the_guest_echo_id(version: int) -> None:
             src, dst = envs
             src.icmp.from_guest(parsed(echo_frame(version, 0x4242, 1, b"one")))
             assert pump(src.loop, lambda: len(src.sink.frames) == 1)
-            report = migrate.load_bytes(dst.ctx, save(src.ctx)[0])
+            report = load_bytes(dst.ctx, save(src.ctx)[0])
             assert report.ping == 1 and report.failed == 0 and len(src.flows) == 0
             dst.icmp.from_guest(parsed(echo_frame(version, 0x4242, 2, b"two")))
             assert pump(dst.loop, lambda: len(dst.sink.frames) == 1)
@@ -638,7 +642,7 @@ def test_lingering_source_stays_silent_and_acks_nothing() -> None:
     src = TcpEnv()
     try:
         peer, host, _ = _outbound(src, 4, 41002)
-        source = migrate.Source(_ctx_for(src, migrate_exit=False))
+        source = Source(_ctx_for(src, migrate_exit=False))
         source.pre()
         source.sections()
         source.post()
@@ -669,7 +673,7 @@ def test_a_connection_that_cannot_be_rebuilt_is_reset_towards_the_guest() -> Non
             if getattr(c, "st", None) is not None and c.st.guest_port == 41051:
                 c.sock.close()          # in repair mode: nothing reaches the peer
         _move_peers(src, dst)
-        report = migrate.load_bytes(_ctx_for(dst), stream)
+        report = load_bytes(_ctx_for(dst), stream)
         assert report.tcp == 1 and report.failed == 1
         assert dst.pump(lambda: lost_peer.rst_rcvd, 5), "the guest must hear of the lost one"
         assert not kept_peer.rst_rcvd
@@ -711,7 +715,7 @@ def test_host_end_of_stream_around_the_freeze_reaches_the_guest_once(
         peer_on = peer.on_segment
         peer.on_segment = lambda rec: (fins.append(rec) if rec.seg.flags & FIN else None,
                                        peer_on(rec))[1]
-        report = migrate.load_bytes(_ctx_for(dst), stream)
+        report = load_bytes(_ctx_for(dst), stream)
         assert report.tcp == 1 and report.failed == 0
         assert dst.pump(lambda: peer.fin_rcvd, 10), \
             f"{len(peer.data)}/{len(data)}, no FIN {[f.data.st for f in dst.flows]}"

@@ -5,7 +5,7 @@ A record schema (a state class's ``WIRE``: field ids, version-1 names, annotated
 of the stream format. Changing one without a new stream version would let two releases that
 both claim the same version disagree about the bytes. This pins a digest of every schema for
 the versions the code writes: a change makes this fail until the version is bumped (and the
-old version kept readable, see passt_py.migrate.stream's compatibility rule) and the new digests are
+old version kept readable, see passt_py.migrate's compatibility rule) and the new digests are
 added here.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import dataclasses
 import pytest
 
 from passt_py.migrate import record as migrate_record
-from passt_py.migrate import stream as migrate
+from passt_py.migrate.versions import VERSION, VERSIONS
 from passt_py.tcp.handler import TcpState
 from passt_py.udp.handler import UdpFlowState
 from passt_py.udp.icmp import PingFlowState
@@ -33,15 +33,15 @@ STATES = (TcpState, UdpFlowState, PingFlowState)
 
 def test_every_version_the_code_reads_is_pinned() -> None:
     """Each version in the table has its pinned schemas, the newest being the one written."""
-    assert sorted(PINNED) == sorted(v for v, _ in migrate.VERSIONS)
-    assert migrate.VERSION == max(PINNED)
+    assert sorted(PINNED) == sorted(v for v, _ in VERSIONS)
+    assert VERSION == max(PINNED)
 
 
 @pytest.mark.parametrize("cls", STATES, ids=lambda c: c.__name__)
 def test_the_schema_written_now_is_the_one_pinned_for_this_version(cls: type) -> None:
-    """Change a migrated state class's fields or their wire ids: bump migrate.VERSION."""
-    assert migrate_record.schema_digest(cls) == PINNED[migrate.VERSION][cls.__name__], \
-        f"{cls.__name__}'s wire schema changed: bump migrate.VERSION and pin the new digest"
+    """Change a migrated state class's fields or their wire ids: bump versions.VERSION."""
+    assert migrate_record.schema_digest(cls) == PINNED[VERSION][cls.__name__], \
+        f"{cls.__name__}'s wire schema changed: bump versions.VERSION and pin the new digest"
 
 
 @pytest.mark.parametrize("cls", STATES, ids=lambda c: c.__name__)

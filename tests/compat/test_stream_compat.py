@@ -3,7 +3,7 @@
 The compatibility rule these tests hold the code to:
 
 1. **Every stream a release wrote stays loadable.** A stream version is frozen once released:
-   a new reader keeps reading it (``migrate.VERSIONS`` keeps its entry and its stages), and
+   a new reader keeps reading it (``versions.VERSIONS`` keeps its entry and its stages), and
    rebuilds the same state from it. ``streams/`` holds what v0.1.0 (commit af42e14f, stream
    version 1) writes, with a JSON sidecar of what each stream holds; the current code must
    load each one and rebuild the same guest state and flows: counts, tuples, handler exports,
@@ -57,7 +57,11 @@ from passt_py.flow import FlowTable  # noqa: E402
 from passt_py.link.netview import GuestState, Ip4View, Ip6View, NetView  # noqa: E402
 from passt_py.loop import EventLoop  # noqa: E402
 from passt_py.migrate import repair as tcp_repair  # noqa: E402
-from passt_py.migrate import stream as migrate  # noqa: E402
+from passt_py.migrate.codec import MigrationError  # noqa: E402
+from passt_py.migrate.context import MigrationContext  # noqa: E402
+from passt_py.migrate.source import Source  # noqa: E402
+from passt_py.migrate.target import load_bytes  # noqa: E402
+from passt_py.migrate.versions import VERSION, VERSIONS  # noqa: E402
 from passt_py.tcp.handler import TcpHandler  # noqa: E402
 from passt_py.udp.handler import UdpHandler  # noqa: E402
 from passt_py.udp.icmp import IcmpHandler  # noqa: E402
@@ -123,7 +127,7 @@ def _tcp_key(entry: dict) -> tuple:
 def _expected_record(rec: dict, sock: dict) -> dict:
     """A TCP record as the target's TcpHandler holds it right after adoption: it sends again
     from the guest's last acknowledgement (TcpHandler.adopt), and a host FIN the socket had
-    received is known from the socket record (migrate.activate)."""
+    received is known from the socket record (target.activate)."""
     out = dict(rec)
     out["seq_to_guest"] = (rec["seq_acked_by_guest"]
                            + (1 if rec["fin_sent"] and not rec["fin_acked"] else 0)) % 2**32
@@ -176,15 +180,15 @@ def load_current(desc: dict, data: bytes) -> dict:
     flows = FlowTable(loop, max_flows=1024)
     sink = Sink()
     args = (loop, view, guest, flows, sink)
-    ctx = migrate.MigrationContext(loop=loop, view=view, guest=guest, flows=flows,
-                                   icmp=IcmpHandler(*args), udp=UdpHandler(*args),
-                                   tcp=TcpHandler(*args), repair=tcp_repair.RepairControl())
+    ctx = MigrationContext(loop=loop, view=view, guest=guest, flows=flows,
+                           icmp=IcmpHandler(*args), udp=UdpHandler(*args),
+                           tcp=TcpHandler(*args), repair=tcp_repair.RepairControl())
     try:
         if desc["setup"]["udp_forwards"]:
             ctx.udp.start_forwards(parse_port_options(desc["setup"]["udp_forwards"]))
         try:
-            report = migrate.load_bytes(ctx, data)
-        except migrate.MigrationError as e:
+            report = load_bytes(ctx, data)
+        except MigrationError as e:
             return {"error": {"stage": e.stage, "errno": e.code, "message": str(e)}}
         return {"report": {"ping": report.ping, "udp": report.udp, "tcp": report.tcp,
                            "failed": report.failed},
@@ -252,7 +256,7 @@ class _Source:
         args = (env.loop, env.view, env.guest, env.flows, self.l4_sink)
         self.icmp, self.udp = IcmpHandler(*args), UdpHandler(*args)
         self.udp_forwards = ["127.0.0.1/7003:5353"]
-        self.ctx = migrate.MigrationContext(
+        self.ctx = MigrationContext(
             loop=env.loop, view=env.view, guest=env.guest, flows=env.flows, icmp=self.icmp,
             udp=self.udp, tcp=env.tcp, repair=tcp_repair.RepairControl(), migrate_exit=True)
         self.socks: list[socket.socket] = []
@@ -333,12 +337,11 @@ class _Source:
         ctx = self.ctx
         handlers = (ctx.icmp, ctx.udp, ctx.tcp)
         before = cd.describe_flows(ctx.flows, *handlers)
-        source = migrate.Source(ctx) if version == migrate.VERSION else \
-            migrate.Source(ctx, version=version)
+        source = Source(ctx) if version == VERSION else Source(ctx, version=version)
         source.pre()
         data = b"".join(source.sections())
         assert source.report.failed == 0 and source.report.unrepairable == 0
-        frozen = {flow.id: sock for flow, sock in source._tcp}
+        frozen = {flow.id: sock for flow, sock in source.frozen}
         tcp = cd.describe_flows(ctx.flows, *handlers,
                                 lambda f: tcp_repair.save(frozen[f.id]))["tcp"]
         assert len(tcp) == 2 and len(frozen) == 2
@@ -370,7 +373,7 @@ def _write_current(version: int) -> tuple[dict, bytes]:
 
 def _writable_versions() -> list[int]:
     """Every stream version the current code can write (the newest by default)."""
-    return sorted(v for v, _stages in migrate.VERSIONS)
+    return sorted(v for v, _stages in VERSIONS)
 
 
 def _reads(version: int, compat: int, known: list[int]) -> bool:
@@ -407,10 +410,9 @@ def test_the_current_code_still_writes_a_stream_v010_reads(old_tree: Path) -> No
     for version in _writable_versions():
         loop = EventLoop()
         try:
-            ctx = migrate.MigrationContext(loop=loop, view=view, guest=GuestState(),
-                                           flows=FlowTable(loop))
-            source = migrate.Source(ctx) if version == migrate.VERSION else \
-                migrate.Source(ctx, version=version)
+            ctx = MigrationContext(loop=loop, view=view, guest=GuestState(),
+                                   flows=FlowTable(loop))
+            source = Source(ctx) if version == VERSION else Source(ctx, version=version)
             source.pre()
             header = cd.header_of(b"".join(source.sections()))
         finally:

@@ -109,10 +109,11 @@ def frame_seeds() -> list[bytes]:
 
 def migrate_seeds() -> list[bytes]:
     """Real migration streams (without their end marker) of a back-end holding ping, UDP and
-    TCP flows, written by passt_py.migrate.stream.Source in a private network namespace."""
+    TCP flows, written by passt_py.migrate.source.Source in a private network namespace."""
     import socket
 
-    from passt_py.migrate import stream as migrate
+    from passt_py.migrate.codec import DIGEST_LEN, SECTION
+    from passt_py.migrate.source import Source
     from tests.frames import tcp4_frame, udp4_frame
     from tests.fuzz import netns_guard, targets
     seeds = []
@@ -135,11 +136,11 @@ def migrate_seeds() -> list[bytes]:
                 for port, isn in synacks.items():
                     rig.feed([tcp4_frame(port, 9, 0x10, 1001, isn + 1)], 2)
                     rig.feed([tcp4_frame(port, 9, 0x18, 1001, isn + 1, b"hello")], 3)
-                src = migrate.Source(targets.migrate_context(rig))
+                src = Source(targets.migrate_context(rig))
                 src.pre()
                 data = b"".join(src.sections())
                 src.rollback()
-                seeds.append(data[:-(migrate.SECTION.size + migrate.DIGEST_LEN)])
+                seeds.append(data[:-(SECTION.size + DIGEST_LEN)])
                 for handler in (rig.icmp, rig.udp, rig.tcp):
                     if handler is not None:
                         handler.close_all()

@@ -37,8 +37,12 @@ INSTRUMENTED = ("passt_py.link.arp", "passt_py.link.dhcp", "passt_py.link.dhcpv6
                 "passt_py.udp.handler", "passt_py.udp.context", "passt_py.udp.errqueue",
                 "passt_py.udp.fast", "passt_py.udp.forward", "passt_py.udp.rx",
                 "passt_py.udp.sockets", "passt_py.udp.tx", "passt_py.vhost_user.wire",
-                "passt_py.vhost_user.session",
-                "passt_py.vhost_user.device", "passt_py.migrate.stream", "passt_py.tcp.handler",
+                "passt_py.vhost_user.session", "passt_py.vhost_user.device",
+                "passt_py.tcp.handler", "passt_py.migrate.codec", "passt_py.migrate.context",
+                "passt_py.migrate.section", "passt_py.migrate.meta", "passt_py.migrate.versions",
+                "passt_py.migrate.source", "passt_py.migrate.target", "passt_py.migrate.record",
+                "passt_py.tcp.migration", "passt_py.udp.migration", "passt_py.tcp.conn",
+                "passt_py.tcp.state",
                 "passt_py.migrate.repair")
 
 

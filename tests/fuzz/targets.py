@@ -17,7 +17,7 @@ Targets:
   and TCP handlers attached (in a private network namespace: see netns_guard), then a normal
   ARP exchange must still work.
 - ``migrate``: a migration stream (re-sealed with a correct checksum unless it starts with
-  0xFF) loaded into a target back-end's flow table by passt_py.migrate.stream.load_bytes.
+  0xFF) loaded into a target back-end's flow table by passt_py.migrate.target.load_bytes.
 - ``vhost``: a sequence of vhost-user messages (any request, payload, descriptors) into a
   Session over the real NetDevice; after each, the TX ring is drained and a frame pushed to RX.
 """
@@ -602,18 +602,18 @@ def migrate_context(rig: FrameRig, **options):
     """The MigrationContext of a rig, as the service builds it (direct TCP_REPAIR if allowed);
     ``options``: more MigrationContext fields (``migrate_exit=True``...)."""
     from passt_py.migrate import repair as tcp_repair
-    from passt_py.migrate import stream as migrate
-    return migrate.MigrationContext(loop=rig.loop, view=rig.view, guest=rig.guest,
-                                    flows=rig.flows, icmp=rig.icmp, udp=rig.udp, tcp=rig.tcp,
-                                    repair=tcp_repair.RepairControl(None), **options)
+    from passt_py.migrate.context import MigrationContext
+    return MigrationContext(loop=rig.loop, view=rig.view, guest=rig.guest,
+                            flows=rig.flows, icmp=rig.icmp, udp=rig.udp, tcp=rig.tcp,
+                            repair=tcp_repair.RepairControl(None), **options)
 
 
 def seal_stream(body: bytes) -> bytes:
     """``body`` (header and sections) followed by a correct end marker and checksum."""
     import hashlib
 
-    from passt_py.migrate import stream as migrate
-    end = migrate.SECTION.pack(migrate.SEC_END, 0, migrate.DIGEST_LEN)
+    from passt_py.migrate.codec import DIGEST_LEN, SEC_END, SECTION
+    end = SECTION.pack(SEC_END, 0, DIGEST_LEN)
     return body + end + hashlib.sha256(body + end).digest()
 
 
@@ -644,7 +644,8 @@ def fuzz_migrate(data: bytes) -> None:
     runs afterwards), the flow table keeps its limit, and the link still answers afterwards."""
     import copy
 
-    from passt_py.migrate import stream as migrate
+    from passt_py.migrate.codec import MigrationError
+    from passt_py.migrate.target import activate, load_bytes
     from tests.fuzz import netns_guard
     if not netns_guard.only_loopback():
         raise RuntimeError("fuzz_migrate must run in a private network namespace")
@@ -660,16 +661,16 @@ def fuzz_migrate(data: bytes) -> None:
     if len(rig.flows):
         raise Finding(f"{len(rig.flows)} flows before the load")
     try:
-        report = migrate.load_bytes(ctx, stream)
-    except migrate.MigrationError:
+        report = load_bytes(ctx, stream)
+    except MigrationError:
         report = None
         # Everything is validated before anything is applied: a refusal changes nothing.
         if rig.guest != guest_before:
             raise Finding("a refused stream changed the guest state") from None
         if len(rig.flows):
             raise Finding(f"a refused stream left {len(rig.flows)} flows") from None
-    if report is not None and hasattr(migrate, "activate"):
-        migrate.activate(ctx, report)      # target post: restored TCP sockets to the handler
+    if report is not None:
+        activate(ctx, report)              # target post: restored TCP sockets to the handler
     _check_no_traceback(trap)
     if len(rig.flows) > rig.flows.max_flows:
         raise Finding("flow table above its limit after a load")
