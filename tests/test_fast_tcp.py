@@ -28,77 +28,22 @@ from hypothesis import strategies as st
 from scapy.all import IP, TCP, Ether, raw
 
 from passt_py import core
-from passt_py.core import CoreError, TcpTemplate
+from passt_py.core import CoreError
 from tests.conftest import hypothesis_budget
 from tests.l4_helpers import recv_exactly
-# rig, wait: fixtures, used by name
-from tests.ring_rig import (GUEST4, GUEST_MAC, GW4, HDR, OUR_MAC, E, Wait,  # noqa: F401
-                            kick_rig, rig, wait)
-
-GPORT, OPORT = 40000, 5000          # the guest's port, the port it talks to
-SEQ0, ACK0 = 1000, 5000             # our next sequence number, the guest's
-SO_PEEK_OFF = 42
-ET = select.EPOLLET
-
-
-@pytest.fixture
-def conn():
-    """(ours, peer): a loopback TCP connection, ours non-blocking with SO_PEEK_OFF on."""
-    lst = socket.socket()
-    lst.bind(("127.0.0.1", 0))
-    lst.listen(1)
-    ours = socket.create_connection(lst.getsockname())
-    peer, _ = lst.accept()
-    lst.close()
-    ours.setblocking(False)
-    ours.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
-    yield ours, peer
-    ours.close()
-    peer.close()
-
-
-def _state(fast: core.FastPath, sock: socket.socket, seq: int = SEQ0, una: int | None = None,
-           timer_at: float | None = None, wnd: int = 1 << 20, ws: int = 7):
-    s = fast.tcp_state()
-    s.tmpl = TcpTemplate(GUEST_MAC, OUR_MAC, GW4, GUEST4, OPORT, GPORT, ttl=255).c[0]
-    s.tmpl.seq, s.tmpl.ack, s.tmpl.window, s.tmpl.mss = seq, ACK0, 1000, 1460
-    s.una = seq if una is None else una
-    s.acked_to_guest, s.wnd_from_guest, s.wnd_to_guest = ACK0, wnd, 1000 << 8
-    s.ws_from_guest, s.ws_to_guest, s.local = ws, 8, 1
-    s.fd, s.last_wnd_raw, s.rto, s.rto0 = sock.fileno(), 1000, 1.0, 1.0
-    s.timer_at = time.monotonic() + 0.5 if timer_at is None else timer_at
-    return s
-
-
-def _register(wait: Wait, r, sock: socket.socket, **kw) -> int:
-    """Our socket watched as the service watches it; the connection handed to C."""
-    wait.ep.register(sock.fileno(), select.EPOLLIN | select.EPOLLOUT | select.EPOLLERR |
-                     select.EPOLLHUP | select.EPOLLRDHUP | ET)
-    wait.fast.set_rx(r.rxq, HDR, True, 0, 64)
-    wait.fast.set_tcp(0, 0, 1 << 20, 0xFFFF << 8)
-    assert wait.fast.add_tcp(_state(wait.fast, sock, **kw))
-    return kick_rig(r, wait)
-
-
-def _seg(seq: int, ack: int, flags: str = "A", payload: bytes = b"", wnd: int = 8192) -> bytes:
-    return raw(E() / IP(src=str(GUEST4), dst=str(GW4)) /
-               TCP(sport=GPORT, dport=OPORT, seq=seq, ack=ack, flags=flags, window=wnd) /
-               payload)
+# conn, rig, wait: fixtures, used by name
+from tests.fast_tcp_rig import (ACK0, SEQ0, SO_PEEK_OFF, conn, fast_state,  # noqa: F401
+                                register, seg, take)
+from tests.ring_rig import HDR, Wait, rig, wait  # noqa: F401
 
 
 def _queue_stream(r, data: bytes, size: int, flags: str = "A") -> int:
     """In-order guest segments of ``size`` bytes carrying ``data`` from ACK0 on; how many."""
     count = (len(data) + size - 1) // size
     for k in range(count):
-        r.tx.add_tx_buffer(_seg(ACK0 + size * k, SEQ0, flags, data[size * k:size * (k + 1)]),
+        r.tx.add_tx_buffer(seg(ACK0 + size * k, SEQ0, flags, data[size * k:size * (k + 1)]),
                            bytes(HDR))
     return count
-
-
-def _take(wait: Wait, sock: socket.socket):
-    out = wait.fast.tcp_state()
-    assert wait.fast.remove_tcp(sock.fileno(), out)
-    return out
 
 
 def _queued(sock: socket.socket) -> int:
@@ -134,7 +79,7 @@ def test_guest_data_reaches_the_peer_and_earns_one_ack(rig, wait, conn):
     ours, peer = conn
     r = rig()
     r.rx.add_rx_buffers(16, 4096)
-    kick = _register(wait, r, ours)
+    kick = register(wait, r, ours)
     data = os.urandom(20 * 1400)
     _queue_stream(r, data, 1400, "PA")
     os.eventfd_write(kick, 1)
@@ -146,7 +91,7 @@ def test_guest_data_reaches_the_peer_and_earns_one_ack(rig, wait, conn):
     assert [(p[TCP].seq, p[TCP].ack, str(p[TCP].flags)) for p in acks] == \
         [(SEQ0, ACK0 + len(data), "A")]
     assert acks[0][TCP].window > 0
-    s = _take(wait, ours)
+    s = take(wait, ours)
     assert (s.tmpl.ack, s.acked_to_guest, s.to_host, s.back) == \
         (ACK0 + len(data), ACK0 + len(data), len(data), 0)
     assert s.wnd_from_guest == 8192 << 7
@@ -159,7 +104,7 @@ def test_host_data_reaches_the_ring_and_the_guest_ack_discards_it(rig, wait, con
     ours, peer = conn
     r = rig()
     r.rx.add_rx_buffers(100, 4096)
-    kick = _register(wait, r, ours)
+    kick = register(wait, r, ours)
     data = os.urandom(50000)
     peer.sendall(data)
     _until_queued(ours, len(data))
@@ -170,11 +115,11 @@ def test_host_data_reaches_the_ring_and_the_guest_ack_discards_it(rig, wait, con
         [SEQ0 + sum(len(q[TCP].payload) for q in segs[:k]) for k in range(len(segs))]
     assert b"".join(bytes(p[TCP].payload) for p in segs) == data
     assert _queued(ours) == len(data)              # peeked, kept until acknowledged
-    r.tx.add_tx_buffer(_seg(ACK0, SEQ0 + len(data)), bytes(HDR))
+    r.tx.add_tx_buffer(seg(ACK0, SEQ0 + len(data)), bytes(HDR))
     os.eventfd_write(kick, 1)
     assert wait.poll() == []
     assert _queued(ours) == 0
-    s = _take(wait, ours)
+    s = take(wait, ours)
     assert (s.una, s.tmpl.seq, s.to_guest, s.deadline, s.back) == \
         (SEQ0 + len(data), SEQ0 + len(data), len(data), 0, 0)
     os.close(kick)
@@ -186,7 +131,7 @@ def test_host_data_beyond_the_share_per_event_goes_out_in_the_same_wait(rig, wai
     ours, peer = conn
     r = rig()
     r.rx.add_rx_buffers(100, 4096)
-    _register(wait, r, ours)
+    register(wait, r, ours)
     wait.fast.set_tcp(0, 0, 1000, 0xFFFF << 8)
     data = os.urandom(30000)
     peer.sendall(data)
@@ -195,7 +140,7 @@ def test_host_data_beyond_the_share_per_event_goes_out_in_the_same_wait(rig, wai
     segs = _tcp_frames(r)
     assert b"".join(bytes(p[TCP].payload) for p in segs) == data
     assert max(len(p[TCP].payload) for p in segs) <= 1000
-    assert _take(wait, ours).tmpl.seq == SEQ0 + len(data)
+    assert take(wait, ours).tmpl.seq == SEQ0 + len(data)
 
 
 @pytest.mark.parametrize("stopper", ["gap", "dup-ack", "fin", "rst", "syn", "ack-unsent",
@@ -207,17 +152,17 @@ def test_a_frame_c_does_not_handle_ends_its_share(rig, wait, conn, stopper):
     ours, peer = conn
     r = rig()
     r.rx.add_rx_buffers(16, 4096)
-    kick = _register(wait, r, ours, seq=SEQ0 + 100, una=SEQ0)    # 100 bytes in flight
-    first = [_seg(ACK0, SEQ0, "A", b"a" * 500), _seg(ACK0 + 500, SEQ0, "PA", b"b" * 500)]
+    kick = register(wait, r, ours, seq=SEQ0 + 100, una=SEQ0)    # 100 bytes in flight
+    first = [seg(ACK0, SEQ0, "A", b"a" * 500), seg(ACK0 + 500, SEQ0, "PA", b"b" * 500)]
     nxt = ACK0 + 1000
-    x = {"gap": _seg(nxt + 1, SEQ0, "A", b"c" * 10),
-         "dup-ack": _seg(nxt, SEQ0, "A", wnd=8192),
-         "fin": _seg(nxt, SEQ0, "FA"),
-         "rst": _seg(nxt, SEQ0, "R"),
-         "syn": _seg(nxt, 0, "S"),
-         "ack-unsent": _seg(nxt, SEQ0 + 101, "A"),
-         "old-ack": _seg(nxt, SEQ0 - 1, "A", wnd=100)}[stopper]
-    rest = [x, _seg(nxt, SEQ0, "A", b"d" * 10)]
+    x = {"gap": seg(nxt + 1, SEQ0, "A", b"c" * 10),
+         "dup-ack": seg(nxt, SEQ0, "A", wnd=8192),
+         "fin": seg(nxt, SEQ0, "FA"),
+         "rst": seg(nxt, SEQ0, "R"),
+         "syn": seg(nxt, 0, "S"),
+         "ack-unsent": seg(nxt, SEQ0 + 101, "A"),
+         "old-ack": seg(nxt, SEQ0 - 1, "A", wnd=100)}[stopper]
+    rest = [x, seg(nxt, SEQ0, "A", b"d" * 10)]
     for f in first + rest:
         r.tx.add_tx_buffer(f, bytes(HDR))
     os.eventfd_write(kick, 1)
@@ -227,7 +172,7 @@ def test_a_frame_c_does_not_handle_ends_its_share(rig, wait, conn, stopper):
     batch = r.txq.pop_tx(64, HDR)
     assert [batch.frame(i) for i in range(batch.count)] == rest
     r.txq.release(batch)
-    s = _take(wait, ours)
+    s = take(wait, ours)
     assert (s.tmpl.ack, s.una, s.back) == (nxt, SEQ0, 0)
     os.close(kick)
 
@@ -240,13 +185,13 @@ def test_a_full_socket_hands_the_connection_back(rig, wait, conn):
     peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     r = rig(num=512)
     r.rx.add_rx_buffers(16, 4096)
-    kick = _register(wait, r, ours)
+    kick = register(wait, r, ours)
     data = os.urandom(300 * 8000)
     _queue_stream(r, data, 8000)
     os.eventfd_write(kick, 1)
     events = wait.poll()
     assert (ours.fileno(), core.FAST_EV_BACK) in events
-    s = _take(wait, ours)
+    s = take(wait, ours)
     assert s.back & core.FAST_BACK_FULL
     took = s.tmpl.ack - ACK0
     assert 0 < took < len(data) and s.to_host == took
@@ -260,7 +205,7 @@ def test_no_rx_buffers_the_connection_waits_in_c_for_the_rx_kick(rig, wait, conn
     intact. Taken back while it waits, the connection says host data is due (H2G)."""
     ours, peer = conn
     r = rig()
-    _register(wait, r, ours)
+    register(wait, r, ours)
     peer.sendall(b"x" * 3000)
     _until_queued(ours, 3000)
     assert wait.poll() == []
@@ -278,7 +223,7 @@ def test_no_rx_buffers_the_connection_waits_in_c_for_the_rx_kick(rig, wait, conn
     assert wait.poll() == []
     got = b"".join(bytes(p[TCP].payload) for p in _tcp_frames(r))
     assert 0 < len(got) < 100000 and got == b"z" * len(got)
-    s = _take(wait, ours)
+    s = take(wait, ours)
     assert s.back & core.FAST_BACK_H2G and s.tmpl.seq == SEQ0 + 6000 + len(got)
 
 
@@ -288,7 +233,7 @@ def test_a_timer_to_arm_hands_back_and_later_events_are_python_s(rig, wait, conn
     ours, peer = conn
     r = rig()
     r.rx.add_rx_buffers(16, 4096)
-    _register(wait, r, ours, timer_at=0.0)
+    register(wait, r, ours, timer_at=0.0)
     before = time.monotonic()
     peer.sendall(b"hello")
     _until_queued(ours, 5)
@@ -300,7 +245,7 @@ def test_a_timer_to_arm_hands_back_and_later_events_are_python_s(rig, wait, conn
     assert len(events) == 1 and events[0][0] == ours.fileno()
     assert events[0][1] & select.EPOLLIN and not events[0][1] & core.FAST_EV_BACK
     assert _tcp_frames(r) == []                     # C left it alone
-    s = _take(wait, ours)
+    s = take(wait, ours)
     assert s.back == core.FAST_BACK_TIMER and s.tmpl.seq == SEQ0 + 5
     assert before + 1.0 <= s.deadline <= time.monotonic() + 1.0
 
@@ -311,14 +256,14 @@ def test_entries_are_unique_and_removal_hands_events_back(rig, wait, conn):
     ours, peer = conn
     r = rig()
     r.rx.add_rx_buffers(16, 4096)
-    kick = _register(wait, r, ours)
+    kick = register(wait, r, ours)
     with pytest.raises(CoreError):
-        wait.fast.add_tcp(_state(wait.fast, ours))
+        wait.fast.add_tcp(fast_state(wait.fast, ours))
     assert wait.fast.stats().tcp_entries == 1
-    _take(wait, ours)
+    take(wait, ours)
     assert not wait.fast.remove_tcp(ours.fileno(), wait.fast.tcp_state())
     assert wait.fast.stats().tcp_entries == 0
-    r.tx.add_tx_buffer(_seg(ACK0, SEQ0, "A", b"data"), bytes(HDR))
+    r.tx.add_tx_buffer(seg(ACK0, SEQ0, "A", b"data"), bytes(HDR))
     os.eventfd_write(kick, 1)
     assert sorted(wait.poll()) == sorted([(ours.fileno(), select.EPOLLOUT),   # its first edge
                                           (kick, select.EPOLLIN)])
@@ -337,14 +282,14 @@ def test_a_kick_of_more_than_four_rounds_is_drained_within_the_wait(rig, wait, c
     ours, peer = conn
     r = rig(num=2048)
     r.rx.add_rx_buffers(64, 4096)
-    kick = _register(wait, r, ours)
+    kick = register(wait, r, ours)
     data = os.urandom(1100 * 100)
     assert _queue_stream(r, data, 100) == 1100
     os.eventfd_write(kick, 1)
     assert wait.poll() == []
     assert recv_exactly(peer, len(data)) == data
     assert len(r.tx.pop_used()) == 1100
-    assert _take(wait, ours).tmpl.ack == ACK0 + len(data)
+    assert take(wait, ours).tmpl.ack == ACK0 + len(data)
     os.close(kick)
 
 
@@ -372,24 +317,24 @@ def test_any_tx_batch_of_a_connection_splits_into_a_taken_prefix_and_an_untouche
     r.rx.add_rx_buffers(64, 4096)
     w = Wait()
     try:
-        kick = _register(w, r, ours)
+        kick = register(w, r, ours)
         frames, oks, payloads, nxt = [], [], [], ACK0
         for kind, arg in kinds:
             ok, payload = False, b""
             if kind == "data":
-                frames.append(_seg(nxt, SEQ0, "A", arg))
+                frames.append(seg(nxt, SEQ0, "A", arg))
                 ok, payload = True, arg
             elif kind == "ack":
-                frames.append(_seg(nxt, SEQ0, "A", wnd=8192 + arg))
+                frames.append(seg(nxt, SEQ0, "A", wnd=8192 + arg))
                 ok = True                       # nothing in flight: never a duplicate
             elif kind == "ahead":
-                frames.append(_seg(nxt + 1000, SEQ0, "A", arg))
+                frames.append(seg(nxt + 1000, SEQ0, "A", arg))
             elif kind == "fin":
-                frames.append(_seg(nxt, SEQ0, "FA"))
+                frames.append(seg(nxt, SEQ0, "FA"))
             elif kind == "junk":
                 frames.append(bytes(arg))
             else:
-                f = bytearray(_seg(nxt, SEQ0, "A", b"y" * 20))
+                f = bytearray(seg(nxt, SEQ0, "A", b"y" * 20))
                 struct.pack_into("!H", f, 14 + 2, arg)
                 frames.append(bytes(f))
                 ok = 40 <= arg <= 60            # 20 header + 20 TCP + at most the payload
@@ -411,7 +356,7 @@ def test_any_tx_batch_of_a_connection_splits_into_a_taken_prefix_and_an_untouche
             batch = r.txq.pop_tx(64, HDR)
             assert [batch.frame(i) for i in range(batch.count)] == frames[prefix:]
             r.txq.release(batch)
-        s = _take(w, ours)
+        s = take(w, ours)
         assert s.tmpl.ack == ACK0 + len(taken) and s.back == 0
         os.close(kick)
     finally:

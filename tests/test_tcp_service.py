@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from passt_py.tcp.conn import S_FAST_RETRANSMITS, S_TO_GUEST, S_TO_HOST
 from passt_py.tcp.seg import ACK, FIN, PSH, seq_add, seq_diff
 from tests.frontend import Frontend
 from tests.l4_helpers import recv_exactly
@@ -81,7 +82,7 @@ def test_tcp_both_ways_through_real_rings(backend) -> None:
     # The steady state ran in C (csrc/fast_tcp.c); taken back, its counts are the whole.
     on_loop(service, tcp.fast_release)
     assert tcp.fast_bytes > 0
-    assert flow.data.stats[0] == len(data)
+    assert flow.data.core.stats[S_TO_HOST] == len(data)
     # Host -> guest: the C path places the segments in our RX buffers.
     back = os.urandom(2 << 20)
     host.setblocking(True)
@@ -161,7 +162,8 @@ def test_duplicate_acks_in_one_batch_trigger_fast_retransmit(backend) -> None:
         if g.segments(0.05):
             g.send(ACK)
     flow = next(iter(service.flows))
-    assert flow.data.stats[3] == 1, "no fast retransmit (only a timeout would resend)"
+    assert flow.data.core.stats[S_FAST_RETRANSMITS] == 1, \
+        "no fast retransmit (only a timeout would resend)"
     assert service.tcp.retransmits == before + 1
     assert hashlib.sha256(g.data).digest() == hashlib.sha256(back).digest()
     host.close()
@@ -264,7 +266,7 @@ def test_request_response_runs_in_c_and_survives_a_new_guest_mac(backend) -> Non
     on_loop(service, service.tcp.fast_release)
     assert service.tcp.fast_bytes > 0
     c = next(iter(service.flows)).data
-    assert c.stats[0] == c.stats[1] == sum(len(b"request %d " % k) + k % 50 for k in range(200))
+    assert c.core.stats[S_TO_HOST] == c.core.stats[S_TO_GUEST] == sum(len(b"request %d " % k) + k % 50 for k in range(200))
     host.close()
 
 

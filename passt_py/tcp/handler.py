@@ -61,7 +61,6 @@ Where the bytes go (Python decides per run of segments or per event, never per b
 """
 from __future__ import annotations
 
-import enum
 import errno
 import hashlib
 import ipaddress
@@ -71,7 +70,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, replace
-from typing import Callable, ClassVar, Iterable
+from typing import Callable, Iterable
 
 from passt_py import core
 from passt_py.config.log import trace
@@ -81,29 +80,26 @@ from passt_py.link import fwd
 from passt_py.link.ip import IpPacket
 from passt_py.link.netview import GuestState, NetView
 from passt_py.loop import ERR, HUP, IN, OUT, EventLoop, Timer
-from passt_py.migrate.record import WireField
-from passt_py.tcp.copy import (STOP_AGAIN, STOP_DRAINED, STOP_EOF, STOP_NOBUFS, STOP_WINDOW,
-                               CopyingDataPath, TcpDataPath)
+from passt_py.tcp.conn import (A_ARM, A_BATCH_END, A_CLOSE, A_CONTROL, A_DISARM, A_DISCARD,
+                               A_MORE, A_RESET, A_RETRANSMIT, A_REWIND, A_RX_WAIT, A_SEND,
+                               A_SHUT_WR, A_TO_GUEST, A_TRACE, MAX_RETRIES, MAX_WINDOW,
+                               RTO_INITIAL, S_TO_GUEST, S_TO_HOST, WND_NONE, WND_SYN, WS_OURS,
+                               Actions, TcpConn, default_mss)
+from passt_py.tcp.copy import CopyingDataPath, TcpDataPath
 from passt_py.tcp.ring import RingDataPath
-from passt_py.tcp.seg import (ACK, FIN, MSS_DEFAULT4, MSS_DEFAULT6, RST, SYN, FrameTemplate,
-                              TcpSegment, parse_tcp, rst_reply, seq_add, seq_diff, syn_options)
+from passt_py.tcp.seg import (ACK, RST, SYN, FrameTemplate, TcpSegment, parse_tcp, rst_reply,
+                              seq_add, seq_diff)
+from passt_py.tcp.state import IPAddr, Phase, TcpState
+
+__all__ = ["BYTES_PER_EVENT", "MAX_WINDOW", "Phase", "TcpHandler", "TcpState", "WS_OURS"]
 
 log = logging.getLogger(__name__)
 
 _NO_PAYLOAD = memoryview(b"")
 
-IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
-
 CONNECT_TIMEOUT = 10.0      # passt's SYN_TIMEOUT: host connect or guest SYN-ACK
 IDLE_TIMEOUT = 7200.0       # passt's ACT_TIMEOUT: reset after two idle hours
-RTO_INITIAL = 1.0           # RFC 6298 2.1 (we take no RTT samples: the link is local)
-RTO_MAX = 60.0              # RFC 6298 2.5
-MAX_RETRIES = 6             # then RST both ways (1+2+4+8+16+32+60 s at the defaults)
-DUP_ACKS = 3                # RFC 5681 3.2
-GAP_ACKS = 3                # duplicate ACKs for gaps, per connection and TX batch (see _guest_data)
 WND_POLL = 0.01             # send-buffer poll while our advertised window is closed
-WS_OURS = 8                 # our window scale: windows up to 16 MiB
-MAX_WINDOW = 0xFFFF << WS_OURS
 BYTES_PER_EVENT = 1 << 20   # host -> guest bytes per connection and event (then deferred)
 ACCEPT_BATCH = 64
 SNDBUF_BIG = 4 << 20        # net.core.wmem_max from which sockets get a big send buffer...
@@ -117,116 +113,27 @@ ET = 1 << 31                # EPOLLET
 _LINGER0 = struct.pack("ii", 1, 0)
 
 
-class Phase(enum.IntEnum):
-    """Where the connection is in its life (values are part of the migration format)."""
-
-    CONNECTING = 1      # guest SYN seen, host connect() in progress
-    SYNACK_SENT = 2     # host connected, our SYN-ACK to the guest not yet acknowledged
-    SYN_SENT = 3        # accepted on a -t port, our SYN to the guest not yet answered
-    ESTABLISHED = 4
-    CLOSED = 5
-
-
-@dataclass
-class TcpState:
-    """The guest-side state of one connection: everything migration must carry.
-
-    Sequence fields are absolute 32-bit numbers on the guest-side connection. Host-side
-    sequence numbers belong to the socket (TCP_REPAIR moves them).
-
-    - ``version``, ``guest_addr``/``guest_port``: the guest's end; ``our_addr``/``our_port``:
-      the address and port the guest talks to; ``inbound``: started from the host (-t).
-    - ``seq_to_guest``: next sequence number we send (SND.NXT); ``seq_acked_by_guest``: the
-      guest's last acknowledgement (SND.UNA). Bytes in between are in flight, still in the
-      socket's receive queue at peek offsets 0..in-flight.
-    - ``seq_from_guest``: next sequence number expected from the guest (RCV.NXT);
-      ``seq_acked_to_guest``: the acknowledgement we last sent.
-    - ``isn_ours`` / ``isn_guest``: initial sequence numbers (diagnostics).
-    - ``wnd_from_guest``: the guest's window in bytes (already scaled);
-      ``wnd_to_guest``: the window we last advertised, in bytes.
-    - ``ws_from_guest`` / ``ws_to_guest``: window scale shifts (0 when not negotiated).
-    - ``mss_guest``: the guest's MSS (our segments to it are at most this, and the MTU's).
-    - ``guest_fin``: FIN received from the guest (host socket shut for writing);
-      ``host_eof``: host peer's end of stream seen; ``fin_sent``/``fin_acked``: our FIN to
-      the guest (it occupies the sequence number just before seq_to_guest once sent).
-    - ``timestamps``: always False, the timestamps option is never negotiated with the guest.
-    """
-
-    version: int
-    guest_addr: IPAddr
-    guest_port: int
-    our_addr: IPAddr
-    our_port: int
-    inbound: bool
-    phase: Phase = Phase.CONNECTING
-    seq_to_guest: int = 0
-    seq_acked_by_guest: int = 0
-    seq_from_guest: int = 0
-    seq_acked_to_guest: int = 0
-    isn_ours: int = 0
-    isn_guest: int = 0
-    wnd_from_guest: int = 0
-    wnd_to_guest: int = 0
-    ws_from_guest: int = 0
-    ws_to_guest: int = 0
-    mss_guest: int = MSS_DEFAULT4
-    guest_fin: bool = False
-    host_eof: bool = False
-    fin_sent: bool = False
-    fin_acked: bool = False
-    timestamps: bool = False
-
-    #: Wire schema (passt_py.migrate.record): ids never change or get reused.
-    WIRE: ClassVar[tuple[WireField, ...]] = (
-        WireField(1, "version"), WireField(2, "guest_addr"), WireField(3, "guest_port"),
-        WireField(4, "our_addr"), WireField(5, "our_port"), WireField(6, "inbound"),
-        WireField(7, "phase"), WireField(8, "seq_to_guest"),
-        WireField(9, "seq_acked_by_guest"), WireField(10, "seq_from_guest"),
-        WireField(11, "seq_acked_to_guest"), WireField(12, "isn_ours"),
-        WireField(13, "isn_guest"), WireField(14, "wnd_from_guest"),
-        WireField(15, "wnd_to_guest"), WireField(16, "ws_from_guest"),
-        WireField(17, "ws_to_guest"), WireField(18, "mss_guest"), WireField(19, "guest_fin"),
-        WireField(20, "host_eof"), WireField(21, "fin_sent"), WireField(22, "fin_acked"),
-        WireField(23, "timestamps"))
-
-
 class _Conn:
-    """Runtime of one connection: its state record, socket, frame template and timer."""
+    """One connection's I/O side: its core (rules and state), socket, flow, frame template,
+    timer, and the bookkeeping of where the loop and C have it."""
 
-    __slots__ = ("st", "sock", "fd", "flow", "tpl", "seg_size", "retries", "rto", "deadline",
-                 "timer", "dup_acks", "recovering", "wnd_poll", "probe", "ack_due",
-                 "more_due", "last_wnd_raw", "send_full", "rx_wait", "discard_due",
-                 "batch_end", "gap_acks", "local", "stats", "fast", "offered")
+    __slots__ = ("core", "st", "sock", "fd", "flow", "tpl", "deadline", "timer", "batch_end",
+                 "local", "fast", "offered")
 
-    def __init__(self, st: TcpState, sock: socket.socket, local: bool) -> None:
-        self.st = st
+    def __init__(self, conn: TcpConn, sock: socket.socket, local: bool) -> None:
+        self.core = conn
+        self.st = conn.st
         self.sock = sock
         self.fd = sock.fileno()
         self.flow: Flow | None = None
+        st = conn.st
         self.tpl = FrameTemplate(st.our_addr, st.guest_addr, st.our_port, st.guest_port)
-        self.seg_size = st.mss_guest
-        self.retries = 0
-        self.rto = RTO_INITIAL
         self.deadline: float | None = None     # retransmission / probe / connect deadline
         self.timer: Timer | None = None
-        self.dup_acks = 0
-        self.recovering = False                 # fast retransmit done, waiting for progress
-        self.wnd_poll = False                   # our advertised window was closed
-        self.probe = False                      # guest's window is closed, data waits
-        self.ack_due = False
-        self.more_due = False
-        self.last_wnd_raw = -1
-        self.send_full = False
-        self.rx_wait = False                    # RX ring full: wait for the guest's kick
-        self.discard_due = 0                    # acknowledged bytes still in the socket
-        self.batch_end = False                  # listed for _end_batch (ACK or discard due)
-        self.gap_acks = 0                       # duplicate ACKs for gaps in this batch
+        self.batch_end = False                  # listed for _end_batch
         self.local = local                      # host peer on this host (_peer_is_local)
         self.fast = False                       # C runs its steady state (core.FastPath)
         self.offered = False                    # listed for TcpHandler._fast_give_offered
-        # bytes to host, bytes to guest, timeouts, fast retransmits, socket-full refusals,
-        # RX-full waits, out-of-order drops
-        self.stats = [0, 0, 0, 0, 0, 0, 0]
 
 
 @dataclass
@@ -356,6 +263,9 @@ class TcpHandler:
     def _our_mss(self, version: int) -> int:
         return max(536, min(0xFFFF, self._view.mtu - (40 if version == 4 else 60)))
 
+    def _new_core(self, st: TcpState) -> TcpConn:
+        return TcpConn(st, self._our_mss(st.version), self._rto0, self._max_retries)
+
     def _macs(self) -> tuple[bytes, bytes]:
         return self._guest.mac, self._view.our_mac
 
@@ -370,40 +280,77 @@ class TcpHandler:
         """
         return core.tcp_send_window(c.fd, c.local, MAX_WINDOW)
 
-    def _wnd_raw(self, c: _Conn) -> int:
-        st = c.st
-        if st.guest_fin:
-            space = MAX_WINDOW      # nothing more is accepted anyway; keep the window open
-        elif c.send_full:
-            space = 0               # the socket refused data: closed until it reports room
-        else:
-            space = self._send_window(c)
-        raw = min(0xFFFF, space >> st.ws_to_guest)
-        st.wnd_to_guest = raw << st.ws_to_guest
-        if raw == 0 and not st.guest_fin and not c.send_full and not c.wnd_poll:
-            c.wnd_poll = True
+    def _wnd_raw(self, c: _Conn, space: int | None = None) -> int:
+        """The window field to send for ``space`` bytes (None: what the socket allows, or
+        what the core fixes); starts the send-buffer poll when it closes."""
+        if space is None:
+            space = c.core._space()
+            if space is None:
+                space = self._send_window(c)
+        raw = c.core.window_raw(space)
+        if c.core.wants_window_poll(raw):
             self._loop.call_later(WND_POLL, lambda: self._poll_window(c))
         return raw
 
-    def _control(self, c: _Conn, flags: int, seq: int | None = None,
-                 opts: bytes = b"", wnd_raw: int | None = None) -> None:
-        """Send one segment without payload (ACK, SYN, FIN, RST...) to the guest."""
-        st = c.st
-        ack = st.seq_from_guest if flags & ACK else 0
-        if wnd_raw is None:
-            wnd_raw = self._wnd_raw(c) if not flags & RST else 0
-        if flags & ACK:
-            st.seq_acked_to_guest = ack
-            c.ack_due = False
-            c.last_wnd_raw = wnd_raw
+    def _send_control(self, c: _Conn, flags: int, seq: int, ack: int, opts: bytes,
+                      wnd: int | None) -> None:
+        """One segment without payload (ACK, SYN, FIN, RST...) to the guest."""
+        if wnd == WND_NONE:
+            raw = 0
+        elif wnd == WND_SYN:
+            raw = min(0xFFFF, self._send_window(c))
+        else:
+            raw = self._wnd_raw(c, wnd)
+        c.core.control_sent(flags, ack, raw)
         dst_mac, src_mac = self._macs()
-        self._to_guest([c.tpl.control(dst_mac, src_mac, st.seq_to_guest if seq is None else seq,
-                                      ack, flags, wnd_raw, opts)])
+        self._to_guest([c.tpl.control(dst_mac, src_mac, seq, ack, flags, raw, opts)])
+
+    def _run(self, c: _Conn, actions: Actions) -> None:
+        """Carry out the core's actions in order; nothing after the connection closed."""
+        st = c.st
+        for act in actions:
+            if st.phase == Phase.CLOSED:
+                return
+            kind = act[0]
+            if kind == A_CONTROL:
+                self._send_control(c, *act[1:])
+            elif kind == A_BATCH_END:
+                self._at_batch_end(c)
+            elif kind == A_ARM:
+                self._arm(c, act[1])
+            elif kind == A_DISARM:
+                self._disarm(c)
+            elif kind == A_TO_GUEST:
+                self._host_to_guest(c)
+            elif kind == A_SEND:
+                self._send_to_host(c, act[1], act[2])
+            elif kind == A_DISCARD:
+                self._discard(c, act[1])
+            elif kind == A_REWIND:
+                self._rewind(c)
+            elif kind == A_CLOSE:
+                self._close(c, rst_host=act[1])
+            elif kind == A_RESET:
+                self._reset(c)
+            elif kind == A_SHUT_WR:
+                try:
+                    c.sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+            elif kind == A_RX_WAIT:
+                self._rx_waiting.append(c)
+            elif kind == A_MORE:
+                self._loop.defer(lambda: self._more(c))
+            elif kind == A_RETRANSMIT:
+                self.retransmits += 1
+            elif kind == A_TRACE:
+                trace(log, "TCP flow %s: %s", self._fid(c), act[1])
 
     # ---- timer (one per connection, re-armed lazily) ----
     def _arm(self, c: _Conn, delay: float) -> None:
         deadline = time.monotonic() + delay
         c.deadline = deadline
+        c.core.armed = True
         if c.timer is None or c.timer.deadline > deadline + 0.001:
             if c.timer is not None:
                 c.timer.cancel()
@@ -411,6 +358,7 @@ class TcpHandler:
 
     def _disarm(self, c: _Conn) -> None:
         c.deadline = None
+        c.core.armed = False
 
     def _on_timer(self, c: _Conn) -> None:
         if c.fast:
@@ -424,48 +372,16 @@ class TcpHandler:
             c.timer = self._loop.call_later(c.deadline - now, lambda: self._on_timer(c))
             return
         c.deadline = None
-        self._timeout(c)
-
-    def _timeout(self, c: _Conn) -> None:
-        st = c.st
-        if st.phase == Phase.CONNECTING:
-            trace(log, "TCP flow %s: host connect timed out", self._fid(c))
-            self._reset(c)
-            return
-        c.retries += 1
-        c.stats[2] += 1
-        if c.retries > self._max_retries:
-            trace(log, "TCP flow %s: no answer from the guest, resetting", self._fid(c))
-            self._reset(c)
-            return
-        c.rto = min(c.rto * 2, RTO_MAX)
-        if st.phase == Phase.SYNACK_SENT:
-            self._send_synack(c)
-        elif st.phase == Phase.SYN_SENT:
-            self._send_syn(c)
-        elif st.phase == Phase.ESTABLISHED:
-            if st.fin_sent and not st.fin_acked and \
-                    seq_diff(st.seq_to_guest, st.seq_acked_by_guest) == 1:
-                self.retransmits += 1
-                self._control(c, FIN | ACK, seq=st.seq_acked_by_guest)
-                self._arm(c, c.rto)
-            elif seq_diff(st.seq_to_guest, st.seq_acked_by_guest) > 0:
-                self.retransmits += 1
-                self._rewind(c)
-            elif c.probe:
-                # Zero-window probe: an old sequence number makes the guest answer with an
-                # ACK carrying its current window (RFC 9293 3.8.6.1).
-                self._control(c, ACK, seq=seq_add(st.seq_to_guest, -1))
-                self._arm(c, c.rto)
+        self._run(c, c.core.timeout())
 
     def _poll_window(self, c: _Conn) -> None:
         """Our window was closed: tell the guest as soon as the send buffer drains."""
-        c.wnd_poll = False
+        c.core.wnd_poll = False
         self._fast_offer(c)
         if c.st.phase != Phase.ESTABLISHED or c.st.guest_fin:
             return
         if self._wnd_raw(c) > 0:
-            self._control(c, ACK)
+            self._run(c, [c.core.control(ACK)])
 
     # ---- from the guest ----
     def from_guest(self, pkt: IpPacket) -> None:
@@ -494,16 +410,7 @@ class TcpHandler:
         if c.fast:
             self._fast_take(c)
         self._flows.touch(flow)
-        st = c.st
-        if st.phase == Phase.ESTABLISHED:
-            self._established(c, seg)
-        elif st.phase == Phase.SYNACK_SENT:
-            self._synack_sent(c, seg)
-        elif st.phase == Phase.SYN_SENT:
-            self._syn_sent(c, seg)
-        elif st.phase == Phase.CONNECTING:
-            if seg.flags & RST:
-                self._close(c, rst_host=True)
+        self._run(c, c.core.segment(seg))
 
     def _rst_unknown(self, pkt: IpPacket, seg: TcpSegment) -> None:
         frame = rst_reply(pkt.dst, pkt.src, seg, *self._macs())
@@ -521,7 +428,7 @@ class TcpHandler:
         family = socket.AF_INET if target.version == 4 else socket.AF_INET6
         sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK
                              | socket.SOCK_CLOEXEC)
-        mss = seg.mss or (MSS_DEFAULT4 if tap.eaddr.version == 4 else MSS_DEFAULT6)
+        mss = seg.mss or default_mss(tap.eaddr.version)
         try:
             if not _is_loopback(target):
                 _clamp_mss(sock, mss)
@@ -544,8 +451,7 @@ class TcpHandler:
             st.ws_from_guest, st.ws_to_guest = seg.ws, WS_OURS
         isn = self._isn(tap.oaddr, tap.oport, tap.eaddr, tap.eport)
         st.isn_ours = st.seq_to_guest = st.seq_acked_by_guest = isn
-        c = _Conn(st, sock, _peer_is_local(target, local_addr))
-        c.seg_size = min(mss, self._our_mss(st.version))
+        c = _Conn(self._new_core(st), sock, _peer_is_local(target, local_addr))
         host = FlowSide(Pif.HOST, target, tap.oport, local_addr, local_port)
         try:
             c.flow = self._flows.new(FlowType.TCP, tap, host, self._idle_timeout,
@@ -566,142 +472,17 @@ class TcpHandler:
         if frame is not None:
             self._to_guest([frame])
 
-    def _send_synack(self, c: _Conn) -> None:
-        st = c.st
-        opts = syn_options(self._our_mss(st.version),
-                           WS_OURS if st.ws_to_guest else None)
-        self._control(c, SYN | ACK, seq=st.isn_ours, opts=opts,
-                      wnd_raw=min(0xFFFF, self._send_window(c)))
-        self._arm(c, c.rto)
-
-    def _send_syn(self, c: _Conn) -> None:
-        st = c.st
-        opts = syn_options(self._our_mss(st.version), WS_OURS)
-        self._control(c, SYN, seq=st.isn_ours, opts=opts,
-                      wnd_raw=min(0xFFFF, self._send_window(c)))
-        self._arm(c, c.rto)
-
-    def _synack_sent(self, c: _Conn, seg: TcpSegment) -> None:
-        """Outbound: waiting for the guest's ACK of our SYN-ACK."""
-        st = c.st
-        if seg.flags & RST:
-            if seg.seq == st.seq_from_guest:
-                self._close(c, rst_host=True)
-            return
-        if seg.flags & SYN:
-            if not seg.flags & ACK and seg.seq == st.isn_guest:
-                self._send_synack(c)        # our SYN-ACK was lost
-            return
-        if seg.ack != seq_add(st.isn_ours, 1):
-            self._control(c, RST, seq=seg.ack)
-            return
-        st.phase = Phase.ESTABLISHED
-        st.seq_to_guest = st.seq_acked_by_guest = seg.ack
-        c.retries, c.rto = 0, self._rto0
-        self._disarm(c)
-        self._established(c, seg)
-
-    def _syn_sent(self, c: _Conn, seg: TcpSegment) -> None:
-        """Inbound: waiting for the guest's SYN-ACK."""
-        st = c.st
-        want = seq_add(st.isn_ours, 1)
-        if seg.flags & RST:
-            if seg.flags & ACK and seg.ack == want:
-                self._close(c, rst_host=True)
-            return
-        if seg.flags & (SYN | ACK) != SYN | ACK:
-            return
-        if seg.ack != want:
-            self._control(c, RST, seq=seg.ack)
-            return
-        st.isn_guest = seg.seq
-        st.seq_from_guest = seq_add(seg.seq, 1)
-        st.seq_to_guest = st.seq_acked_by_guest = want
-        st.mss_guest = seg.mss or (MSS_DEFAULT4 if st.version == 4 else MSS_DEFAULT6)
-        c.seg_size = min(st.mss_guest, self._our_mss(st.version))
-        if seg.ws is not None:
-            st.ws_from_guest, st.ws_to_guest = seg.ws, WS_OURS
-        else:
-            st.ws_from_guest = st.ws_to_guest = 0
-        st.wnd_from_guest = seg.wnd             # never scaled in a SYN
-        st.phase = Phase.ESTABLISHED
-        c.retries, c.rto = 0, self._rto0
-        self._disarm(c)
-        self._control(c, ACK)
-        self._host_to_guest(c)
-
-    def _established(self, c: _Conn, seg: TcpSegment) -> None:
-        st = c.st
-        if seg.flags & RST:
-            d = seq_diff(seg.seq, st.seq_from_guest)
-            if 0 <= d < max(st.wnd_to_guest, 1):
-                self._close(c, rst_host=True)
-            return
-        if seg.flags & SYN:
-            self._queue_ack(c)                  # challenge ACK (RFC 5961 4.2)
-            return
-        if not seg.flags & ACK:
-            return
-        una_d = seq_diff(seg.ack, st.seq_acked_by_guest)
-        if seq_diff(seg.ack, st.seq_to_guest) > 0:
-            self._queue_ack(c)                  # acknowledges what we never sent
-            return
-        if una_d > 0:
-            self._acked(c, seg.ack, una_d)
-        elif una_d == 0 and not seg.payload and not seg.flags & FIN and \
-                seq_diff(st.seq_to_guest, st.seq_acked_by_guest) > 0 and \
-                seg.wnd << st.ws_from_guest == st.wnd_from_guest:
-            c.dup_acks += 1
-            if c.dup_acks == DUP_ACKS and not c.recovering:
-                c.recovering = True
-                c.stats[3] += 1
-                self.retransmits += 1
-                trace(log, "TCP flow %s: fast retransmit from %d", self._fid(c), seg.ack)
-                self._rewind(c)
-        if una_d >= 0:
-            st.wnd_from_guest = seg.wnd << st.ws_from_guest
-            if c.probe:
-                c.retries = 0               # the guest answers: keep probing, never give up
-                if st.wnd_from_guest:
-                    c.probe = False
-        if seg.payload or seg.flags & FIN:
-            self._guest_data(c, seg)
-        elif seq_diff(seg.seq, st.seq_from_guest) < 0:
-            self._control(c, ACK)               # keepalive or old duplicate: answer it
-        if st.phase == Phase.CLOSED:
-            return
-        if st.guest_fin and st.fin_acked:
-            self._close(c, rst_host=False)
-            return
-        self._host_to_guest(c)
-
-    def _acked(self, c: _Conn, ack: int, n: int) -> None:
-        """The guest acknowledged ``n`` more sequence numbers up to ``ack``."""
-        st = c.st
-        if st.fin_sent and ack == st.seq_to_guest and not st.fin_acked:
-            st.fin_acked = True
-            n -= 1
-        if n > 0:
-            self._discard_later(c, n)
-        st.seq_acked_by_guest = ack
-        c.dup_acks = 0
-        c.recovering = False
-        c.retries, c.rto = 0, self._rto0
-        if seq_diff(st.seq_to_guest, ack) > 0:
-            self._arm(c, c.rto)
-        else:
-            self._disarm(c)
-
-    def _discard_later(self, c: _Conn, n: int) -> None:
-        """Drop ``n`` acknowledged bytes at the end of this batch, with the batch's other ACKs.
-
-        Each discard that frees receive space makes the kernel send the host peer a window
-        update, and the peer's next data goes out in our context: one per connection and
-        batch rather than one per ACK (a batch often holds several). The peek offset is
-        relative to the queue's head, so peeking meanwhile is unaffected.
-        """
-        c.discard_due += n
-        self._at_batch_end(c)
+    def _send_to_host(self, c: _Conn, data: memoryview, fin: bool) -> None:
+        """Guest payload the core accepted, to the socket (the core learns what it took)."""
+        n = 0
+        if data:
+            try:
+                n = self.datapath.send_to_host(c.sock, data)
+            except OSError as e:
+                trace(log, "TCP flow %s: host send failed: %s", self._fid(c), e)
+                self._reset(c)
+                return
+        self._run(c, c.core.host_took(n, len(data), fin))
 
     def settle(self) -> None:
         """Drop acknowledged bytes now, not at the batch's end: before a migration freezes
@@ -711,12 +492,7 @@ class TcpHandler:
         for c in list(self._fast_conns.values()):
             self._fast_take(c, act=False)
         for c in self._batch_end:
-            self._settle(c)
-
-    def _settle(self, c: _Conn) -> None:
-        n, c.discard_due = c.discard_due, 0
-        if n and c.st.phase != Phase.CLOSED:
-            self._discard(c, n)
+            self._discard(c, c.core.take_discard())
 
     def _discard(self, c: _Conn, n: int) -> None:
         """Drop ``n`` acknowledged bytes from the socket's receive queue."""
@@ -734,67 +510,20 @@ class TcpHandler:
                 return
             left -= got
 
-    def _guest_data(self, c: _Conn, seg: TcpSegment) -> None:
-        """In-order payload (and FIN) from the guest to the host socket."""
-        st = c.st
-        data = seg.payload
-        off = seq_diff(st.seq_from_guest, seg.seq)     # bytes of it we already have
-        if off < 0 or st.guest_fin:
-            # A gap (or data after FIN): duplicate ACKs, enough for a fast retransmit
-            # (RFC 5681: three) but not one per segment: a batch often holds a whole flight
-            # behind one loss, and a sender that halves its window per few duplicates
-            # would collapse.
-            c.stats[6] += 1
-            if c.gap_acks < GAP_ACKS:
-                c.gap_acks += 1
-                self._at_batch_end(c)
-                self._control(c, ACK)
-            return
-        if off > len(data) or (off == len(data) and not seg.flags & FIN):
-            self._queue_ack(c)                          # old data or a keepalive
-            return
-        data = data[off:]
-        if data:
-            try:
-                n = self.datapath.send_to_host(c.sock, data)
-            except OSError as e:
-                trace(log, "TCP flow %s: host send failed: %s", self._fid(c), e)
-                self._reset(c)
-                return
-            st.seq_from_guest = seq_add(st.seq_from_guest, n)
-            c.stats[0] += n
-            if n < len(data):
-                c.stats[4] += 1
-                # Full: the socket reports write space (EPOLLOUT edge) once it drains; until
-                # then the window is closed. The guest resends what was not acknowledged.
-                c.send_full = True
-                self._control(c, ACK)
-                return
-        if seg.flags & FIN:
-            st.seq_from_guest = seq_add(st.seq_from_guest, 1)
-            st.guest_fin = True
-            try:
-                c.sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-            self._control(c, ACK)
-            return
-        self._queue_ack(c)
-
     # ---- guest data straight from the TX batch (zero copy) ----
     def take_batch(self, recs: core.PacketRecords) -> list[int]:
         """Send in-order guest data of established connections straight from the TX batch.
 
         ``recs`` is the classified batch; C cuts it into runs of in-order data segments (ACK,
         maybe PSH) of one connection (core.tcp_runs), so the work here is per run, not per
-        frame: a run of an established connection at exactly the next expected sequence
-        number is written with one sendmsg() from guest memory (core.send_payload_runs), its
-        last ACK field and window processed as usual; bare ACKs are handled from their
-        records (:meth:`_take_pure_ack`). Everything else
-        (control segments, other protocols, anything out of order) is left for the copying
-        path: returns those frame indices, in order. Once a connection has a frame left
-        there, its later frames in the batch are left too, so its segments keep their order.
-        Never raises: on any error the whole batch goes to the copying path.
+        frame: a run the connection's core accepts as it is (TcpConn.run_verdict) is written
+        with one sendmsg() per connection from guest memory (core.send_payload_runs), its
+        last ACK field and window processed by the core; bare ACKs are handled from their
+        records (:meth:`_take_pure_ack`). Everything else (control segments, other
+        protocols, anything out of order) is left for the copying path: returns those frame
+        indices, in order. Once a connection has a frame left there, its later frames in the
+        batch are left too, so its segments keep their order. Never raises: on any error the
+        whole batch goes to the copying path.
         """
         batch = recs.batch
         try:
@@ -819,19 +548,15 @@ class TcpHandler:
             c = flow.data if flow is not None else None
             if c is not None and c.fast:
                 self._fast_take(c)
-            if c is None or flow.id in held or c.st.phase != Phase.ESTABLISHED \
-                    or c.st.guest_fin or c.send_full:
+            group = groups.get(flow.id) if flow is not None else None
+            taken = group[1] if group is not None else []
+            if c is None or flow.id in held or \
+                    not c.core.run_verdict(run.seq, run.ack, sum(t[2] for t in taken)):
                 if flow is not None:
                     held.add(flow.id)
                 rest.extend(range(first, first + count))
                 continue
-            group = groups.get(flow.id)
-            taken = group[1] if group is not None else []
-            expected = seq_add(c.st.seq_from_guest, sum(t[2] for t in taken))
-            if run.seq != expected or not self._take_ack(c, run.ack, run.window):
-                held.add(flow.id)
-                rest.extend(range(first, first + count))
-                continue
+            self._run(c, c.core.run_ack(run.ack, run.window))
             taken.append((first, count, run.bytes))
             if group is None:
                 groups[flow.id] = (c, taken)
@@ -845,10 +570,10 @@ class TcpHandler:
 
         The guest's ACKs for host data come one per RX batch or so; each would otherwise be
         copied out of the ring and parsed again. It gets exactly the copying path's handling
-        (touch, then the established state's ACK processing, duplicate ACKs included) from
-        the classified record. Not taken (returns False, and the connection's later frames
-        wait too) when anything of the connection was left or taken earlier in this batch,
-        so its segments keep their order.
+        (touch, then the core's segment rules, duplicate ACKs included) from the classified
+        record. Not taken (returns False, and the connection's later frames wait too) when
+        anything of the connection was left or taken earlier in this batch, so its segments
+        keep their order.
 
         ``last_of_run``: frame i ends a run of bare ACKs each acknowledging more than the one
         before (core.tcp_runs), which it supersedes, unless it acknowledges data never sent:
@@ -871,31 +596,16 @@ class TcpHandler:
                          False, False, _NO_PAYLOAD)
         self._flows.touch(flow)
         try:
-            self._established(c, seg)
+            self._run(c, c.core.segment(seg))
         except Exception:  # noqa: BLE001 - as in the demux: one bad frame, not the batch
             log.exception("error handling a TCP ACK from the guest")
-        return True
-
-    def _take_ack(self, c: _Conn, ack: int, wnd: int) -> bool:
-        """The ACK field and window of a data segment taken from a batch; False: leave it."""
-        st = c.st
-        if seq_diff(ack, st.seq_to_guest) > 0:
-            return False
-        una_d = seq_diff(ack, st.seq_acked_by_guest)
-        if una_d > 0:
-            self._acked(c, ack, una_d)
-        if una_d >= 0:
-            st.wnd_from_guest = wnd << st.ws_from_guest
-            if c.probe:
-                c.retries = 0
-                if st.wnd_from_guest:
-                    c.probe = False
         return True
 
     def _send_runs(self, c: _Conn, batch: core.TxBatch, refs: object,
                    taken: list[tuple[int, int, int]]) -> None:
         """One sendmsg() of a connection's runs (first frame, frames, bytes) of this batch."""
-        st = c.st
+        if c.st.phase == Phase.CLOSED:
+            return
         total = sum(t[2] for t in taken)
         try:
             n = core.send_payload_runs(c.fd, batch, refs, [(t[0], t[1]) for t in taken])
@@ -905,23 +615,7 @@ class TcpHandler:
             return
         if c.flow is not None:
             self._flows.touch(c.flow)
-        st.seq_from_guest = seq_add(st.seq_from_guest, n)
-        c.stats[0] += n
-        if n < total:
-            c.stats[4] += 1
-            c.send_full = True
-            self._control(c, ACK)
-        else:
-            self._queue_ack(c)
-        if st.fin_acked and st.guest_fin:
-            self._close(c, rst_host=False)
-            return
-        self._host_to_guest(c)
-
-    def _queue_ack(self, c: _Conn) -> None:
-        """ACK at the end of this batch (one per connection and batch)."""
-        c.ack_due = True
-        self._at_batch_end(c)
+        self._run(c, c.core.host_took(n, total, False))
 
     def _at_batch_end(self, c: _Conn) -> None:
         """Have :meth:`_end_batch` look at ``c`` (once per batch, however often asked)."""
@@ -938,10 +632,7 @@ class TcpHandler:
         conns, self._batch_end = self._batch_end, []
         for c in conns:
             c.batch_end = False
-            c.gap_acks = 0
-            self._settle(c)
-            if c.ack_due and c.st.phase == Phase.ESTABLISHED:
-                self._control(c, ACK)
+            self._run(c, c.core.batch_end())
             self._fast_offer(c)
 
     # ---- from the host ----
@@ -955,24 +646,18 @@ class TcpHandler:
         st = c.st
         if st.phase == Phase.CLOSED:
             return
-        if mask & HUP and not st.host_eof:
+        if mask & HUP:
             # Edge-triggered and never repeated: the end of the host's stream is noted in
             # whatever phase it comes (an inbound peer may write and close before the guest
             # answered our SYN). C never learns it, so a connection with it stays here.
-            st.host_eof = True
-            trace(log, "TCP flow %s: host end of stream (%s, %d in flight)", self._fid(c),
-                  st.phase.name, seq_diff(st.seq_to_guest, st.seq_acked_by_guest))
+            self._run(c, c.core.host_eof())
         if st.phase == Phase.CONNECTING:
             if not mask & (OUT | ERR | HUP):
                 return
             err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
                 trace(log, "TCP flow %s: connect failed: %s", self._fid(c), os.strerror(err))
-                self._reset(c)
-                return
-            st.phase = Phase.SYNACK_SENT
-            c.retries, c.rto = 0, self._rto0
-            self._send_synack(c)
+            self._run(c, c.core.connected(err))
             return
         if mask & ERR:
             err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -982,10 +667,8 @@ class TcpHandler:
                 return
         if st.phase != Phase.ESTABLISHED:
             return
-        if mask & OUT and (c.last_wnd_raw == 0 or c.send_full) and not st.guest_fin:
-            c.send_full = False
-            if self._wnd_raw(c) > 0:
-                self._control(c, ACK)
+        if mask & OUT and c.core.writable() and self._wnd_raw(c) > 0:
+            self._run(c, [c.core.control(ACK)])
         if mask & (IN | HUP):
             self._host_to_guest(c)
         if c.flow is not None:
@@ -993,89 +676,44 @@ class TcpHandler:
 
     def _host_to_guest(self, c: _Conn) -> None:
         """Send host data the guest's window allows; FIN once the stream ended and is acked."""
-        st = c.st
         self._fast_offer(c)
-        if st.phase != Phase.ESTABLISHED or st.fin_sent or c.rx_wait:
-            return                          # rx_wait: the guest's RX kick brings us back
-        in_flight = seq_diff(st.seq_to_guest, st.seq_acked_by_guest)
-        room = st.wnd_from_guest - in_flight
-        limit = min(room, BYTES_PER_EVENT)
+        limit, actions = c.core.to_guest_limit(BYTES_PER_EVENT)
         if limit <= 0:
-            if st.wnd_from_guest == 0 and in_flight == 0 and not c.probe:
-                c.probe = True
-                self._arm(c, c.rto)
+            self._run(c, actions)
             return
+        st = c.st
         dst_mac, src_mac = self._macs()
         wnd_raw = self._wnd_raw(c)
         try:
             n, stop = self.datapath.host_to_guest(c.sock, c.tpl, dst_mac, src_mac,
                                                   st.seq_to_guest, st.seq_from_guest, wnd_raw,
-                                                  c.seg_size, limit)
+                                                  c.core.seg_size, limit)
         except OSError as e:
             trace(log, "TCP flow %s: host receive failed: %s", self._fid(c), e)
             self._reset(c)
             return
-        if n > 0:
-            c.stats[1] += n
-            st.seq_to_guest = seq_add(st.seq_to_guest, n)
-            st.seq_acked_to_guest = st.seq_from_guest
-            c.ack_due = False
-            c.last_wnd_raw = wnd_raw
-            if c.deadline is None:
-                self._arm(c, c.rto)
-        if stop == STOP_NOBUFS:
-            # The guest's RX ring is full: resume on its RX kick (rx_ready), drop nothing.
-            if not c.rx_wait:
-                c.stats[5] += 1
-                c.rx_wait = True
-                self._rx_waiting.append(c)
-            return
-        if (stop == STOP_AGAIN or stop == STOP_WINDOW and n > 0) and not c.more_due:
-            # Bounded work per event (and edge-triggered readiness): come back for the
-            # rest after the other connections had their turn. AGAIN, even with nothing
-            # sent: the ring ran out but the guest added buffers meanwhile (no kick for them).
-            c.more_due = True
-            self._loop.defer(lambda: self._more(c))
-            return
-        if stop == STOP_EOF or (st.host_eof and stop == STOP_DRAINED):
-            # Every byte the host sent has been peeked (a rebuilt socket whose FIN came before
-            # the migration never reports end of stream itself: host_eof says it).
-            st.host_eof = True
-            in_flight = seq_diff(st.seq_to_guest, st.seq_acked_by_guest)
-            if in_flight == 0:
-                trace(log, "TCP flow %s: FIN to the guest", self._fid(c))
-                self._control(c, FIN | ACK)
-                st.fin_sent = True
-                st.seq_to_guest = seq_add(st.seq_to_guest, 1)
-                self._arm(c, c.rto)
-            else:       # the guest's ACK of the rest brings us back here
-                trace(log, "TCP flow %s: FIN after %d bytes in flight", self._fid(c),
-                      in_flight)
+        self._run(c, c.core.delivered(n, stop, wnd_raw))
 
     def rx_ready(self) -> None:
         """The guest added RX buffers: resume connections that were waiting for them."""
         waiting, self._rx_waiting = self._rx_waiting, []
         for c in waiting:
-            c.rx_wait = False
+            c.core.rx_wait = False
             if c.st.phase == Phase.ESTABLISHED:
                 self._host_to_guest(c)
 
     def _more(self, c: _Conn) -> None:
-        c.more_due = False
+        c.core.more_due = False
         if c.st.phase == Phase.ESTABLISHED:
             self._host_to_guest(c)
 
     def _rewind(self, c: _Conn) -> None:
-        """Go back to the guest's last ACK and send again (retransmission)."""
-        st = c.st
-        st.seq_to_guest = st.seq_acked_by_guest
-        self._settle(c)                     # offset 0 must be the guest's last ACK
+        """Peek offset back to zero, which must be the guest's last ACK (retransmission)."""
+        self._discard(c, c.core.take_discard())
         try:
             c.sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
         except OSError:
             pass
-        self._arm(c, c.rto)
-        self._host_to_guest(c)
 
     # ---- the steady state in C (core.FastPath, csrc/fast_tcp.c) ----
     def _fast_offer(self, c: _Conn) -> None:
@@ -1095,32 +733,25 @@ class TcpHandler:
                 self._fast_give(c)
 
     def _steady(self, c: _Conn) -> bool:
-        """Established with nothing pending that only Python handles: no FIN either way, no
-        refused data, closed window, retransmission in progress or deferred work (a wait for
-        RX buffers C takes over)."""
-        st = c.st
-        return (st.phase == Phase.ESTABLISHED and not self._fast_hold
-                and not (st.guest_fin or st.host_eof or st.fin_sent)
-                and not (c.send_full or c.probe or c.recovering or c.wnd_poll)
-                and not (c.dup_acks or c.more_due or c.batch_end or c.ack_due
-                         or c.discard_due or c.gap_acks)
-                and c.last_wnd_raw > 0)
+        """The core says steady (TcpConn.steady: a wait for RX buffers C takes over), no
+        migration holds the sockets and no batch work is due."""
+        return not self._fast_hold and not c.batch_end and c.core.steady()
 
     def _fast_give(self, c: _Conn) -> None:
         """Hand ``c``'s state to C (it stays in Python if C's table is full)."""
         fast = self._fast
         assert fast is not None
-        st, s = c.st, self._fast_in
+        st, s, k = c.st, self._fast_in, c.core
         s.tmpl = RingDataPath.template(c.tpl, *self._macs()).c[0]
         s.tmpl.seq, s.tmpl.ack = st.seq_to_guest, st.seq_from_guest
-        s.tmpl.window, s.tmpl.mss = c.last_wnd_raw, c.seg_size
+        s.tmpl.window, s.tmpl.mss = k.last_wnd_raw, k.seg_size
         s.una, s.acked_to_guest = st.seq_acked_by_guest, st.seq_acked_to_guest
         s.wnd_from_guest, s.wnd_to_guest = st.wnd_from_guest, st.wnd_to_guest
         s.ws_from_guest, s.ws_to_guest = st.ws_from_guest, st.ws_to_guest
-        s.retries, s.fd, s.last_wnd_raw, s.local = c.retries, c.fd, c.last_wnd_raw, c.local
-        s.rto, s.rto0, s.deadline = c.rto, self._rto0, c.deadline or 0.0
+        s.retries, s.fd, s.last_wnd_raw, s.local = k.retries, c.fd, k.last_wnd_raw, c.local
+        s.rto, s.rto0, s.deadline = k.rto, self._rto0, c.deadline or 0.0
         s.timer_at = c.timer.deadline if c.timer is not None else 0.0
-        s.rx_wait = c.rx_wait           # C waits for the guest's RX kick in its place
+        s.rx_wait = k.rx_wait           # C waits for the guest's RX kick in its place
         try:
             given = fast.add_tcp(s)
         except core.CoreError as e:
@@ -1129,8 +760,8 @@ class TcpHandler:
         if given:
             c.fast = True
             self._fast_conns[c.fd] = c
-            if c.rx_wait:
-                c.rx_wait = False
+            if c.core.rx_wait:
+                c.core.rx_wait = False
                 self._rx_waiting.remove(c)
 
     def _fast_take(self, c: _Conn, act: bool = True) -> None:
@@ -1140,13 +771,13 @@ class TcpHandler:
         fast, s = self._fast, self._fast_out
         if fast is None or not fast.remove_tcp(c.fd, s):
             return
-        st = c.st
+        st, k = c.st, c.core
         st.seq_to_guest, st.seq_from_guest = s.tmpl.seq, s.tmpl.ack
         st.seq_acked_by_guest, st.seq_acked_to_guest = s.una, s.acked_to_guest
         st.wnd_from_guest, st.wnd_to_guest = s.wnd_from_guest, s.wnd_to_guest
-        c.last_wnd_raw, c.retries, c.rto = s.last_wnd_raw, s.retries, s.rto
-        c.stats[0] += s.to_host
-        c.stats[1] += s.to_guest
+        k.last_wnd_raw, k.retries, k.rto = s.last_wnd_raw, s.retries, s.rto
+        k.stats[S_TO_HOST] += s.to_host
+        k.stats[S_TO_GUEST] += s.to_guest
         self.fast_bytes += s.to_host + s.to_guest
         self.datapath.frames_sent += s.segs
         if s.events and c.flow is not None:
@@ -1162,14 +793,9 @@ class TcpHandler:
             trace(log, "TCP flow %s: host send failed", self._fid(c))
             self._reset(c)
             return
-        if why & core.FAST_BACK_FULL:
-            c.stats[4] += 1
-            c.send_full = True
-            self._control(c, ACK)
-        elif why & core.FAST_BACK_ACK:
-            self._queue_ack(c)
-        if why & core.FAST_BACK_H2G:
-            self._host_to_guest(c)
+        self._run(c, k.steady_back(bool(why & core.FAST_BACK_FULL),
+                                   bool(why & core.FAST_BACK_ACK),
+                                   bool(why & core.FAST_BACK_H2G)))
 
     def fast_release(self) -> None:
         """Take every connection back from C (its templates are about to go stale)."""
@@ -1199,7 +825,7 @@ class TcpHandler:
             self._fast_take(c, act=False)
         st = c.st
         if st.phase not in (Phase.CONNECTING, Phase.CLOSED):
-            self._control(c, RST | ACK)
+            self._send_control(c, *c.core.control(RST | ACK)[1:])
         elif st.phase == Phase.CONNECTING:
             dst_mac, src_mac = self._macs()
             self._to_guest([c.tpl.control(dst_mac, src_mac, 0, st.seq_from_guest, RST | ACK,
@@ -1216,13 +842,13 @@ class TcpHandler:
         self.resets += 1 if rst_host else 0
         log.debug("TCP flow %s closed%s: %d bytes to host, %d to guest; %d timeouts, %d fast "
                   "retransmits, %d socket-full, %d RX-full, %d out of order", self._fid(c),
-                  " by RST" if rst_host else "", *c.stats)
+                  " by RST" if rst_host else "", *c.core.stats)
         c.deadline = None
         if c.timer is not None:
             c.timer.cancel()
             c.timer = None
         self._loop.remove(c.fd)
-        due, c.discard_due = c.discard_due, 0
+        due, c.core.discard_due = c.core.discard_due, 0
         if due and not rst_host:
             self._discard(c, due)           # unread data left at close() would reset the peer
         if rst_host:
@@ -1250,7 +876,7 @@ class TcpHandler:
         c: _Conn = flow.data  # type: ignore[assignment]
         if c.fast:
             self._fast_take(c, act=False)
-        self._settle(c)             # the queue must start at seq_acked_by_guest (see settle)
+        self._discard(c, c.core.take_discard())  # the queue must start at SND.UNA (settle)
         return replace(c.st)
 
     def adopt(self, state: TcpState, sock: socket.socket) -> Flow:
@@ -1266,16 +892,12 @@ class TcpHandler:
             raise FlowRefused(f"cannot adopt a connection in phase {st.phase!r}")
         sock.setblocking(False)
         self._set_bufsize(sock)     # the restore may have forced bigger ones: the next hop
-        if st.fin_sent and not st.fin_acked:
-            st.seq_to_guest = seq_add(st.seq_acked_by_guest, 1)
-        else:
-            st.seq_to_guest = st.seq_acked_by_guest
-            st.fin_sent = st.fin_sent and st.fin_acked
+        conn = self._new_core(st)
+        resume = conn.adopted()
         sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
         local_addr, local_port = _addr_of(sock.getsockname())
         peer_addr, peer_port = _addr_of(sock.getpeername())
-        c = _Conn(st, sock, _peer_is_local(peer_addr, local_addr))
-        c.seg_size = min(st.mss_guest, self._our_mss(st.version))
+        c = _Conn(conn, sock, _peer_is_local(peer_addr, local_addr))
         tap = FlowSide(Pif.TAP, st.guest_addr, st.guest_port, st.our_addr, st.our_port)
         host = FlowSide(Pif.HOST, peer_addr, peer_port, local_addr, local_port)
         if st.inbound:
@@ -1290,8 +912,7 @@ class TcpHandler:
             st.phase = Phase.CLOSED          # the caller owns and closes the socket
             self._flows.close(c.flow)
             raise
-        if st.fin_sent and not st.fin_acked:
-            self._arm(c, c.rto)
+        self._run(c, resume)
         self._loop.defer(lambda: self._resync(c))
         return c.flow
 
@@ -1307,10 +928,8 @@ class TcpHandler:
 
     def _resync(self, c: _Conn) -> None:
         """After adoption: tell the guest our window, resend what it has not acknowledged."""
-        if c.st.phase != Phase.ESTABLISHED:
-            return
-        self._control(c, ACK)
-        self._host_to_guest(c)
+        if c.st.phase == Phase.ESTABLISHED:
+            self._run(c, [c.core.control(ACK), (A_TO_GUEST,)])
 
     def connections(self) -> Iterable[Flow]:
         """Every open TCP flow."""
@@ -1403,7 +1022,7 @@ class TcpHandler:
             st.isn_ours = st.seq_to_guest = st.seq_acked_by_guest = isn
             st.ws_to_guest = 0                   # until the guest's SYN-ACK says otherwise
             sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
-            c = _Conn(st, sock, _peer_is_local(peer_addr, local_addr))
+            c = _Conn(self._new_core(st), sock, _peer_is_local(peer_addr, local_addr))
             tap = FlowSide(Pif.TAP, dst, lst.target_port, src, peer_port)
             host = FlowSide(Pif.HOST, peer_addr, peer_port, local_addr, local_port)
             flow = self._flows.new(FlowType.TCP, host, tap, self._idle_timeout, self._on_close,
@@ -1418,5 +1037,5 @@ class TcpHandler:
             return
         c.flow = flow
         self._loop.add(c.fd, IN | OUT | ERR | HUP | ET, lambda m, c=c: self._on_sock(c, m))
-        self._send_syn(c)
+        self._run(c, c.core.syn())
         trace(log, "new forwarded TCP flow %r", flow)
