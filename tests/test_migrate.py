@@ -33,6 +33,7 @@ from passt_py.migrate.context import MigrationContext
 from passt_py.migrate.record import T_INT, T_TRUE, WireField, decode_record, encode_record
 from passt_py.migrate.source import Source
 from passt_py.migrate.target import load_bytes
+from passt_py.migrate.transfer import Transfer
 from passt_py.migrate.versions import COMPAT_VERSION, VERSION, choose_version
 from passt_py.tcp.handler import Phase
 from passt_py.tcp.seg import FIN
@@ -681,6 +682,35 @@ def test_a_connection_that_cannot_be_rebuilt_is_reset_towards_the_guest() -> Non
         assert dst.pump(lambda: kept_peer.data == b"still here", 10), kept_peer.data
         lost_host.close()
         kept_host.close()
+    finally:
+        src.close()
+        dst.close()
+
+
+@needs_repair
+def test_when_every_connection_is_lost_the_guest_still_hears_of_it_at_once() -> None:
+    """As above with the lost connection alone, through the service's Transfer, which
+    activates only when there is something to hand over: a lost connection is such a thing,
+    and its guest end gets the RST as soon as the link is up."""
+    src, dst = TcpEnv(), TcpEnv()
+    try:
+        lost_peer, lost_host, _ = _outbound(src, 4, 41052)
+        stream, _source = save(_ctx_for(src, migrate_exit=False))
+        _move_peers(src, dst)
+        r, w = os.pipe()
+        results: list[int] = []
+        transfer = Transfer(_ctx_for(dst), r, False, results.append)
+        transfer.start()
+        assert len(stream) < 60000          # fits in the pipe at once
+        os.write(w, stream)
+        os.close(w)
+        assert dst.pump(lambda: bool(results), 5), "the target never finished loading"
+        assert results == [0] and transfer.report is not None
+        assert transfer.report.tcp == 0 and transfer.report.failed == 1
+        assert not lost_peer.rst_rcvd
+        transfer.activate()
+        assert dst.pump(lambda: lost_peer.rst_rcvd, 5), "the guest must hear of the lost one"
+        lost_host.close()
     finally:
         src.close()
         dst.close()

@@ -115,13 +115,14 @@ class Transfer:
         self._finish(0)
 
     def activate(self) -> None:
-        """Target post, once the guest link is up: see :func:`activate`."""
-        if self.report is not None and self.report.pending:
+        """Target post, once the guest link is up: see :func:`activate`. Also when every
+        connection was lost (none pending): the guest must hear of those at once."""
+        if self.report is not None and (self.report.pending or self.report.lost):
             activate(self.ctx, self.report)
 
     def discard(self) -> None:
         """The front-end left before the link came up: see :func:`discard`."""
-        if self.report is not None and self.report.pending:
+        if self.report is not None and (self.report.pending or self.report.lost):
             discard(self.ctx, self.report)
 
     def _fail(self, code: int, stage: str, message: str) -> None:

@@ -85,8 +85,9 @@ def default_mss(version: int) -> int:
     return MSS_DEFAULT4 if version == 4 else MSS_DEFAULT6
 
 
-class TcpConn:
-    """One connection's protocol state and rules; see the module's theory of operation."""
+class ConnRecord:
+    """One connection's state and the primitives its rules build actions with: the record
+    TcpConn's rules change, kept apart from them so each reads on its own."""
 
     __slots__ = ("st", "our_mss", "seg_size", "rto0", "max_retries", "retries", "rto",
                  "armed", "dup_acks", "recovering", "probe", "ack_due", "send_full",
@@ -183,6 +184,22 @@ class TcpConn:
                 and not (self.dup_acks or self.more_due or self.ack_due
                          or self.discard_due or self.gap_acks)
                 and self.last_wnd_raw > 0)
+
+    def _queue_ack(self) -> Actions:
+        self.ack_due = True
+        return [(A_BATCH_END,)]
+
+    def take_discard(self) -> int:
+        """Acknowledged bytes to drop from the socket now (before a rewind, a migration or
+        at the batch's end); 0 once closed."""
+        n, self.discard_due = self.discard_due, 0
+        return n if self.st.phase != Phase.CLOSED else 0
+
+
+class TcpConn(ConnRecord):
+    """One connection's protocol rules; see the module's theory of operation."""
+
+    __slots__ = ()
 
     # ---- handshake ----
     def synack(self) -> Actions:
@@ -396,16 +413,6 @@ class TcpConn:
             st.guest_fin = True
             return [(A_SHUT_WR,), self.control(ACK), *self._after_segment()]
         return [*self._queue_ack(), *self._after_segment()]
-
-    def _queue_ack(self) -> Actions:
-        self.ack_due = True
-        return [(A_BATCH_END,)]
-
-    def take_discard(self) -> int:
-        """Acknowledged bytes to drop from the socket now (before a rewind, a migration or
-        at the batch's end); 0 once closed."""
-        n, self.discard_due = self.discard_due, 0
-        return n if self.st.phase != Phase.CLOSED else 0
 
     def batch_end(self) -> Actions:
         """The batch is over: the acknowledged bytes leave, then one ACK if still due."""
