@@ -16,7 +16,8 @@
  *   is sent if the window allows, and one ACK goes to the guest if data came and none carried
  *   it.
  * - socket readable (or writable, which needs nothing while the window is open): host data
- *   into the RX ring, at most tcp_per_event bytes per event, the rest on the more list.
+ *   into the RX ring, at most per_event bytes (pc_fast_set_tcp()) per event, the rest on
+ *   the more list.
  *
  * Anything else is Python's. A frame C does not handle (duplicate ACK, gap, SYN/FIN/RST,
  * an ACK of data never sent...) ends C's share of the TX batch: the rest goes back to Python
