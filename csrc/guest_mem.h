@@ -2,7 +2,8 @@
 /* guest_mem.h - internal interface between guest_mem.c and virtq.c (not part of the cdef).
  *
  * struct pc_mem is opaque to Python; virtq.c needs its translation and logging helpers,
- * which are declared here so that the two files share one definition.
+ * which are declared here so that the two files share one definition. The ring primitives
+ * other units use are in virtq.h.
  */
 #ifndef PASST_GUEST_MEM_H
 #define PASST_GUEST_MEM_H
@@ -56,20 +57,6 @@ uint8_t *pc_mem_gpa_span(const struct pc_mem *m, uint64_t gpa, uint64_t len, uin
 uint8_t *pc_mem_gpa_range(const struct pc_mem *m, uint64_t gpa, uint64_t len);
 uint8_t *pc_mem_uva_range(const struct pc_mem *m, uint64_t uva, uint64_t len);
 void pc_mem_log_range(struct pc_mem *m, uint64_t gpa, uint64_t len);
-
-/* RX primitives of virtq.c for tcp_path.c and udp_path.c (mark and seek also for fastpath.c
- * on the TX ring); see their comments there. */
-struct pc_vq;
-struct iovec;
-int pc_vq_rx_begin(struct pc_vq *vq, uint16_t *avail_idx);
-int pc_vq_rx_pop(struct pc_vq *vq, uint16_t avail_idx, struct iovec *iov, uint64_t *gpa,
-		 unsigned max, unsigned *n, uint64_t *total, uint32_t *head);
-uint16_t pc_vq_rx_mark(const struct pc_vq *vq);
-void pc_vq_rx_seek(struct pc_vq *vq, uint16_t mark);
-void pc_vq_rx_put_used(struct pc_vq *vq, uint32_t head, uint32_t len);
-int pc_vq_rx_end(struct pc_vq *vq, uint16_t start, int want_kick, int flush);
-int pc_vq_rx_moved(struct pc_vq *vq, uint16_t seen);
-void pc_vq_log_write(struct pc_vq *vq, uint64_t gpa, uint64_t len);
 
 /**
  * pc_mem_log_active() - is dirty logging in effect?

@@ -272,7 +272,7 @@ int pc_udp_rx(struct pc_vq *vq, int fd, struct pc_udp_flow *flows, unsigned nflo
 	      size_t hdr_len, int mergeable, unsigned max_dgrams, unsigned opts, uint8_t *spill,
 	      size_t spill_len, struct pc_udp_rx_result *res);
 
-/* ---- fastpath.c: readiness events C handles inside the loop's wait ---- */
+/* ---- fast_api.c, fastpath.c: readiness events C handles inside the loop's wait ---- */
 /* SECTION fastpath */
 /* Established UDP flows registered by Python: a readable flow socket's datagrams go into the
  * RX ring, the TX kick's datagrams of registered tuples to their sockets; every other event

@@ -54,7 +54,7 @@
 #include <sys/socket.h>
 
 #include "classify.h"
-#include "guest_mem.h"
+#include "virtq.h"
 #include "wire.h"
 
 enum {

@@ -33,7 +33,7 @@
 #include <sys/uio.h>
 
 #include "classify.h"
-#include "guest_mem.h"
+#include "virtq.h"
 #include "wire.h"
 
 /* Messages and iovec entries per sendmmsg() call; segments and payload bytes per GSO message

@@ -54,6 +54,7 @@
 #include <unistd.h>
 
 #include "guest_mem.h"
+#include "virtq.h"
 
 /* A push that ran out of buffers goes on this many times with ones added meanwhile */
 #define VQ_RX_RETRIES 2

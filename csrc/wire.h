@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 /* wire.h - header sizes, protocol numbers and big/little-endian field access shared by the
- * data-path files (classify.c, tcp_path.c, udp_path.c, fastpath.c). */
+ * data-path files (classify.c, tcp_path.c, udp_path.c, fast_udp.c, fast_tcp.c). */
 #ifndef PASST_WIRE_H
 #define PASST_WIRE_H
 

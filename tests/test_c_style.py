@@ -7,6 +7,10 @@
 - Every function defined in csrc/ (static ones and headers' inline ones included) has a
   kernel-doc comment directly above it: ``/**``, then ``name() - summary``, one ``@param:``
   line per named parameter, and ``Return:`` unless it returns void.
+- Units do not form cycles: the "..." includes between csrc/ units (a .c with its .h) are
+  acyclic, and an internal header declares only functions its own .c defines (passt_core.h,
+  the public API, excepted), so the includes are the whole dependency graph. The fast path's
+  protocol units (fast_udp, fast_tcp) never include the dispatcher's fastpath.h.
 - Every csrc/*.c file compiles without a single warning under ``-Wall -Wextra`` with no
   flag beyond the include path (each file defines what it needs, _GNU_SOURCE included).
 
@@ -302,6 +306,106 @@ def test_c_file_compiles_without_warnings(path):
     proc = subprocess.run([cc, "-std=c11", "-Wall", "-Wextra", "-fsyntax-only", "-I", str(CSRC),
                            str(path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
+
+
+def includes(path: Path) -> set[str]:
+    """The csrc/ headers a C file or header includes ("..." includes only)."""
+    return set(re.findall(r'^#include "([^"]+)"', path.read_text(), re.M))
+
+
+def include_cycle() -> list[str]:
+    """A cycle of csrc/ files through their includes, a .c counted as its own .h (empty if none).
+
+    A unit is a .c file with the header of the same name: fast_tcp.c including fastpath.h
+    while fastpath.c includes fast_tcp.h is the cycle this finds.
+    """
+    def unit(name: str) -> str:
+        return name.rsplit(".", 1)[0]
+
+    graph: dict[str, set[str]] = {}
+    for path in doc_files():
+        graph.setdefault(unit(path.name), set()).update(
+            unit(h) for h in includes(path) if unit(h) != unit(path.name))
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(u: str) -> list[str]:
+        state[u] = 1
+        stack.append(u)
+        for v in sorted(graph.get(u, ())):
+            if state.get(v) == 1:
+                return stack[stack.index(v):] + [v]
+            if v not in state:
+                found = visit(v)
+                if found:
+                    return found
+        state[u] = 2
+        stack.pop()
+        return []
+
+    for u in sorted(graph):
+        if u not in state:
+            found = visit(u)
+            if found:
+                return found
+    return []
+
+
+def declared(path: Path) -> set[str]:
+    """Functions a header declares (prototypes at file level, not its inline definitions)."""
+    masked, _ = _mask(path.read_text())
+    top, depth = [], 0
+    for ch in masked:              # keep only what is outside braces (no struct members)
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+        elif depth == 0:
+            top.append(ch)
+    proto = re.compile(r"\b([A-Za-z_]\w*)\s*\(([^()]|\([^()]*\))*\)\s*;")
+    return {m.group(1) for m in proto.finditer("".join(top))}
+
+
+def foreign_declarations() -> list[str]:
+    """Prototypes in an internal header of functions its own .c file does not define.
+
+    passt_core.h (the public API of every unit, read by cdef) is exempt. A header declaring
+    another unit's functions hides a dependency the include graph cannot see.
+    """
+    out = []
+    for header in sorted(CSRC.glob("*.h")):
+        if header.name == "passt_core.h":
+            continue
+        source = header.with_suffix(".c")
+        defined = {fn.name for fn in functions(source)} if source.exists() else set()
+        out += [f"{header.name}: {name}()" for name in sorted(declared(header) - defined)]
+    return out
+
+
+def test_internal_headers_declare_only_their_own_unit():
+    """Each internal header declares functions of its own .c only, so includes are the
+    whole dependency graph between units."""
+    assert foreign_declarations() == []
+
+
+def test_c_units_have_no_include_cycles():
+    """No unit of csrc/ reaches back, through its includes, to a unit that includes it."""
+    assert include_cycle() == []
+
+
+def test_fast_path_protocol_units_stay_out_of_the_dispatcher():
+    """fast_udp.c and fast_tcp.c (and their headers) never see struct pc_fast's header."""
+    for name in ("fast_udp.c", "fast_udp.h", "fast_tcp.c", "fast_tcp.h", "fast_table.c",
+                 "fast_table.h", "fast_ctx.h"):
+        assert "fastpath.h" not in includes(CSRC / name), name
+
+
+def test_include_cycle_checker_finds_a_cycle(tmp_path, monkeypatch):
+    """The cycle check is alive: two units including each other's header are reported."""
+    for name, inc in (("a.c", "b.h"), ("a.h", ""), ("b.c", "a.h"), ("b.h", "")):
+        (tmp_path / name).write_text(f'#include "{inc}"\n' if inc else "/* h */\n")
+    monkeypatch.setattr(sys.modules[__name__], "CSRC", tmp_path)
+    assert include_cycle() in (["a", "b", "a"], ["b", "a", "b"])
 
 
 if __name__ == "__main__":

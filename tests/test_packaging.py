@@ -18,9 +18,13 @@ def test_stale_extension_is_refused_with_clear_message(monkeypatch):
     fake.ffi = object()
     fake.lib = types.SimpleNamespace(pc_api_version=lambda: 999)
     monkeypatch.setitem(sys.modules, "passt_py._core", fake)
-    monkeypatch.delitem(sys.modules, "passt_py.core", raising=False)
+    # The binding is a package: its submodules (passt_py.core._lib loads the extension) must
+    # be imported afresh too, or the cached ones would skip the check.
+    for name in [m for m in sys.modules if m == "passt_py.core" or m.startswith("passt_py.core.")]:
+        monkeypatch.delitem(sys.modules, name)
     with pytest.raises(ImportError, match="stale.*rebuild"):
         import passt_py.core  # noqa: F401
+    assert "passt_py.core" not in sys.modules
     monkeypatch.delitem(sys.modules, "passt_py.core", raising=False)
 
 

@@ -256,8 +256,7 @@ class DropFilter:
     def load(cls) -> DropFilter:
         """Load the eBPF program if this process may (root, CAP_BPF); else classic only."""
         from passt_py import core
-        fd = core.lib.pc_drop_all_filter()
-        return cls(fd if fd >= 0 else None)
+        return cls(core.drop_all_filter())
 
     def attach(self, sock: socket.socket) -> int:
         """Attach to ``sock``: 0, or negative errno of the classic attempt."""
