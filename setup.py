@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Only here for cffi_modules; all metadata lives in pyproject.toml."""
 from setuptools import setup
 

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # Installs the Debian packages the test suite needs: QEMU >= 10 (device-state migration for
 # vhost-user net), iproute2, and tools the guest image builder uses. Debian 12 takes QEMU from
 # bookworm-backports (never trixie: it would replace libc); Debian 13 has it in main.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """``python -m bench``: the whole benchmark (see bench/run.py)."""
 import sys
 

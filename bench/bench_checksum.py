@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Checksum bandwidth against memcpy of the same size, measured in the same run.
 
 The loops run inside C (core.bench_csum / core.bench_memcpy repeat the operation `reps` times

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Migration costs: state save/load time for 1/100/1000 TCP flows with queued data, and the
 downtime QEMU reports for a live migration with passt-py next to the real passt, same run.
 

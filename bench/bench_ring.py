@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Virtqueue throughput: TX drain+release and RX fill, C core against the pure-Python reference.
 
 Both run on the same kind of ring in a memfd (the reference directly on the shared mmap), with

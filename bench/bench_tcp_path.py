@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """TCP data-path throughput: host->guest (TcpPath.rx) and guest->host (classify+send_payloads).
 
 Each case moves BENCH_TCP_BYTES (default 512 MiB) over a real loopback TCP connection whose

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Collect bench_*.py files when pytest is pointed at bench/ (tests/ stays the default path)."""
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Real-guest throughput: iperf3 in a QEMU (TCG or KVM) guest against each back-end.
 
 The guest image and boot come from tests/guest (boot.py, image.py); its iperf3 is the client,

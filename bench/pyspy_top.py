@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Summarise a py-spy ``--format raw`` profile (collapsed stacks) into hot spots.
 
 Each line of the file is ``frame;frame;...;leaf COUNT`` with frames like

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """One-command benchmark: passt-py against the real passt, same cases, same run.
 
 Each case starts a fresh back-end (passt-py or passt) inside a network namespace created here

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """cffi builder for passt_py._core (API mode, out of line).
 
 The cdef is the part of passt_core.h between the CDEF-BEGIN and CDEF-END markers, so the

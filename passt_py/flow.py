@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The flow table: every translated conversation (ping, UDP, later TCP) in one bounded table.
 
 Theory of operation: a flow joins two sides. The *initiating* side is where the conversation

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The event loop: epoll over file descriptors, a timer heap, and deferred work.
 
 It knows nothing about protocols. Owners register a file descriptor with a callback that

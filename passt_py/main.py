@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Entry point: command line -> Config -> logging -> the service.
 
 Exit statuses: 0 on success (including --help, --version, --print-capabilities and

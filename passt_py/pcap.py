@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Packet capture (-p FILE): every frame both ways, classic libpcap format.
 
 Classic pcap (not pcapng) because every tool reads it: a 24-byte file header, then per frame

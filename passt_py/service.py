@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The running back-end: binds the vhost-user socket and ties every piece to the event loop.
 
 Order at start-up follows passt: configuration is already valid; the socket is bound; only then

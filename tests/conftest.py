@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Shared fixtures and the ``qemu`` marker policy.
 
 Tests that boot a real guest are marked ``@pytest.mark.qemu``. When QEMU, a usable accelerator,

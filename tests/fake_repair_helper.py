@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """A stand-in for passt-repair: connects to a back-end's repair socket and applies each command.
 
 Shared by tests/test_tcp_repair.py (in a thread) and tests/rootless_migration_driver.py (as a

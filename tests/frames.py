@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Guest frames built by hand with struct (no scapy): IPv4 TCP segments, UDP datagrams, ARP.
 
 Shared by the tests that feed a back-end's TX path raw frames (tests/test_faults.py through a

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """A vhost-user front-end for tests: what QEMU does, minus the guest, plus hostile input.
 
 It creates guest memory in a memfd (tests/virtq_driver.py's GuestRam), lays out an RX and a TX

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """An in-process vhost-user back-end for tests: transport + session + device in a thread.
 
 The tiny epoll loop here does what the real event loop does with the transport's events: it

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Shared pieces for the L4 tests: a NetView, a frame sink, a bounded loop pump, guest UDP and
 ICMP echo frames (parsed as the demux hands them over), checksum checks, free ports, and
 reading exactly n bytes from a host socket."""

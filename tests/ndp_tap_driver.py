@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Drive the Linux IPv6 stack with NdpResponder through a tap device, inside a private netns.
 
 Run as ``unshare -n python tests/ndp_tap_driver.py SCENARIO`` (root): the tap ``tapg`` plays

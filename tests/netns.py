@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Throw-away network namespaces for tests: a "host" with a default route, and its gateway.
 
 ``with netns() as ns:`` creates namespace ``ns`` holding ``veth0`` with the host addresses

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Real virtqueues in memfd guest memory, both ends in the test: the C data path tests' rig.
 
 Shared by tests/test_tcp_path.py, tests/test_udp_path.py, tests/test_fastpath.py and

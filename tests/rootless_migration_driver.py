@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """One whole two-process migration of a live TCP connection, run inside ``unshare -rn``.
 
 tests/test_rootless_migrate.py runs ``unshare -rn python -m tests.rootless_migration_driver

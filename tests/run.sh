@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # Sets up everything the test suite needs on a fresh Debian 12/13 machine and runs it:
 # system packages (QEMU >= 10 and friends, when run as root and missing), a virtualenv in
 # .venv with passt-py installed editable plus its test extra, then pytest with any arguments.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Run C-core test suites against an AddressSanitizer + UBSan build of passt_py._core.
 
 The main tree's extension is never touched: the package, the C sources and the tests are copied

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """A whole Service on its own thread with the test front-end connected: the rings are real,
 the guest is the test. Shared by the TCP and UDP service tests (and the rootless migration
 driver): the rig, running code on the service's thread, and :class:`Guest`, the guest end of

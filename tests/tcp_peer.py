@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """A minimal guest-side TCP endpoint for handler-level tests of passt_py.tcp.handler.
 
 ``TcpEnv`` wires a TcpHandler to a real loop and a frame sink; ``GuestPeer`` plays one guest

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """ARP: the back-end answers for every address but the guest's, and asks for the guest's MAC."""
 import ipaddress
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The benchmark generator (bench/vufront) against passt-py, briefly, on real rings.
 
 The numbers in bench/README.md are only as good as the generator: this checks, in every CI

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The C core's Internet checksum against known vectors, scapy-built packets and the reference."""
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The command line as a user meets it: `python -m passt_py ...` in a subprocess."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Building the Config: defaults copied from a described host, validation, refusals."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Daemonising, the PID file and exit signals, exercised in real child processes."""
 
 from __future__ import annotations

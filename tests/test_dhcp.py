@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """DHCP: one infinite lease of the configured address, options as the client asked for them."""
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """DHCPv6: one address with infinite lifetimes, DNS configuration, RFC 8415 message rules."""
 from __future__ import annotations
 

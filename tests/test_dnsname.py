@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Domain names in DNS wire format, plain and compressed, for DHCP and DHCPv6 options."""
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The TCP steady state in C (csrc/fast_tcp.c through core.FastPath) on real rings.
 
 A loopback TCP connection plays the host side (our socket and its peer), the test drives the

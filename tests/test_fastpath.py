@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The C fast path (csrc/fastpath.c, core.FastPath) on real rings driven by the test.
 
 Checked: a registered flow socket's datagrams reach the RX ring inside the wait, intact and in

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Faults against a real passt-py process: front-ends that vanish, host peers that vanish,
 a guest that stops reading its RX ring while the host keeps sending.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The flow table: two-sided index, stable ids, limit, expiry (passt_py.flow)."""
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The test front-end against the in-process back-end: real sockets, real rings, real memory."""
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Address translation between the guest's addresses and the host's (passt_py.link.fwd)."""
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The real-guest harness, validated against the real passt as a known-good back-end.
 
 If these pass, a failure of the same checks against passt-py is passt-py's, not the harness's.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Every TCP connection through the back-end ends: each side's FIN reaches the other (issue 15).
 
 A real guest under QEMU, on passt-py and on the real passt in the same run. Many connections

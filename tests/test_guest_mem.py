@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Guest memory (csrc/guest_mem.c via core.GuestMemory): translation, bounds, dirty log."""
 from __future__ import annotations
 

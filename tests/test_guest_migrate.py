@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Live migration of a real guest between two QEMUs, each with its own passt-py.
 
 The guest keeps its lease and reaches the gateway after the move; a UDP flow opened before the

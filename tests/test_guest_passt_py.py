@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """A real Linux guest under the real QEMU, networked by passt-py alone.
 
 Frames cross the real virtqueues both ways; the guest configures itself from our ARP, DHCP and

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """TCP through passt-py with a real Linux guest under QEMU: bulk transfers, -t, many
 connections, iperf3. Host-side sockets live in the test's network namespace; payloads are
 checked by SHA-256 on both ends (``sha256sum`` in the guest)."""

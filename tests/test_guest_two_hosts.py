@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Live migration between two hosts that own the same address (KubeVirt's shape, issue 15).
 
 Four network namespaces: hosts A and B, each with 10.201.15.2/24 (and the same MAC) on ``up0``,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Fuzz targets (tests/fuzz/targets.py) within the CI budget: no crash, no disagreement.
 
 Each target gets an equal share of PASST_PY_FUZZ_SECONDS (default 20 s in total). With atheris

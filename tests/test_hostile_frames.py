@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Hostile guest frames through tap.GuestLink with every handler attached.
 
 Truncated frames, lying length fields, bad header fields and options running off the end, for

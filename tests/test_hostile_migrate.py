@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Hostile migration streams into a target back-end (passt_py.migrate.target.load_bytes).
 
 Real streams from a source holding ping, UDP and TCP flows, then corrupted in the places a

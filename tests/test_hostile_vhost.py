@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Hostile vhost-user front-ends: sequences of wrong messages over a real socket.
 
 Every request code with payloads of wrong sizes and hostile numbers (ring indices, sizes, bases,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """ICMP/ICMPv6 echo through ping sockets, and ICMP errors built for the guest.
 
 Ping sockets need net.ipv4.ping_group_range to admit our group. The tests that use them run a

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Full-transfer readv/writev loops of the C core: partial transfers, EAGAIN resume, EINTR, EOF."""
 from __future__ import annotations
 

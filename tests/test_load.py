@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Load: 10,000 UDP flows through one guest link, memory bounded, the flow limit refusing cleanly.
 
 Handler level (tap.GuestLink with the service's handlers, tests/fuzz/targets.FrameRig) in a

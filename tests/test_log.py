@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Logging: levels, destinations and the size-capped log file."""
 
 from __future__ import annotations

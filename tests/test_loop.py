@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The event loop: fd callbacks, timers in deadline order, deferred work once per batch."""
 import logging
 import os

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Migration stream format, in-process save/load round trips, and hostile streams.
 
 A *source* context (a flow table with real handlers and sockets on a loop) is saved into a

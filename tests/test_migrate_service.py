@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Migration through the device-state channel of two passt-py processes, driven like QEMU.
 
 The test front-end (tests/frontend.py) plays QEMU: it suspends the source's rings, reads the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """NDP: NAs for every address but the guest's, RAs with the guest's addressing, hostile input."""
 import ipaddress
 import random

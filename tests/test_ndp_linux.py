@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """NDP against the real Linux IPv6 stack: the kernel, on a tap in a private netns, is the guest.
 
 Skipped without root, /dev/net/tun or unshare. See tests/ndp_tap_driver.py for the scenarios.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Host discovery against real kernels: this machine, and fresh namespaces built by the test."""
 
 from __future__ import annotations

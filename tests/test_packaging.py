@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Packaging: the wheel builds, installs and runs in a clean venv; a stale C core fails loudly."""
 import os
 import subprocess

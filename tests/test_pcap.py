@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """pcap capture: a classic pcap file every tool can read, frames intact and timestamped."""
 import os
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The -t/-u port-spec grammar: what each form forwards and what it must reject."""
 
 from __future__ import annotations

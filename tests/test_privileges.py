@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Privileges: root drops to --runas (default nobody) after opening what needs root.
 
 Checks the identity and capabilities of a running passt-py from /proc, the socket file's owner

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Reading resolv.conf for the guest's DNS defaults."""
 
 from __future__ import annotations

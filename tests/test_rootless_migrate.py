@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """A whole two-process migration with a live TCP connection, rootless, inside ``unshare -rn``.
 
 Each test runs tests/rootless_migration_driver.py in a fresh user + network namespace (root

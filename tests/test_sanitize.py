@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The C core under AddressSanitizer and UBSan: the core's test suites find no report.
 
 One scratch build per module (tests/sanitize_run.py: a copy of the tree, PASST_PY_SANITIZE=1,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The established-TCP data path (csrc/tcp_path.c via core.classify / send_payloads / TcpPath).
 
 Rings live in memfd guest memory driven by tests/virtq_driver.py; sockets are real loopback TCP

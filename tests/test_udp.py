@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """UDP translation: guest flows to host loopback, errors, sizes, expiry, -u forwarding."""
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Host -> guest UDP in C (csrc/udp_path.c, core.UdpPath): datagrams received straight into
 RX chains behind room for their headers, on real rings driven by the test.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """UDP through the whole back-end and real rings: the test front-end plays the guest driver.
 
 The first datagram of a flow goes through the copying path (which creates the flow); later

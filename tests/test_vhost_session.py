@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The sans-IO vhost-user session against a fake device: negotiation, rings, errors, fds."""
 from __future__ import annotations
 

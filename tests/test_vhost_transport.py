@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The vhost-user socket adapter: SCM_RIGHTS, partial reads, one front-end at a time, no leaks."""
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """vhost-user wire format: layouts round-trip, and bad payloads are refused by their decoders."""
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Split virtqueues (csrc/virtq.c via core.Virtqueue), driven by tests/virtq_driver.py.
 
 Covers TX drain and release, RX placement with and without mergeable buffers, hostile rings

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """A fake vhost-user device for session and transport tests (no guest memory, no C core)."""
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The driver (guest) side of split virtqueues, in pure Python, for tests and test front-ends.
 
 GuestRam is guest memory in one memfd, cut into regions at chosen guest-physical addresses;

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Command-line parser with passt's option names.
 
 This module only knows the syntax: which options exist, which take a value, which repeat. Values

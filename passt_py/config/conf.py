@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The immutable, validated run-time configuration, built from the command line and the host.
 
 Theory of operation: config.cli turns argv into strings; :func:`build_config` validates every

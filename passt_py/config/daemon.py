@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Running as a daemon: detaching, the PID file, and exit signals the event loop can watch.
 
 Order matters (the service calls these at the right points):

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Logging set-up: where messages go and how much of them, with passt's choices.
 
 Destinations: stderr when running in the foreground (-f, implied by -d), a size-capped file with

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Host discovery over rtnetlink (pyroute2): which interface, address, gateway and MTU to copy.
 
 passt gives the guest the host's own addressing, so the guest's defaults come from the host: per

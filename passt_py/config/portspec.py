@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Port forwarding specifications: the grammar of passt's -t/--tcp-ports and -u/--udp-ports.
 
 Theory of operation: each occurrence of -t or -u carries one spec string. A spec is either a

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Dropping root: --runas, the user and group to become after everything privileged is open.
 
 Theory of operation (as passt's isolate_user()): started as root (UID 0 in the initial user

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Reading /etc/resolv.conf: the host's DNS servers and search domains become the guest's defaults.
 
 Follows the resolver's own rules closely enough for that job: ``nameserver`` lines in order,

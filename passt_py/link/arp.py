@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """ARP towards the guest: answer its requests, and ask for its MAC address.
 
 The back-end plays every host on the guest's link except the guest itself, so it answers a

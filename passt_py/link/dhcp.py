@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """DHCP server for the guest: a single, infinite lease of the configured IPv4 address.
 
 Theory of operation: the back-end is the guest's only DHCP server and it has exactly one

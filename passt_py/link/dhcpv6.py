@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """DHCPv6 server for the guest (RFC 8415): one address, forever, and the DNS configuration.
 
 Theory of operation: like the DHCPv4 server, this one is stateless because it has a single

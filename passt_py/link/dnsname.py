@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Domain names in DNS wire format (RFC 1035 3.1), as DHCP and DHCPv6 options carry them.
 
 DHCPv4 domain search (option 119, RFC 3397) compresses names with RFC 1035 pointers whose

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Ethernet framing: addresses, EtherTypes, and building/parsing the 14-byte header.
 
 Only untagged Ethernet II frames exist on the link between a guest and the back-end; a frame

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """IPv4/IPv6 and UDP headers: parsing guest packets and building packets for the guest.
 
 Parsing validates every length against the bytes actually present, so a handler never reads

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """NDP towards the guest: neighbour advertisements and router advertisements.
 
 Theory of operation. The back-end plays every node on the guest's link except the guest, so a

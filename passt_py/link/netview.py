@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """What the guest sees of the network, and what the back-end has observed of the guest.
 
 NetView is derived once from the Config: the addresses the guest is given, the gateway it

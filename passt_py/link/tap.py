@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The guest's link: L2 demux of frames from the guest, and the one path of frames to it.
 
 Frames from the guest arrive in batches (one TX ring drain); the guest's MAC and addresses

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Kernel TCP socket state: save and restore through TCP_REPAIR, and the passt-repair helper.
 
 Theory of operation: a connected TCP socket in repair mode (TCP_REPAIR on, CAP_NET_ADMIN) stops

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Pure-Python Internet checksum (RFC 1071): the oracle the C core is tested against.
 
 Written for obviousness, not speed: one big-endian 16-bit word at a time. Same conventions as

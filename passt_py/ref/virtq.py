@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Pure-Python reference of guest memory translation and the split-virtqueue walk.
 
 Slow and obvious on purpose: it is the oracle the property tests hold csrc/guest_mem.c and

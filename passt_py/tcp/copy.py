@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The copying TCP data path: the reference implementation of :class:`TcpDataPath`.
 
 The protocol logic in passt_py.tcp.handler decides *what* to send (sequence numbers, windows, how

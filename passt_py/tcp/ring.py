@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The ring TCP data path: host data peeked by C straight into the guest's RX buffers.
 
 Same contract as passt_py.tcp.copy.CopyingDataPath (see TcpDataPath there), built on

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """TCP segments on the guest side: parsing what the guest sends, building what it receives.
 
 Parsing (RFC 9293 section 3.1) validates the data offset against the bytes present and walks

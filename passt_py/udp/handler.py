@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """UDP translation: guest datagrams through per-flow host sockets, and -u port forwarding.
 
 Theory of operation: UdpHandler is the face the rest of the back-end sees (service.py, the tap

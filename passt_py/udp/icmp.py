@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """ICMP and ICMPv6 echo through unprivileged ping sockets, and ICMP errors for the guest.
 
 Theory of operation: each echo request from the guest belongs to a ping flow keyed by (guest

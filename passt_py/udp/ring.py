@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The ring UDP path: host datagrams received by C straight into the guest's RX buffers.
 
 Built on core.UdpPath (csrc/udp_path.c): per readiness event one C call takes up to a batch of

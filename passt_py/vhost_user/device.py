@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The virtio-net device behind the vhost-user session.
 
 Theory of operation: :class:`NetDevice` owns the guest memory table and two split virtqueues,

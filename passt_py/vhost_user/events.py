@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Events the vhost-user layer reports to the embedding code (event loop, network, migration).
 
 Small frozen dataclasses, returned by ``Session.handle`` and ``VhostUserServer.on_readable``.

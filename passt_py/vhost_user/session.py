@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The vhost-user back-end session: a sans-IO state machine.
 
 Theory of operation: :meth:`Session.handle` takes one decoded message and the descriptors that

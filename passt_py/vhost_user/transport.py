@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The vhost-user socket adapter: UNIX stream socket, SCM_RIGHTS, one front-end at a time.
 
 Theory of operation: :class:`VhostUserServer` owns the listening socket (or a pre-connected one

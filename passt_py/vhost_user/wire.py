@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """vhost-user wire format: message codes, header flags, feature bits and payload layouts.
 
 Theory of operation: a vhost-user message is a 12-byte header (u32 request, u32 flags, u32 payload

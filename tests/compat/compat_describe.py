@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """What a migration source held, or what a target rebuilt, as JSON (the sidecar schema).
 
 Used with the v0.1.0 release (make_streams.py, old_load.py) and with the current code

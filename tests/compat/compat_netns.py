@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """A private, throw-away network namespace for the stream compatibility tests (root only).
 
 Streams hold loopback addresses and ports. Building sources and rebuilding flows inside a

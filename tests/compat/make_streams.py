@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Write the golden migration streams of the v0.1.0 release (tests/compat/streams/).
 
 Run ONLY with the v0.1.0 tree first on sys.path: this script uses that release's API and its

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Load a migration stream with the v0.1.0 release and print what it rebuilt, as JSON.
 
 Run ONLY with the v0.1.0 tree first on sys.path (old_release.run_old), as root::

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The v0.1.0 release, rebuilt from git history, for the stream compatibility tests.
 
 ``ensure_built()`` extracts the release's tree (``git archive`` of the full commit hash: CI

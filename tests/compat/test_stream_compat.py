@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Migration streams across releases: what v0.1.0 wrote still loads, and v0.1.0 reads ours.
 
 The compatibility rule these tests hold the code to:

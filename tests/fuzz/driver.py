@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """A small mutation fuzzer for the targets when atheris is not wanted (pytest, sanitized runs).
 
 No coverage feedback: it mutates the seed corpus (bit flips, byte sets, interesting 16/32-bit

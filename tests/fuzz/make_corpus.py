@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Write the seed corpora under tests/fuzz/corpus/ (run again after changing the seeds).
 
     python -m tests.fuzz.make_corpus [--pcap FILE ...]

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """A private, empty network namespace for the calling thread, for fuzzing that opens sockets.
 
 Guest frames decide where the back-end sends UDP datagrams and pings; a fuzzer must not be able

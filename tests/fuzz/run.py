@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Run one fuzz target: coverage-guided with atheris, or with the mutation driver.
 
     python -m tests.fuzz.run TARGET [--engine atheris|driver] [--seconds N] [--runs N]

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Fuzz targets: each takes bytes and must return normally whatever the bytes are.
 
 A target raises (and so reports a finding) when the code under test crashes, raises out of a

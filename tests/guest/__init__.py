@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Real-guest test harness: a tiny Linux guest (Debian cloud kernel + busybox initramfs) booted
 under QEMU against a vhost-user back-end, driven through a command agent on its second serial
 port and through QMP.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Client for the guest's serial command agent (the loop in the initramfs's /agent.sh).
 
 Wire format, chosen so any output survives a serial line and the host always finds the end:

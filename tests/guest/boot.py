@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """``boot_guest()``: back-end + QEMU + agent as one context manager, for any vhost-user back-end.
 
 A test passes a factory that turns the vhost-user socket path into the back-end's argv, e.g.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Builds the test guest: a Debian cloud kernel and a busybox initramfs, cached by input hash.
 
 Why this shape: a full distribution image would take minutes to boot under TCG and needs a disk;

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Starts and stops ``qemu-system-x86_64`` with a vhost-user virtio-net device.
 
 The guest memory is a shared memfd (vhost-user requires the back-end to map it). Two ways a guest

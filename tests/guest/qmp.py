@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Minimal QMP client: enough to quit QEMU and drive live migration from tests.
 
 QMP is line-delimited JSON over a UNIX socket: a greeting, then ``qmp_capabilities``, then

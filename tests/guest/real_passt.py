@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Finds the real passt (with vhost-user) to use as a known-good comparison back-end.
 
 Order: a ``passt`` on PATH whose ``--help`` mentions ``--vhost-user``; else Debian 13's ``passt``
