@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Address translation between the guest's view of the network and the host's sockets.
 
 Theory of operation: the guest is given the host's own addressing, so almost every address
@@ -23,7 +24,10 @@ Everything here is a pure function of the NetView (plus the guest's observed add
 from __future__ import annotations
 
 import ipaddress
+import logging
+from typing import Callable, Iterable
 
+from passt_py.config.portspec import Forward, PortForwards
 from passt_py.link.netview import GuestState, Ip4View, Ip6View, NetView
 
 IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -33,6 +37,8 @@ LOOPBACK6 = ipaddress.IPv6Address("::1")
 ANY4 = ipaddress.IPv4Address("0.0.0.0")
 ANY6 = ipaddress.IPv6Address("::")
 DNS_PORT = 53
+
+log = logging.getLogger(__name__)
 
 
 def family_view(view: NetView, version: int) -> Ip4View | Ip6View | None:
@@ -123,3 +129,35 @@ def guest_address(view: NetView, guest: GuestState, version: int) -> IPAddr | No
     if view.ip6 is None:
         return None
     return guest.addr6 if guest.addr6 is not None else view.ip6.addr
+
+
+def rule_versions(view: NetView, rule: Forward) -> list[int]:
+    """The IP versions a forwarding rule listens on: its bind address's, or every enabled one."""
+    if rule.bind_addr is not None:
+        fam = family_view(view, rule.bind_addr.version)
+        return [rule.bind_addr.version] if fam is not None else []
+    return [v for v, fam in ((4, view.ip4), (6, view.ip6)) if fam is not None]
+
+
+def open_listeners(view: NetView, rules: PortForwards | Iterable[Forward],
+                   listen: Callable[[Forward, int, int], None], proto: str) -> int:
+    """A listening socket per port and IP version of ``rules``, each through
+    ``listen(rule, version, port)`` (raising OSError when it cannot bind); returns how many
+    were bound. A port that cannot be bound is logged and skipped, as passt does: the others
+    still forward."""
+    forwards = rules.forwards if isinstance(rules, PortForwards) else tuple(rules)
+    bound = failed = 0
+    for rule in forwards:
+        for port in range(rule.first, rule.last + 1):
+            for version in rule_versions(view, rule):
+                try:
+                    listen(rule, version, port)
+                    bound += 1
+                except OSError as e:
+                    failed += 1
+                    log.debug("%s forward: cannot bind port %d (IPv%d): %s", proto, port,
+                              version, e)
+    if failed:
+        log.warning("%s forwarding: %d of %d listening sockets could not be bound", proto,
+                    failed, bound + failed)
+    return bound

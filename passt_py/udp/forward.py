@@ -65,30 +65,7 @@ class UdpForwarder:
 
     def start(self, rules: PortForwards | Iterable[Forward]) -> int:
         """Open the -u listening sockets; returns how many were bound (failures are logged)."""
-        forwards = rules.forwards if isinstance(rules, PortForwards) else tuple(rules)
-        bound = failed = 0
-        for rule in forwards:
-            for port in range(rule.first, rule.last + 1):
-                for version in self._rule_versions(rule):
-                    try:
-                        self._listen(rule, version, port)
-                        bound += 1
-                    except OSError as e:
-                        failed += 1
-                        log.debug("UDP forward: cannot bind port %d (IPv%d): %s",
-                                  port, version, e)
-        if failed:
-            log.warning("UDP forwarding: %d of %d listening sockets could not be bound",
-                        failed, bound + failed)
-        return bound
-
-    def _rule_versions(self, rule: Forward) -> list[int]:
-        """The IP versions ``rule`` listens on: its bind address's, or every enabled one."""
-        view = self._ctx.view
-        if rule.bind_addr is not None:
-            fam = fwd.family_view(view, rule.bind_addr.version)
-            return [rule.bind_addr.version] if fam is not None else []
-        return [v for v, fam in ((4, view.ip4), (6, view.ip6)) if fam is not None]
+        return fwd.open_listeners(self._ctx.view, rules, self._listen, "UDP")
 
     def _listen(self, rule: Forward, version: int, port: int) -> None:
         """Bind one listening socket and put it in the loop (raises OSError)."""
