@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """TCP translation at the handler level: a scripted guest endpoint against real host sockets."""
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from tcp_peer import FAMILY, GuestPeer, TcpEnv
 from passt_py import core
 from passt_py.config.portspec import Forward
 from passt_py.flow import FlowType
-from passt_py.tcp import handler as tcp_mod
+from passt_py.tcp import open as tcp_open
 from passt_py.tcp.handler import WS_OURS, Phase, TcpState
 from passt_py.tcp.seg import ACK, FIN, PSH, RST, SYN, parse_tcp, seq_add, seq_diff
 from tests.conftest import hypothesis_budget
@@ -591,11 +592,11 @@ def test_export_adopt_roundtrip(env: TcpEnv) -> None:
     env.flows.close(flow)
     c.sock.close()
     sock.setsockopt(socket.SOL_SOCKET, 32, 64 << 20)    # SO_SNDBUFFORCE, as a restore may
-    flow2 = env.tcp.adopt(st, sock)
+    flow2 = env.tcp.opener.adopt(st, sock)
     assert flow2.type == FlowType.TCP
     # The adopted socket is back at the regular size (the next migration must fit it), and
     # knows its peer is on this host.
-    big = env.tcp._big_snd
+    big = env.tcp.opener.big_snd
     assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == \
         (2 * big if big else 128 << 20), big
     assert flow2.data.local is True
@@ -731,7 +732,7 @@ def test_remote_peer_sees_the_guests_mss(env: TcpEnv, monkeypatch) -> None:
     """A peer elsewhere sees the segment size the guest asked for, as if the guest were
     talking to it: the host socket announces and uses the guest's MSS. (Loopback is all the
     test has: the destination is taken for a remote one.)"""
-    monkeypatch.setattr(tcp_mod, "_is_loopback", lambda addr: False)
+    monkeypatch.setattr(tcp_open, "is_loopback", lambda addr: False)
     peer, host = _outbound(env, 4, mss=1400)
     c = next(iter(env.flows)).data
     assert _send_mss(c.sock) <= 1400 and _send_mss(host) <= 1400, (

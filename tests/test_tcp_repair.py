@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """TCP_REPAIR save/restore of kernel sockets on loopback, and the passt-repair helper protocol.
 
 Each test moves one end of a real loopback connection: the original is saved in repair mode
@@ -22,6 +23,7 @@ import time
 import pytest
 
 from passt_py.migrate import repair as tr
+from passt_py.tcp.sockets import big_buffers
 from tests.fake_repair_helper import FakeHelper
 
 pytestmark = pytest.mark.skipif(not tr.direct_repair_allowed(),
@@ -666,8 +668,7 @@ def test_a_full_send_queue_moves_to_a_target_without_forced_sizes(monkeypatch) -
     (the peer reads nothing), is rebuilt on a target that cannot force buffer sizes (no
     CAP_NET_ADMIN, as under passt-repair): the buffer's headroom makes the queue fit, and
     every byte reaches the peer. Without the headroom the refill fails with EAGAIN."""
-    from passt_py.tcp import handler as tcp_mod
-    snd, _rcv = tcp_mod._big_buffers()
+    snd, _rcv = big_buffers()
     monkeypatch.setattr(tr, "SO_SNDBUFFORCE", -1)        # setsockopt fails: as unprivileged
     monkeypatch.setattr(tr, "SO_RCVBUFFORCE", -1)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as srv:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """TCP through the whole back-end and real rings: the test front-end plays the guest driver.
 
 Here guest data leaves from guest memory (TcpHandler.take_batch, zero copy) and host data is
@@ -294,7 +295,7 @@ def test_a_connection_busy_only_in_c_does_not_expire_and_an_idle_one_does(tmp_pa
     """With a 0.5 s idle timeout: exchanges that all go through C for 2 s keep the
     connection (its expiry asks C for activity); once idle it is reset."""
     with service_with_frontend(tmp_path, 200) as (service, fe):
-        service.tcp._idle_timeout = 0.5
+        service.tcp.idle_timeout = 0.5
         service.flows._sweep_interval = 0.1
         g, host = _connected(fe, 43221)
         deadline = time.monotonic() + 2.0

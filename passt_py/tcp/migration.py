@@ -39,7 +39,8 @@ from passt_py.migrate.context import Loaded, MigrationContext, Report, Saved
 from passt_py.migrate.record import decode_record, encode_record
 from passt_py.migrate.section import Section, SourceShare
 from passt_py.migrate.versions import register
-from passt_py.tcp.handler import ET, Phase, TcpState
+from passt_py.tcp.handler import Phase, TcpState
+from passt_py.tcp.sockets import ET
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +315,7 @@ def activate(ctx: MigrationContext, report: Report) -> None:
     lost, report.lost = report.lost, []
     for st in lost if ctx.tcp is not None else ():
         try:
-            ctx.tcp.reset_guest_end(st)
+            ctx.tcp.opener.reset_guest_end(st)
         except (ValueError, OSError) as e:      # a record too broken to address the guest
             log.warning("migration: no RST to the guest for a lost TCP connection: %s", e)
     pending, report.pending = report.pending, []
@@ -324,7 +325,7 @@ def activate(ctx: MigrationContext, report: Report) -> None:
         # rebuilt socket will not report it, the record must.
         st.host_eof = st.host_eof or ks.fin_received
         try:
-            ctx.tcp.adopt(st, sock)
+            ctx.tcp.opener.adopt(st, sock)
             adopted += 1
         except (FlowRefused, OSError, ValueError) as e:
             report.tcp -= 1
