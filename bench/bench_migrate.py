@@ -25,6 +25,7 @@ for p in (ROOT, ROOT / "tests"):
 from l4_helpers import GW4  # noqa: E402
 from tcp_peer import GuestPeer, TcpEnv  # noqa: E402
 
+import passt_py.udp  # noqa: E402,F401 - registers the ping and UDP sections every stream has
 from passt_py.migrate import repair as tcp_repair  # noqa: E402
 from passt_py.migrate.context import MigrationContext  # noqa: E402
 from passt_py.migrate.source import Source  # noqa: E402

@@ -10,7 +10,9 @@ it, MTU-sized frames without it). It measures nothing: rates belong to bench/, n
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +54,14 @@ def test_generator_moves_bytes_with_and_without_offloads(harness, mode: str,
             assert per_frame > 16000, per_frame
         else:
             assert per_frame < 1600, per_frame
+
+
+def test_the_migration_benchmark_still_runs() -> None:
+    """bench/bench_migrate.py's save/load case with one TCP flow runs to the end against
+    this tree, so a change to the migration API cannot leave the benchmark broken unseen."""
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "--benchmark-disable", "bench/bench_migrate.py",
+                           "-k", "save_load_tcp_flows and 1]"],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout[-3000:]
