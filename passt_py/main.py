@@ -68,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.check_config:
         print("\n".join(config.describe()))
         return 0
+    # Imported only now, by design (not to dodge a cycle): --help, --version and
+    # --check-config answer without loading the C core and the data path.
     from passt_py.service import run
 
     return run(config)

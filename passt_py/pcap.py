@@ -29,7 +29,7 @@ PCAP_MAGIC_USEC = 0xA1B2C3D4
 PCAP_VERSION = (2, 4)
 LINKTYPE_ETHERNET = 1
 #: Large enough for a 64 KiB segment with headers (segmentation offloads).
-SNAPLEN = 262144
+SNAPLEN = core.SNAPLEN       # as the C capture hook cuts frames
 
 _FILE_HEADER = struct.Struct("=IHHiIII")
 _VNET = struct.Struct("<BBHHHH")

@@ -31,6 +31,7 @@ import os
 import pwd
 import signal
 import stat
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -206,7 +207,6 @@ class CleanupHelper:
 
     def finish(self, timeout: float = 2.0) -> None:
         """Let the helper clean up now and wait for it (bounded)."""
-        import time
         if self._wfd >= 0:
             os.close(self._wfd)
             self._wfd = -1

@@ -31,8 +31,8 @@ from passt_py.core.guest_mem import (
     GuestMemory,
 )
 from passt_py.core.virtq import (
-    CaptureStats, PUSH_RX_JOIN_MAX, RxResult, TxBatch, VQ_ERRORS, VQ_MAX_SIZE, VRING_F_LOG,
-    Virtqueue,
+    CaptureStats, PUSH_RX_JOIN_MAX, RxResult, SNAPLEN, TxBatch, VQ_ERRORS, VQ_MAX_SIZE,
+    VRING_F_LOG, Virtqueue,
 )
 from passt_py.core.classifier import (
     PKT_CODES, PKT_HDR_MAX, PKT_IP_EXT, PKT_IP_FRAG, PKT_IP_HDR, PKT_IP_LEN, PKT_L4_SHORT,
@@ -64,7 +64,7 @@ __all__ = [
     "FAST_BACK_TIMER", "FAST_EV_BACK", "FastPath", "GuestMemory", "PKT_CODES", "PKT_HDR_MAX",
     "PKT_IP_EXT", "PKT_IP_FRAG", "PKT_IP_HDR", "PKT_IP_LEN", "PKT_L4_SHORT", "PKT_OK",
     "PKT_OTHER", "PKT_SHORT_ETH", "PKT_TCP_DOFF", "PKT_UDP_LEN", "PUSH_RX_JOIN_MAX",
-    "PacketRecords", "RxResult", "TCP_ACK", "TCP_CWR", "TCP_ECE", "TCP_FIN", "TCP_PSH",
+    "PacketRecords", "RxResult", "SNAPLEN", "TCP_ACK", "TCP_CWR", "TCP_ECE", "TCP_FIN", "TCP_PSH",
     "TCP_RST", "TCP_RX_CSUM_PARTIAL", "TCP_RX_DATA_VALID", "TCP_RX_GSO", "TCP_RX_NO_FLUSH",
     "TCP_STOP_AGAIN", "TCP_STOP_DRAINED", "TCP_STOP_EOF", "TCP_STOP_LIMIT", "TCP_STOP_NOBUFS",
     "TCP_STOP_STOPPED", "TCP_STOP_WINDOW", "TCP_SYN", "TCP_URG", "TcpPath", "TcpRxResult",

@@ -29,6 +29,10 @@ VRING_F_LOG = lib.PC_VRING_F_LOG
 VQ_MAX_SIZE = lib.PC_VQ_MAX_SIZE
 
 
+#: Capture: bytes kept of each frame (the pcap file header says the same).
+SNAPLEN = 262144
+
+
 class TxBatch:
     """Frames drained from a TX ring by one pop_tx() call; reusable after release().
 
@@ -295,12 +299,11 @@ class Virtqueue:
 
         In C, whatever path moves the frame: RX frames when published, TX frames when first
         popped, partial checksums completed, at most ``snaplen`` bytes each (the file
-        header's, passt_py.pcap.SNAPLEN by default; the caller writes that header).
+        header's, SNAPLEN by default; the caller writes that header).
         ``hdr_len``: the RX virtio-net header length. The fd stays the caller's: turn capture
         off before closing it. A failed write turns capture off (see :attr:`capture`).
         """
         if snaplen is None:
-            from passt_py.pcap import SNAPLEN   # (pcap imports this module)
             snaplen = SNAPLEN
         if fd < 0:
             lib.pc_vq_set_capture(self._vq, -1, 0, ffi.NULL, 0)

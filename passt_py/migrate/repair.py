@@ -41,6 +41,7 @@ from __future__ import annotations
 import array
 import ctypes
 import errno
+import fcntl
 import ipaddress
 import logging
 import os
@@ -49,6 +50,8 @@ import struct
 import time
 from dataclasses import dataclass
 from typing import Iterable, Sequence
+
+from passt_py import core
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +259,6 @@ class DropFilter:
     @classmethod
     def load(cls) -> DropFilter:
         """Load the eBPF program if this process may (root, CAP_BPF); else classic only."""
-        from passt_py import core
         return cls(core.drop_all_filter())
 
     def attach(self, sock: socket.socket) -> int:
@@ -494,7 +496,6 @@ def _setint(sock: socket.socket, opt: int, value: int, step: str) -> None:
 
 def _ioctl_int(sock: socket.socket, req: int, step: str) -> int:
     """An int-valued socket ioctl (SIOCINQ/SIOCOUTQ)."""
-    import fcntl
     try:
         buf = fcntl.ioctl(sock.fileno(), req, b"\0\0\0\0")
     except OSError as e:

@@ -26,6 +26,7 @@ the host socket), unless the action gives it.
 """
 from __future__ import annotations
 
+from passt_py.tcp.copy import STOP_AGAIN, STOP_DRAINED, STOP_EOF, STOP_NOBUFS, STOP_WINDOW
 from passt_py.tcp.seg import (ACK, FIN, MSS_DEFAULT4, MSS_DEFAULT6, RST, SYN, TcpSegment,
                               seq_add, seq_diff, syn_options)
 from passt_py.tcp.state import Phase, TcpState
@@ -70,12 +71,6 @@ S_TO_HOST, S_TO_GUEST, S_TIMEOUTS, S_FAST_RETRANSMITS, S_SOCKET_FULL, S_RX_FULL,
 Action = tuple
 Actions = list[Action]
 
-# Why the data path stopped moving host data to the guest (delivered()).
-STOP_WINDOW = 1     # max_bytes delivered (or a per-call limit)
-STOP_NOBUFS = 2     # the guest has no RX buffers
-STOP_DRAINED = 3    # the socket had less than asked
-STOP_EOF = 4        # the peer shut down and every byte has been peeked
-STOP_AGAIN = 5      # out of RX buffers, but the guest added some meanwhile
 
 _NONE: Actions = []
 

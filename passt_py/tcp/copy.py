@@ -31,6 +31,15 @@ STOP_EOF = 4        # the peer shut down and every byte has been peeked
 STOP_AGAIN = 5      # out of RX buffers, but the guest added some meanwhile: call again
 
 
+def send_payload(sock: socket.socket, payload: memoryview) -> int:
+    """Write guest payload to a non-blocking ``sock``: the bytes it took, 0 if it is full
+    (what it did not take is not acknowledged, and the guest sends it again)."""
+    try:
+        return sock.send(payload)
+    except BlockingIOError:
+        return 0
+
+
 class TcpDataPath(Protocol):
     """Moves payload between a connection's host socket and the guest."""
 
@@ -57,10 +66,7 @@ class CopyingDataPath:
 
     def send_to_host(self, sock: socket.socket, payload: memoryview) -> int:
         """Write guest payload to ``sock``; bytes accepted (0 if the buffer is full)."""
-        try:
-            return sock.send(payload)
-        except BlockingIOError:
-            return 0
+        return send_payload(sock, payload)
 
     def host_to_guest(self, sock: socket.socket, tpl: FrameTemplate, dst_mac: bytes,
                       src_mac: bytes, seq: int, ack: int, wnd: int, mss: int,

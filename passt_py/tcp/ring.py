@@ -21,7 +21,8 @@ from __future__ import annotations
 import socket
 
 from passt_py import core
-from passt_py.tcp.copy import STOP_AGAIN, STOP_DRAINED, STOP_EOF, STOP_NOBUFS, STOP_WINDOW
+from passt_py.tcp.copy import (STOP_AGAIN, STOP_DRAINED, STOP_EOF, STOP_NOBUFS, STOP_WINDOW,
+                               send_payload)
 from passt_py.tcp.seg import ACK, PSH, FrameTemplate
 from passt_py.vhost_user.device import RX, NetDevice, RxFlush
 
@@ -47,10 +48,7 @@ class RingDataPath:
 
     def send_to_host(self, sock: socket.socket, payload: memoryview) -> int:
         """Write guest payload to ``sock``; bytes accepted (0 if the buffer is full)."""
-        try:
-            return sock.send(payload)
-        except BlockingIOError:
-            return 0
+        return send_payload(sock, payload)
 
     def _tcp_path(self) -> core.TcpPath:
         ring = self._device.rings[RX]
