@@ -3,8 +3,8 @@
 
 Each test builds a throw-away pair of namespaces (tests/netns.py): "host" with veth0
 (10.200.0.2/24, fd00:200::2/64) and the peer namespace behind it holding 10.200.0.1 and
-fd00:200::1. The handlers run with their sockets in "host"; a server in the peer namespace
-sees the source address of the guest's flows. A second address (.3 / ::3) on veth0 is the -o
+fd00:200::1. The handlers run with their sockets in "host"; a server (or a raw socket, for
+ping) in the peer namespace sees the source address of the guest's flows. A second address (.3 / ::3) on veth0 is the -o
 address; a second veth pair (veth2, 10.201.0.2 <-> 10.201.0.1) is the --outbound-if4 device,
 reached only through a default route of higher metric, so the plain routing never picks it.
 """
@@ -20,7 +20,8 @@ from typing import Iterator
 import netns
 import pytest
 import tcp_peer
-from l4_helpers import GUEST4, GUEST6, Sink, free_port, guest_udp, make_guest, make_view, pump
+from l4_helpers import (GUEST4, GUEST6, Sink, echo_frame, free_port, guest_udp, make_guest,
+                        make_view, parsed, pump)
 from tcp_peer import GuestPeer, TcpEnv
 
 from passt_py.config.portspec import Forward
@@ -28,6 +29,7 @@ from passt_py.flow import FlowTable
 from passt_py.link.netview import NetView
 from passt_py.loop import EventLoop
 from passt_py.udp.handler import UdpHandler
+from passt_py.udp.icmp import IcmpHandler
 
 pytestmark = pytest.mark.skipif(not netns.available(), reason="needs root and iproute2")
 
@@ -171,6 +173,40 @@ def test_udp_outbound_address_is_the_source_the_peer_sees(spaces, version) -> No
 def test_udp_outbound_if4_leaves_through_that_device(spaces) -> None:
     """With --outbound-if4 veth2 the datagram takes veth2's route and its address."""
     assert _udp_source(spaces, 4, _view(4, outbound_if="veth2")) == SIDE4
+
+
+def _ping_source(spaces: tuple[str, str], version: int, view: NetView) -> ipaddress._BaseAddress:
+    """The source address of the guest's echo request, as a raw socket in the peer namespace
+    sees it."""
+    ns, gw = spaces
+    subprocess.run(netns.exec_argv(ns, ["sysctl", "-qw", "net.ipv4.ping_group_range=0 0"]),
+                   check=True, timeout=10)
+    proto = socket.IPPROTO_ICMP if version == 4 else socket.IPPROTO_ICMPV6
+    with netns.in_netns(gw):
+        raw = socket.socket(_family(version), socket.SOCK_RAW, proto)
+    with raw:
+        raw.settimeout(5)
+        with netns.in_netns(ns):
+            loop = EventLoop()
+            ping = IcmpHandler(loop, view, make_guest(), FlowTable(loop, max_flows=8), Sink())
+            try:
+                ping.from_guest(parsed(echo_frame(version, 7, 1, b"source?", dst=PEER[version])))
+                while True:
+                    data, src = raw.recvfrom(2048)
+                    kind = data[20] if version == 4 else data[0]   # IPv4 raw: with its header
+                    if kind in (8, 128):                          # the echo request
+                        return A(src[0])
+            finally:
+                ping.close_all()
+                loop.close()
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_ping_outbound_address_is_the_source_the_peer_sees(spaces, version) -> None:
+    """With -o, the guest's echo requests leave from that address too (as in passt)."""
+    assert _ping_source(spaces, version, make_view()) == HOST[version]
+    assert _ping_source(spaces, version, _view(version, outbound=OUTBOUND[version])) \
+        == OUTBOUND[version]
 
 
 @pytest.mark.parametrize("version", [4, 6])

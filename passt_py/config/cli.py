@@ -102,7 +102,7 @@ def _addressing(n: Any) -> None:
          help="guest's default gateway, IPv4 and/or IPv6 (default: the host's)")
     _add(n, "-i", "--interface", metavar="IF", help="host interface to take addresses from")
     _add(n, "-o", "--outbound", metavar="ADDR", action="append", default=[],
-         help="bind the host side of guest-initiated TCP and UDP flows to ADDR "
+         help="bind the host side of guest-initiated TCP, UDP and ping flows to ADDR "
               "(one per family)")
     _add(n, "--outbound-if4", metavar="IF",
          help="bind IPv4 guest-initiated flows' host sockets to interface IF")

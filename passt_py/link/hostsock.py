@@ -1,11 +1,11 @@
 # SPDX-License-Identifier: MIT
 """Host-socket options the configuration asks for: the outbound source and freebind.
 
-Theory of operation: a guest-initiated flow (the guest's TCP SYN, its first UDP datagram)
-gets a host socket that normally leaves the source to the kernel's routing. With ``-o ADDR``
-the socket is bound to ADDR first, and with ``--outbound-if4/6 IF`` it is tied to IF
-(SO_BINDTODEVICE), each per address family: an IPv4 setting for IPv4 flows, an IPv6 one for
-IPv6 flows. Flows to the host's loopback (the guest reaching the host through
+Theory of operation: a guest-initiated flow (the guest's TCP SYN, its first UDP datagram or
+echo request) gets a host socket that normally leaves the source to the kernel's routing.
+With ``-o ADDR`` the socket is bound to ADDR first, and with ``--outbound-if4/6 IF`` it is
+tied to IF (SO_BINDTODEVICE), each per address family: an IPv4 setting for IPv4 flows, an
+IPv6 one for IPv6 flows. Flows to the host's loopback (the guest reaching the host through
 map_host_loopback) are left alone, since a loopback peer cannot be reached from another
 device's address or through another device.
 
