@@ -41,6 +41,7 @@ from passt_py.migrate.context import MigrationContext
 from passt_py.migrate.source import Source
 from passt_py.migrate.transfer import EXIT_DELAY, Transfer
 from passt_py.pcap import PcapWriter
+from passt_py.stats import StatsReporter, service_counters
 from passt_py.tcp.handler import BYTES_PER_EVENT, MAX_WINDOW, TcpHandler
 from passt_py.tcp.ring import RingDataPath
 from passt_py.udp.handler import RECV_BATCH, UdpHandler
@@ -81,7 +82,8 @@ def netview_from_config(config: Config) -> NetView:
         c4 = config.ip4
         ip4 = Ip4View(addr=c4.addr, prefix_len=c4.prefix_len, gateway=c4.gw, dns=c4.dns,
                       map_host_loopback=c4.map_host_loopback, map_guest_addr=c4.map_guest_addr,
-                      host_addr=c4.host_addr, dns_match=c4.dns_match, dns_host=c4.dns_host)
+                      host_addr=c4.host_addr, dns_match=c4.dns_match, dns_host=c4.dns_host,
+                      outbound=c4.outbound, outbound_if=c4.outbound_if)
     if config.ip6 is not None:
         c6 = config.ip6
         if c6.gw.is_link_local:
@@ -93,13 +95,15 @@ def netview_from_config(config: Config) -> NetView:
         ip6 = Ip6View(addr=c6.addr, prefix_len=c6.prefix_len, gateway=c6.gw, our_ll=our_ll,
                       dns=c6.dns, map_host_loopback=c6.map_host_loopback,
                       map_guest_addr=c6.map_guest_addr, host_addr=c6.host_addr,
-                      dns_match=c6.dns_match, dns_host=c6.dns_host)
+                      dns_match=c6.dns_match, dns_host=c6.dns_host,
+                      outbound=c6.outbound, outbound_if=c6.outbound_if)
     return NetView(
         our_mac=config.mac, mtu=config.mtu, ip4=ip4, ip6=ip6, search=config.search,
         hostname=config.hostname, fqdn=config.fqdn, dhcp=not config.no_dhcp,
         dhcp_dns=not config.no_dhcp_dns, dhcp_search=not config.no_dhcp_search,
         dhcpv6=not config.no_dhcpv6, ndp=not config.no_ndp, ra=not config.no_ra,
-        icmp=not config.no_icmp, udp=not config.no_udp, tcp=not config.no_tcp)
+        icmp=not config.no_icmp, udp=not config.no_udp, tcp=not config.no_tcp,
+        freebind=config.freebind)
 
 
 class Service:
@@ -217,7 +221,8 @@ class Service:
             icmp=self.icmp, udp=self.udp, tcp=self.tcp, repair=self.repair,
             drop=self.drop_filter,
             udp_forwards=self.config.udp_forwards, tcp_forwards=self.config.tcp_forwards,
-            migrate_exit=self.config.migrate_exit)
+            migrate_exit=self.config.migrate_exit,
+            migrate_no_linger=self.config.migrate_no_linger)
 
     # ---- vhost-user events ----
     def _on_socket(self, fd: int):
@@ -537,6 +542,8 @@ def run(config: Config) -> int:
             service.loop.stop(0)
 
     service.loop.add(signals.fd, IN | HUP, on_signal)
+    if config.stats_delay:
+        StatsReporter(service.loop, config.stats_delay, lambda: service_counters(service)).start()
     try:
         return service.loop.run()
     finally:

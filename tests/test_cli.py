@@ -63,10 +63,20 @@ def test_bad_command_line_is_one_line_exit_1(argv, needle):
     assert proc.returncode == 1 and len(lines) == 1 and needle in lines[0]
 
 
-def test_unsupported_option_is_one_line_exit_1():
-    """An accepted-but-unimplemented option says so in one line and exits 1."""
-    proc = run("--vhost-user", "--outbound", "192.0.2.10")
-    assert proc.returncode == 1 and proc.stderr.strip() == "passt-py: option -o/--outbound is not supported yet"
+def test_outbound_is_accepted_and_shown():
+    """-o (once refused as not supported) is accepted, and --check-config shows it."""
+    proc = run("--vhost-user", "--check-config", "-a", "10.9.8.7/24", "-g", "10.9.8.1", "-4",
+               "-i", "lo", "-o", "192.0.2.10", "--outbound-if4", "lo")
+    assert proc.returncode == 0, proc.stderr
+    assert "IPv4 outbound: 192.0.2.10 dev lo" in proc.stdout.splitlines()
+
+
+def test_help_names_the_newer_passt_options():
+    """--help lists the options of newer passt versions passt-py accepts."""
+    out = run("--help").stdout
+    for option in ("--stderr", "--chroot-fallback", "--migrate-no-linger", "--dhcp-dns",
+                   "--dhcp-search", "--freebind", "--outbound-if4", "--outbound-if6", "--stats"):
+        assert option in out, option
 
 
 def test_check_config_prints_dump():

@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from passt_py.config import cli
+from passt_py.config import cli, conf
 from passt_py.config.conf import (DEFAULT_MTU, UNSUPPORTED_OPTIONS, ConfigError, build_config,
                                   format_mac)
 from passt_py.config.netlink import DiscoveryError, HostIface
@@ -262,15 +262,17 @@ UNSUPPORTED_VALUES = {
     "--dns-host": ["--dns-host", "127.0.0.1"],
     "--map-guest-addr": ["--map-guest-addr", "192.0.2.4"],
     "--fqdn": ["--fqdn", "vm.example.test"],
-    "--outbound": ["-o", "192.0.2.10"],
     "--tcp-ports": ["-t", "22"],
     "--udp-ports": ["-u", "53"],
 }
 
 
-@pytest.mark.parametrize("option", UNSUPPORTED_OPTIONS)
-def test_unsupported_options_refused(option):
-    """Each option of UNSUPPORTED_OPTIONS is refused with one clear line."""
+@pytest.mark.parametrize("option", UNSUPPORTED_OPTIONS or sorted(UNSUPPORTED_VALUES))
+def test_unsupported_options_refused(option, monkeypatch):
+    """An option of UNSUPPORTED_OPTIONS is refused with one clear line (with none left
+    unsupported, the mechanism is tried on each option in turn)."""
+    if not UNSUPPORTED_OPTIONS:
+        monkeypatch.setattr(conf, "UNSUPPORTED_OPTIONS", (option,))
     message = error_of(UNSUPPORTED_VALUES[option])
     assert message.startswith("option ") and message.endswith("is not supported yet") and option in message
 
@@ -324,3 +326,75 @@ def test_describe_lists_resolved_values():
         "TCP forwards: none",
     ):
         assert expected in lines
+
+
+# ---- options of newer passt versions ----
+
+
+def test_address_prefix_wins_over_netmask():
+    """-a ADDR/PREFIX with -n: the prefix length from -a wins (as in passt), with a note."""
+    cfg = make(["-a", "10.1.2.3/20", "-n", "255.255.255.0"])
+    assert cfg.ip4.prefix_len == 20 and str(cfg.ip4.netmask) == "255.255.240.0"
+    assert any("-n/--netmask ignored" in n for n in cfg.notes)
+
+
+def test_netmask_still_applies_to_a_bare_address():
+    """-a ADDR -n MASK: the netmask sets the prefix length, no note."""
+    cfg = make(["-a", "10.1.2.3", "-n", "255.255.0.0"])
+    assert cfg.ip4.prefix_len == 16 and not any("netmask" in n for n in cfg.notes)
+
+
+def test_address_prefix_sets_the_netmask():
+    """-a ADDR/PREFIX alone sets the netmask handed out by DHCP."""
+    assert str(make(["-a", "10.1.2.3/26"]).ip4.netmask) == "255.255.255.192"
+
+
+@pytest.mark.parametrize("argv", [["-e"], ["--stderr"], ["--chroot-fallback"]])
+def test_accepted_options_that_change_nothing(argv):
+    """-e/--stderr (deprecated in passt) and --chroot-fallback (passt-py never chroots) are
+    accepted and leave the configuration as it is without them."""
+    assert make(argv) == make([])
+
+
+def test_dhcp_dns_and_search_positive_forms():
+    """--dhcp-dns / --dhcp-search keep DNS servers and search list in DHCP/NDP (the
+    default), and conflict with their --no- forms."""
+    cfg = make(["--dhcp-dns", "--dhcp-search"])
+    assert not cfg.no_dhcp_dns and not cfg.no_dhcp_search
+    assert "--dhcp-dns" in error_of(["--dhcp-dns", "--no-dhcp-dns"])
+    assert "--dhcp-search" in error_of(["--no-dhcp-search", "--dhcp-search"])
+
+
+def test_outbound_addresses_per_family():
+    """-o takes one address per family into that family's configuration."""
+    cfg = make(["-o", "192.0.2.77", "-o", "2001:db8::77"])
+    assert cfg.ip4.outbound == A("192.0.2.77") and cfg.ip6.outbound == A("2001:db8::77")
+    assert "IPv4 outbound: 192.0.2.77" in cfg.describe()
+
+
+def test_outbound_interfaces_per_family():
+    """--outbound-if4 / --outbound-if6 name an existing interface for their family only."""
+    cfg = make(["--outbound-if4", "lo"])
+    assert cfg.ip4.outbound_if == "lo" and cfg.ip6.outbound_if is None
+    cfg = make(["--outbound-if6", "lo"])
+    assert cfg.ip6.outbound_if == "lo" and cfg.ip4.outbound_if is None
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["--outbound-if4", "no-such-if0"], "--outbound-if4"),
+    (["--outbound-if6", "a" * 16], "--outbound-if6"),
+    (["-o", "not-an-address"], "-o/--outbound"),
+    (["-o", "192.0.2.1", "-o", "192.0.2.2"], "-o/--outbound"),
+    (["--stats", "0"], "--stats"),
+    (["--stats", "soon"], "--stats"),
+])
+def test_new_option_values_checked(argv, option):
+    """Bad values of the newer options are one error naming the option."""
+    assert error_of(argv).startswith(option)
+
+
+def test_freebind_migrate_no_linger_and_stats_reach_the_config():
+    """--freebind, --migrate-no-linger and --stats DELAY are carried into the Config."""
+    cfg = make(["--freebind", "--migrate-no-linger", "--stats", "30"])
+    assert cfg.freebind and cfg.migrate_no_linger and cfg.stats_delay == 30
+    assert make([]).stats_delay == 0 and not make([]).freebind

@@ -49,11 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="User-mode network back-end for QEMU guests over vhost-user (passt-compatible).",
         allow_abbrev=False,
     )
-    g = p.add_argument_group("general")
+    _general(p.add_argument_group("general"))
+    _addressing(p.add_argument_group("addressing"))
+    _services(p.add_argument_group("services"))
+    return p
+
+
+def _general(g: Any) -> None:
+    """Process, logging, socket and migration options."""
     _add(g, "-f", "--foreground", action="store_true", help="don't daemonise; log to stderr")
     _add(g, "-d", "--debug", action="store_true", help="debug messages; implies --foreground")
     _add(g, "--trace", action="store_true", help="per-packet messages too; implies --debug")
     _add(g, "-q", "--quiet", action="store_true", help="only warnings and errors")
+    _add(g, "-e", "--stderr", action="store_true",
+         help="log to stderr (deprecated in passt; stderr is the default in the foreground)")
     _add(g, "-l", "--log-file", metavar="PATH", help="log to PATH instead of syslog")
     _add(g, "--log-size", metavar="BYTES", help="cap for the log file (default 1 MiB)")
     _add(g, "-P", "--pid", metavar="PATH", dest="pid_file", help="write the PID to PATH")
@@ -68,22 +77,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add(g, "--runas", metavar="UID[:GID]", help="run as this user and group")
     _add(g, "--repair-path", metavar="PATH", help="socket for the TCP_REPAIR helper")
     _add(g, "--migrate-exit", action="store_true", help="exit after a completed migration")
+    _add(g, "--migrate-no-linger", action="store_true",
+         help="close the migrated TCP sockets (quietly, in repair mode) as soon as the "
+              "migration completes, instead of keeping them frozen")
+    _add(g, "--chroot-fallback", action="store_true",
+         help="accepted for passt's launchers; passt-py never chroots, so it changes nothing")
+    _add(g, "--stats", metavar="DELAY",
+         help="log event statistics every DELAY seconds")
     _add(g, "--max-flows", metavar="N", help=f"flow table size (default {DEFAULT_MAX_FLOWS})")
     _add(g, "--check-config", action="store_true",
          help="resolve and validate the configuration, print it and exit")
     _add(g, "--version", action="version", version=f"{PROG} {__version__}")
 
-    n = p.add_argument_group("addressing")
+
+def _addressing(n: Any) -> None:
+    """The guest's addresses and the host side's."""
     _add(n, "-m", "--mtu", metavar="MTU", help="MTU advertised to the guest (default 65520)")
-    _add(n, "-a", "--address", metavar="ADDR", action="append", default=[],
-         help="guest address, IPv4 and/or IPv6 (default: the host's)")
+    _add(n, "-a", "--address", metavar="ADDR[/PREFIX]", action="append", default=[],
+         help="guest address, IPv4 and/or IPv6 (default: the host's); a /PREFIX sets the "
+              "prefix length and overrides -n")
     _add(n, "-n", "--netmask", metavar="MASK", help="IPv4 netmask or prefix length")
     _add(n, "-M", "--mac-addr", metavar="MAC", help="our MAC address towards the guest")
     _add(n, "-g", "--gateway", metavar="ADDR", action="append", default=[],
          help="guest's default gateway, IPv4 and/or IPv6 (default: the host's)")
     _add(n, "-i", "--interface", metavar="IF", help="host interface to take addresses from")
     _add(n, "-o", "--outbound", metavar="ADDR", action="append", default=[],
-         help="bind outbound sockets to ADDR")
+         help="bind the host side of guest-initiated TCP, UDP and ping flows to ADDR "
+              "(one per family)")
+    _add(n, "--outbound-if4", metavar="IF",
+         help="bind IPv4 guest-initiated flows' host sockets to interface IF")
+    _add(n, "--outbound-if6", metavar="IF",
+         help="bind IPv6 guest-initiated flows' host sockets to interface IF")
     _add(n, "--map-host-loopback", metavar="ADDR", action="append", default=[],
          help="guest address that reaches the host's loopback (default: the gateway)")
     _add(n, "--no-map-gw", action="store_true", help="same as --map-host-loopback none")
@@ -92,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(n, "-4", "--ipv4-only", action="store_true", help="IPv4 only")
     _add(n, "-6", "--ipv6-only", action="store_true", help="IPv6 only")
 
-    s = p.add_argument_group("services")
+
+def _services(s: Any) -> None:
+    """DNS, DHCP/NDP, protocols and port forwarding."""
     _add(s, "-D", "--dns", metavar="ADDR", action="append", default=[],
          help="DNS server for the guest, or 'none' (default: from /etc/resolv.conf)")
     _add(s, "-S", "--search", metavar="LIST", action="append", default=[],
@@ -101,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add(s, "--fqdn", metavar="NAME", help="FQDN sent to the guest via DHCP/DHCPv6")
     _add(s, "--no-dhcp-dns", action="store_true", help="no DNS servers via DHCP/DHCPv6/NDP")
     _add(s, "--no-dhcp-search", action="store_true", help="no search list via DHCP/DHCPv6/NDP")
+    _add(s, "--dhcp-dns", action="store_true",
+         help="DNS servers via DHCP/DHCPv6/NDP (the default)")
+    _add(s, "--dhcp-search", action="store_true",
+         help="search list via DHCP/DHCPv6/NDP (the default)")
     _add(s, "--dns-forward", metavar="ADDR", action="append", default=[],
          help="guest address whose DNS queries go to --dns-host")
     _add(s, "--dns-host", metavar="ADDR", action="append", default=[],
@@ -116,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
          help="TCP ports to forward to the guest (see passt(1) for SPEC)")
     _add(s, "-u", "--udp-ports", metavar="SPEC", action="append", default=[],
          help="UDP ports to forward to the guest (see passt(1) for SPEC)")
-    return p
+    _add(s, "--freebind", action="store_true",
+         help="-t/-u listening sockets may bind addresses not (yet) on the host")
 
 
 def option_dests() -> dict[str, str]:

@@ -30,9 +30,7 @@ from passt_py.config.resolvconf import ResolvConf, read_resolv_conf
 
 # Options accepted by the parser whose feature is not implemented yet: giving one is an error.
 # Shrink this as features land; values are still validated before the refusal.
-UNSUPPORTED_OPTIONS: tuple[str, ...] = (
-    "--outbound",
-)
+UNSUPPORTED_OPTIONS: tuple[str, ...] = ()
 
 DEFAULT_MTU = 65520  # 802.3 maximum minus its header, rounded to 32 bits, as passt uses
 MTU_MIN = 68
@@ -46,6 +44,8 @@ SOCKET_PATH_TEMPLATE = "/tmp/passt_{}.socket"
 SOCKET_PATH_PROBES = 64
 SUN_PATH_MAX = 107
 HOSTNAME_MAX = 253
+IFNAMSIZ = 16  # interface names are shorter than this, with their NUL
+STATS_DELAY_MAX = 86400
 
 IPv4 = ipaddress.IPv4Address
 IPv6 = ipaddress.IPv6Address
@@ -73,6 +73,7 @@ class Ip4Config:
     map_host_loopback: IPv4 | None = None  # guest address that reaches the host's loopback
     map_guest_addr: IPv4 | None = None
     outbound: IPv4 | None = None  # bind address for outbound sockets
+    outbound_if: str | None = None  # SO_BINDTODEVICE for outbound sockets (--outbound-if4)
 
     @property
     def network(self) -> ipaddress.IPv4Network:
@@ -102,6 +103,7 @@ class Ip6Config:
     map_host_loopback: IPv6 | None = None
     map_guest_addr: IPv6 | None = None
     outbound: IPv6 | None = None
+    outbound_if: str | None = None  # --outbound-if6
 
     @property
     def network(self) -> ipaddress.IPv6Network:
@@ -148,6 +150,9 @@ class Config:
     runas: str | None = None
     repair_path: str | None = None
     migrate_exit: bool = False
+    migrate_no_linger: bool = False  # close migrated TCP sockets at once (still in repair mode)
+    freebind: bool = False  # IP_FREEBIND / IPV6_FREEBIND on the -t/-u listening sockets
+    stats_delay: int = 0  # --stats: seconds between statistics lines, 0 for none
     # Things resolution noticed (e.g. a family disabled): main logs them once logging is set up.
     notes: tuple[str, ...] = field(default=(), compare=False)
 
@@ -183,6 +188,9 @@ class Config:
             if ip.dns_match is not None:
                 lines.append(f"{name} DNS forward: {ip.dns_match} -> host {ip.dns_host}")
             lines.append(f"{name} host loopback mapped from: {ip.map_host_loopback or 'none'}")
+            if ip.outbound is not None or ip.outbound_if is not None:
+                dev = f" dev {ip.outbound_if}" if ip.outbound_if else ""
+                lines.append(f"{name} outbound: {ip.outbound or 'any address'}{dev}")
         lines.append(f"DNS search: {' '.join(self.search) or 'none'}")
         if self.hostname:
             lines.append(f"hostname: {self.hostname}")
@@ -191,6 +199,13 @@ class Config:
         off = [n for n in ("tcp", "udp", "icmp", "dhcp", "ndp", "dhcpv6", "ra") if getattr(self, "no_" + n)]
         lines.append(f"disabled: {' '.join(off) or 'nothing'}")
         lines.append(f"max flows: {self.max_flows}")
+        extras = [name for name, on in (("freebind", self.freebind),
+                                        ("migrate-exit", self.migrate_exit),
+                                        ("migrate-no-linger", self.migrate_no_linger)) if on]
+        if self.stats_delay:
+            extras.append(f"stats every {self.stats_delay} s")
+        if extras:
+            lines.append(f"options: {' '.join(extras)}")
         return lines
 
 
@@ -282,6 +297,18 @@ def parse_plain_address(text: str, allow_link_local: bool = True) -> IpAddress:
     except ValueError:
         raise ValueError(f"invalid address '{text}'") from None
     return _check_unicast(addr, text, allow_link_local)
+
+
+def parse_ifname(text: str) -> str:
+    """A network interface name that exists on this host (checked now, as a typo would
+    otherwise only show as failing connections)."""
+    if not 0 < len(text.encode()) < IFNAMSIZ or "/" in text or any(c.isspace() for c in text):
+        raise ValueError(f"invalid interface name '{text}'")
+    try:
+        socket.if_nametoindex(text)
+    except OSError:
+        raise ValueError(f"no interface '{text}' on this host") from None
+    return text
 
 
 def parse_any_address(text: str) -> IpAddress:
@@ -395,8 +422,10 @@ class _Family:
     map_none: bool = False
     map_guest: IpAddress | None = None
     outbound: IpAddress | None = None
+    outbound_if: str | None = None
     dns_forward: IpAddress | None = None
     dns_host: IpAddress | None = None
+    netmask_ignored: bool = False  # -n given, but -a carried a prefix length, which wins
 
 
 def _given(args: argparse.Namespace, dest: str) -> bool:
@@ -432,9 +461,10 @@ def _parse_families(args: argparse.Namespace) -> tuple[_Family, _Family]:
         fam.addr, fam.prefix_len = addr, plen
     if args.netmask is not None:
         plen = _opt("-n/--netmask", parse_netmask, args.netmask)
-        if f4.prefix_len is not None and f4.prefix_len != plen:
-            raise ConfigError("-n/--netmask: conflicts with the prefix length given with -a")
-        f4.prefix_len = plen
+        if f4.prefix_len is None:
+            f4.prefix_len = plen
+        else:                       # as in passt, ADDR/PREFIX wins over -n
+            f4.netmask_ignored = plen != f4.prefix_len
     f4.gw, f6.gw = _per_family("-g/--gateway", args.gateway, parse_plain_address)
     if args.no_map_gw and args.map_host_loopback:
         raise ConfigError("--no-map-gw: conflicts with --map-host-loopback")
@@ -450,6 +480,8 @@ def _parse_families(args: argparse.Namespace) -> tuple[_Family, _Family]:
     )
     f4.map_guest, f6.map_guest = _per_family("--map-guest-addr", args.map_guest_addr, parse_plain_address)
     f4.outbound, f6.outbound = _per_family("-o/--outbound", args.outbound, parse_plain_address)
+    f4.outbound_if = _parsed(args, "--outbound-if4", parse_ifname)
+    f6.outbound_if = _parsed(args, "--outbound-if6", parse_ifname)
     f4.dns_forward, f6.dns_forward = _per_family("--dns-forward", args.dns_forward, parse_plain_address)
     f4.dns_host, f6.dns_host = _per_family("--dns-host", args.dns_host, parse_any_address)
     return f4, f6
@@ -560,6 +592,7 @@ def _resolve_family(
         map_host_loopback=map_addr,
         map_guest_addr=fam.map_guest,
         outbound=fam.outbound,
+        outbound_if=fam.outbound_if,
     )
     if version == 4:
         return Ip4Config(**common)  # type: ignore[arg-type]
@@ -594,6 +627,7 @@ class _Values:
     hostname: str | None
     fqdn: str | None
     runas: str | None
+    stats_delay: int
     f4: _Family
     f6: _Family
     use4: bool
@@ -612,6 +646,10 @@ def _check_modes(args: argparse.Namespace) -> None:
         raise ConfigError("-q/--quiet: conflicts with -d/--debug and --trace")
     if args.fd is not None and args.socket_path is not None:
         raise ConfigError("-F/--fd: conflicts with -s/--socket")
+    if args.dhcp_dns and args.no_dhcp_dns:
+        raise ConfigError("--dhcp-dns: conflicts with --no-dhcp-dns")
+    if args.dhcp_search and args.no_dhcp_search:
+        raise ConfigError("--dhcp-search: conflicts with --no-dhcp-search")
 
 
 def _parsed(args: argparse.Namespace, option: str, parse: Callable[[str], T]) -> T | None:
@@ -643,6 +681,7 @@ def _parse_values(args: argparse.Namespace) -> _Values:
     hostname = _parsed(args, "-H/--hostname", lambda t: parse_domain(t, "hostname"))
     fqdn = _parsed(args, "--fqdn", lambda t: parse_domain(t, "FQDN"))
     runas = _parsed(args, "--runas", parse_runas)
+    stats_delay = _parsed_or(args, "--stats", lambda t: parse_int(t, 1, STATS_DELAY_MAX, "delay"), 0)
     f4, f6 = _parse_families(args)
     use4, use6 = _check_family_options(args, f4, f6)
     dns = _parse_dns(args)
@@ -654,6 +693,7 @@ def _parse_values(args: argparse.Namespace) -> _Values:
     return _Values(mtu=mtu, mac=mac, log_size=log_size, max_flows=max_flows, log_file=log_file,
                    pid_file=pid_file, pcap_file=pcap_file, repair_path=repair_path,
                    socket_path=socket_path, fd=fd, hostname=hostname, fqdn=fqdn, runas=runas,
+                   stats_delay=stats_delay,
                    f4=f4, f6=f6, use4=use4, use6=use6, dns=dns, search=search, tcp=tcp, udp=udp)
 
 
@@ -730,6 +770,9 @@ def _assemble(
         runas=v.runas,
         repair_path=v.repair_path,
         migrate_exit=args.migrate_exit,
+        migrate_no_linger=args.migrate_no_linger,
+        freebind=args.freebind,
+        stats_delay=v.stats_delay,
         notes=tuple(notes),
     )
 
@@ -750,6 +793,8 @@ def build_config(
     values = _parse_values(args)
     _reject_unsupported(args)
     notes: list[str] = []
+    if values.f4.netmask_ignored:
+        notes.append("-n/--netmask ignored: the prefix length given with -a/--address wins")
     ip4, ip6, search = _from_host(args, values, discover_host, resolv, notes)
     return _assemble(args, values, ip4, ip6, search, notes)
 

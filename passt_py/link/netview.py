@@ -30,6 +30,8 @@ class Ip4View:
     host_addr: IPv4 | None = None  # the host's address on the outbound interface
     dns_match: IPv4 | None = None  # guest-side address whose port-53 traffic goes to dns_host
     dns_host: IPv4 | None = None   # host-side resolver for that traffic (--dns-host)
+    outbound: IPv4 | None = None   # host-side source of guest-initiated flows (-o)
+    outbound_if: str | None = None  # device of guest-initiated flows' sockets (--outbound-if4)
 
     @property
     def network(self) -> ipaddress.IPv4Network:
@@ -51,6 +53,8 @@ class Ip6View:
     host_addr: IPv6 | None = None
     dns_match: IPv6 | None = None
     dns_host: IPv6 | None = None
+    outbound: IPv6 | None = None
+    outbound_if: str | None = None
 
     @property
     def prefix(self) -> ipaddress.IPv6Network:
@@ -78,6 +82,7 @@ class NetView:
     icmp: bool = True
     udp: bool = True
     tcp: bool = True
+    freebind: bool = False         # -t/-u listeners may bind addresses the host lacks
 
 
 @dataclass

@@ -38,6 +38,7 @@ class MigrationContext:
     udp_forwards: Any = None
     tcp_forwards: Any = None
     migrate_exit: bool = False
+    migrate_no_linger: bool = False   # close the migrated TCP sockets at once (see TcpSource)
     max_stream: int = MAX_STREAM
 
 

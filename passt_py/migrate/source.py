@@ -4,7 +4,7 @@ or give the guest back its network here (rollback).
 
 The work specific to a protocol is its sections' :class:`~passt_py.migrate.section.SourceShare`
 (TCP: freezing the sockets and putting them into repair mode, keeping them quiet after the
-save or closing them with --migrate-exit; UDP and ping: exporting and closing their flows);
+save or closing them with --migrate-exit or --migrate-no-linger; UDP and ping: exporting and closing their flows);
 this module runs the shares in the order of the version's sections and writes the stream
 from the same version table the target reads.
 """
@@ -82,7 +82,7 @@ class Source:
         for _section, share in self._shares:
             share.post()
         log.info("migration: source done; %d TCP connection(s) %s", self.report.tcp,
-                 "closed quietly" if self.ctx.migrate_exit
+                 "closed quietly" if self.ctx.migrate_exit or self.ctx.migrate_no_linger
                  else "kept frozen in repair mode (no RST)")
 
     def rollback(self) -> None:

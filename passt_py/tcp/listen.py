@@ -2,7 +2,8 @@
 """The -t listening sockets: host ports forwarded to the guest.
 
 Theory of operation: one listening socket per forwarded port and address family (IPv6 ones
-IPV6_V6ONLY, optionally bound to an address or interface); each accepted connection becomes
+IPV6_V6ONLY, optionally bound to an address or interface, with --freebind to an address
+the host does not have yet); each accepted connection becomes
 an inbound flow through the opener (passt_py.tcp.open), up to ACCEPT_BATCH per wake-up.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Iterable
 
 from passt_py.config.log import trace
 from passt_py.config.portspec import Forward, PortForwards
-from passt_py.link import fwd
+from passt_py.link import fwd, hostsock
 from passt_py.loop import IN
 from passt_py.tcp.sockets import sockaddr
 from passt_py.tcp.state import IPAddr
@@ -61,6 +62,8 @@ class TcpListeners:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if rule.ifname is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, rule.ifname.encode())
+            if self._h.view.freebind:
+                hostsock.set_freebind(sock, version)
             sock.bind(sockaddr(addr, port))
             sock.listen(LISTEN_BACKLOG)
         except OSError:

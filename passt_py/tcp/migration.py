@@ -10,11 +10,12 @@ queues, mutes every connection's socket on the loop, freezes the established one
 drop-everything socket filter, so nothing arrives that the state would miss) and puts them
 into repair mode (directly with CAP_NET_ADMIN, else through the passt-repair helper; without
 either the connections are named in the log and left out). *post* keeps the migrated sockets
-open, frozen and in repair mode (the kernel sends nothing, so no RST reaches the peers), or
-with ``--migrate-exit`` closes them quietly, leaving a drop-all guard listener on each address
-until the process exits. The lingering sockets keep their address/port pairs, so a target on
-the *same host* cannot rebuild them (EADDRNOTAVAIL, logged with that hint): there the source
-must run with --migrate-exit. *rollback* takes the sockets out of repair mode, unfreezes and
+open, frozen and in repair mode (the kernel sends nothing, so no RST reaches the peers); with
+``--migrate-exit`` it closes them quietly, leaving a drop-all guard listener on each address
+until the process exits; with ``--migrate-no-linger`` it closes them quietly at once. The
+lingering sockets keep their address/port pairs, so a target on the *same host* cannot rebuild
+them (EADDRNOTAVAIL, logged with that hint): there the source must run with --migrate-exit or
+--migrate-no-linger. *rollback* takes the sockets out of repair mode, unfreezes and
 unmutes them and re-creates the listeners: the guest keeps its connections here.
 
 Target: the sockets are rebuilt in repair mode (repair mode switched for all of them at once:
@@ -149,9 +150,26 @@ class TcpSource(SourceShare):
         return out
 
     def post(self) -> None:
-        """With --migrate-exit: close the sockets quietly, a guard on each address."""
-        if not self.ctx.migrate_exit:
-            return
+        """With --migrate-exit: close the sockets quietly, a guard on each address; with
+        --migrate-no-linger alone: close them quietly and keep nothing of them."""
+        if self.ctx.migrate_exit:
+            self._close_guarded()
+        elif self.ctx.migrate_no_linger:
+            self._close_now()
+
+    def _close_now(self) -> None:
+        """--migrate-no-linger: the sockets are still in repair mode, so close() sends
+        nothing to the peers; their address/port pairs are free for a target on this host at
+        once. Unlike --migrate-exit no guard listener is left, as the process goes on: a
+        segment from a peer before the target restores the connection meets no socket here."""
+        for flow, sock in self._tcp:
+            self.ctx.loop.remove(sock.fileno())
+            self.ctx.flows.close(flow)
+        log.info("--migrate-no-linger: %d migrated TCP socket(s) closed", len(self._tcp))
+        self._tcp = []
+
+    def _close_guarded(self) -> None:
+        """--migrate-exit: close the sockets quietly, a guard listener on each address."""
         # In repair mode close() sends nothing: the peers never notice. A guard listener
         # takes over the address meanwhile, so what the peers send before the target has
         # the connection is dropped quietly rather than answered with an RST.
@@ -361,7 +379,8 @@ def _restore_failed(st: Any, ks: tcp_repair.TcpSockState, e: tcp_repair.RepairEr
                     report: Report) -> None:
     """A connection not rebuilt: counted, and its guest end reset on activate."""
     hint = (" (another socket on this host still holds the connection: is the source "
-            "lingering? use --migrate-exit there)" if e.errno == errno.EADDRNOTAVAIL else "")
+            "lingering? use --migrate-exit or "
+            "--migrate-no-linger there)" if e.errno == errno.EADDRNOTAVAIL else "")
     log.error("migration: TCP connection [%s]:%d -> [%s]:%d not restored: %s%s",
               ks.local_addr, ks.local_port, ks.peer_addr, ks.peer_port, e, hint)
     report.failed += 1

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from passt_py.config.log import trace
 from passt_py.flow import Flow, FlowRefused, FlowSide, FlowType, Pif
-from passt_py.link import fwd
+from passt_py.link import fwd, hostsock
 from passt_py.loop import ERR, HUP, IN, OUT
 from passt_py.tcp.connection import Connection
 from passt_py.tcp.conn import WS_OURS, default_mss
@@ -78,6 +78,7 @@ class TcpOpener:
                 clamp_mss(sock, mss)
             sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
             self.set_bufsize(sock)
+            hostsock.bind_outbound(sock, self._h.view, target)      # -o, --outbound-if4/6
             err = sock.connect_ex(sockaddr(target, tap.oport))
             if err not in (0, errno.EINPROGRESS):
                 raise OSError(err, os.strerror(err))

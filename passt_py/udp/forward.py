@@ -25,7 +25,7 @@ from passt_py import core
 from passt_py.config.log import trace
 from passt_py.config.portspec import Forward, PortForwards
 from passt_py.flow import Flow, FlowRefused, FlowSide, FlowType, Pif
-from passt_py.link import fwd
+from passt_py.link import fwd, hostsock
 from passt_py.loop import ERR, HUP, IN
 from passt_py.udp.context import RECV_BATCH, IPAddr, UdpContext, UdpSockState, sockaddr
 from passt_py.udp.rx import set_template
@@ -78,6 +78,8 @@ class UdpForwarder:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if rule.ifname is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, rule.ifname.encode())
+            if self._ctx.view.freebind:
+                hostsock.set_freebind(sock, version)
             sock.bind(sockaddr(addr, port))
         except OSError:
             sock.close()

@@ -11,7 +11,8 @@ echo replies from the address it pinged, with fresh checksums. Flows expire afte
 ``PING_TIMEOUT`` s without requests.
 
 If the kernel refuses ping sockets (EACCES/EPERM from ``socket()``), one warning explains the
-sysctl and requests are dropped from then on, quietly.
+sysctl and requests are dropped from then on, quietly. With -o / --outbound-if4/6 the ping
+socket is bound to that address and device, as the TCP and UDP ones are (link.hostsock).
 
 The module also builds ICMP/ICMPv6 error messages to the guest (destination unreachable and
 friends, quoting the guest's packet), used by UDP to relay host-side errors and by any handler
@@ -30,7 +31,7 @@ from typing import Callable, ClassVar
 from passt_py import core
 from passt_py.config.log import trace
 from passt_py.flow import Flow, FlowRefused, FlowSide, FlowTable, FlowType, Pif
-from passt_py.link import fwd
+from passt_py.link import fwd, hostsock
 from passt_py.link.ip import (IPPROTO_ICMP, IPPROTO_ICMPV6, IPV4_HLEN, IPV6_HLEN, IpPacket,
                               ip_frame, ipv4_header, ipv6_header, l4_checksum)
 from passt_py.link.netview import GuestState, NetView
@@ -225,7 +226,7 @@ class IcmpHandler:
                 log.debug("cannot open ping socket: %s", e)
             return None
         try:
-            sock.bind((str(fwd.unspecified(pkt.version)), 0))
+            hostsock.bind_outbound(sock, self._view, target, always=True)   # -o, --outbound-if
             host_id = sock.getsockname()[1]
             host = FlowSide(Pif.HOST, target, host_id, fwd.unspecified(pkt.version), host_id)
             flow = self._flows.new(ftype, tap, host, self._timeout, self._on_close,
@@ -310,9 +311,9 @@ class IcmpHandler:
                              | socket.SOCK_CLOEXEC, proto)
         try:
             try:
-                sock.bind((str(fwd.unspecified(version)), st.host_id))
+                hostsock.bind_outbound(sock, self._view, st.host_addr, st.host_id, always=True)
             except OSError:
-                sock.bind((str(fwd.unspecified(version)), 0))
+                hostsock.bind_outbound(sock, self._view, st.host_addr, 0, always=True)
             host_id = sock.getsockname()[1]
             tap = FlowSide(Pif.TAP, st.guest_addr, st.guest_id, st.dest, st.guest_id)
             host = FlowSide(Pif.HOST, st.host_addr, host_id, fwd.unspecified(version), host_id)

@@ -5,7 +5,8 @@ Theory of operation: the first datagram of a new (guest address, source port, de
 destination port) tuple creates a UDP flow. Its host socket is bound, like passt, to the same
 port number the guest used (SO_REUSEADDR, so several flows from one guest port can share it;
 each is connected to its own peer and the kernel prefers connected sockets), falling back to an
-ephemeral port when the port is taken. It is connected to the destination after address
+ephemeral port when the port is taken; with -o / --outbound-if4/6 it is bound to that address
+and device (passt_py.link.hostsock). It is connected to the destination after address
 translation (passt_py.link.fwd), so the kernel filters what comes back, and it reports ICMP
 errors on its error queue (IP_RECVERR / IPV6_RECVERR, relayed by errqueue.py). The socket
 joins the loop with the flow's receiver (rx.py). A migrated flow gets a socket bound to the
@@ -23,8 +24,9 @@ from typing import Callable
 
 from passt_py.config.log import trace
 from passt_py.flow import Flow, FlowRefused, FlowSide, FlowTableFull, FlowType, Pif
-from passt_py.link import fwd
+from passt_py.link import fwd, hostsock
 from passt_py.link.ip import IpPacket
+from passt_py.link.netview import NetView
 from passt_py.loop import IN
 from passt_py.udp import icmp
 from passt_py.udp.context import IPAddr, UdpContext, UdpSockState, sockaddr
@@ -34,8 +36,10 @@ from passt_py.udp.fast import UdpFastEntries
 log = logging.getLogger(__name__)
 
 
-def flow_socket(version: int, port: int) -> socket.socket:
-    """A non-blocking socket reporting ICMP errors, bound to ``port`` (0: ephemeral)."""
+def flow_socket(view: NetView, peer: IPAddr, port: int) -> socket.socket:
+    """A non-blocking socket towards ``peer`` reporting ICMP errors, bound to ``port``
+    (0: ephemeral) on the outbound address and device, if configured (hostsock)."""
+    version = peer.version
     family = socket.AF_INET if version == 4 else socket.AF_INET6
     sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
                          | socket.SOCK_CLOEXEC)
@@ -46,7 +50,7 @@ def flow_socket(version: int, port: int) -> socket.socket:
         else:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.setsockopt(SOL_IPV6, IPV6_RECVERR, 1)
-        sock.bind(sockaddr(fwd.unspecified(version), port))
+        hostsock.bind_outbound(sock, view, peer, port, always=True)
     except OSError:
         sock.close()
         raise
@@ -75,7 +79,7 @@ class UdpFlowSockets:
             return None
         for port in (tap.eport, 0):
             try:
-                sock = flow_socket(target.version, port)
+                sock = flow_socket(ctx.view, target, port)
             except OSError as e:
                 if port == 0:
                     log.debug("UDP: cannot open a socket for %s: %s", target, e)
@@ -101,11 +105,10 @@ class UdpFlowSockets:
                        timeout: float) -> Flow:
         """A migrated outbound flow: bound to ``local_port`` (another one if that is taken),
         connected to the same peer. Raises FlowRefused/OSError."""
-        version = peer.version
         try:
-            sock = flow_socket(version, local_port)
+            sock = flow_socket(self._ctx.view, peer, local_port)
         except OSError:
-            sock = flow_socket(version, 0)
+            sock = flow_socket(self._ctx.view, peer, 0)
         try:
             flow = self._connect(sock, tap, peer, peer_port, timeout)
         except BaseException:
