@@ -134,7 +134,7 @@ def test_one_usable_family_is_not_local_mode():
 
 def test_interface_option_without_routes_is_still_an_error():
     """-i names an interface: if it has no routes, that is the user's error, not local mode."""
-    with pytest.raises(ConfigError, match="^-i/--interface: no usable routes on eth0"):
+    with pytest.raises(ConfigError, match="^no usable host interface on eth0"):
         local_config(["-i", "eth0"])
 
 

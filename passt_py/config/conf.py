@@ -8,13 +8,13 @@ config.resolvconf) for whatever was not given: per family the outbound interface
 and prefix, the gateway, and the resolver's DNS servers and search list. A family the host cannot
 route is disabled, as passt does.
 
-Local mode: when no family finds a host interface to copy (an empty network namespace, where
+Local mode: when no family finds any host interface to copy (an empty network namespace, where
 only loopback exists) and -i was not given, passt-py starts anyway, as passt does, with a
 link-local setup of its own: the guest gets 169.254.2.1/16 behind the router 169.254.2.2, and for
 IPv6 no address at all (it keeps its own link-local one) behind the router fe80::1. Both routers
 map to the host's loopback unless --no-map-gw / --map-host-loopback say otherwise, so the guest
-still reaches local services. Values given on the command line are kept. With -i, an interface
-without usable routes stays an error.
+still reaches local services. Values given on the command line are kept. An interface that is
+named with -i, or found, but usable for no family stays an error.
 
 The result is a frozen :class:`Config` with one :class:`Ip4Config` / :class:`Ip6Config` per enabled
 family (None when disabled). Everything later in the program reads it and never changes it.
@@ -710,25 +710,33 @@ def _from_host(
     notes: list[str],
 ) -> tuple[Ip4Config | None, Ip6Config | None, tuple[str, ...], bool]:
     """(ip4, ip6, search, local): what the command line left open, filled from the host per
-    family; a family the host cannot route is disabled (a note says why). When neither family
-    can be set up and no -i was given, local mode (``local`` True); with -i it is an error."""
+    family; a family the host cannot route is disabled (a note says why). When no family finds
+    a host interface at all and no -i was given, local mode (``local`` True); an interface
+    named or found but unusable for every family is an error."""
     resolved = resolv() if v.dns is None or v.search is None else ResolvConf()
     dns = v.dns if v.dns is not None else resolved.nameservers
     search = v.search if v.search is not None else resolved.search
     ip4 = ip6 = None
+    hosts: list[HostIface] = []
     try:
         if v.use4:
-            ip4 = _resolve_family(4, v.f4, discover_host(socket.AF_INET, args.interface), dns, notes)
+            host4 = discover_host(socket.AF_INET, args.interface)
+            hosts += [host4] if host4 is not None else []
+            ip4 = _resolve_family(4, v.f4, host4, dns, notes)
         if v.use6:
-            ip6 = _resolve_family(6, v.f6, discover_host(socket.AF_INET6, args.interface), dns, notes)
+            host6 = discover_host(socket.AF_INET6, args.interface)
+            hosts += [host6] if host6 is not None else []
+            ip6 = _resolve_family(6, v.f6, host6, dns, notes)
     except DiscoveryError as e:
         option = "-i/--interface: " if args.interface else ""
         raise ConfigError(f"{option}{e}") from None
     local = ip4 is None and ip6 is None
-    if local and args.interface:
+    if local and (args.interface or hosts):
+        # An interface was named, or found but unusable: not the empty namespace local mode
+        # is for, so say what is missing instead of guessing.
         only = " (IPv4 only)" if args.ipv4_only else " (IPv6 only)" if args.ipv6_only else ""
-        raise ConfigError(f"-i/--interface: no usable routes on {args.interface}{only}: "
-                          "give -a and -g, or no -i for local mode")
+        where = f" on {args.interface}" if args.interface else ""
+        raise ConfigError(f"no usable host interface{where}{only}: give -a and -g")
     if local:
         ip4, ip6 = _local_mode(v, dns, notes)
     return ip4, ip6, tuple(search), local  # type: ignore[return-value]
