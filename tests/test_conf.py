@@ -168,9 +168,17 @@ def test_family_without_default_route_is_disabled():
     assert cfg.ip6 is None and any("IPv6 disabled" in n for n in cfg.notes)
 
 
-def test_no_family_is_an_error():
-    """With neither family routable the configuration fails."""
-    assert "no usable host interface" in error_of([], host4=None, host6=None)
+def test_no_family_under_interface_option_is_an_error():
+    """With -i naming an interface neither family can use, the configuration fails (no local
+    mode: the user asked for that interface); local mode itself is in tests/test_local_mode.py."""
+    assert "no usable host interface on eth7" in error_of(["-i", "eth7"], host4=None, host6=None)
+
+
+def test_interface_found_but_unusable_for_every_family_is_an_error():
+    """An interface exists but has no default gateway for either family: an error that says
+    what to give, not local mode (which is for namespaces with no interface at all)."""
+    no_gw4 = HostIface(socket.AF_INET, 2, "eth0", 1500, A("192.0.2.10"), 24, None)
+    assert "no usable host interface: give -a and -g" in error_of([], host4=no_gw4, host6=None)
 
 
 def test_options_can_stand_in_for_missing_host_route():

@@ -176,6 +176,19 @@ def test_ns_without_default_route_fails_cleanly():
 
 
 @needs_netns
+def test_ns_without_default_route_discovers_routed_interface_without_gateway():
+    """No default route: the interface with a route still stands in (gateway None), as passt's
+    template; only a namespace without any such interface means local mode."""
+    code = (
+        "import socket; from passt_py.config.netlink import discover; "
+        "h = discover(socket.AF_INET); print(h.ifname, h.addr, h.gateway)"
+    )
+    with nsutil.netns(gw4=None, gw6=None) as ns:
+        proc = nsutil.run_in(ns, [sys.executable, "-c", code])
+    assert proc.stdout.split() == ["veth0", "10.200.0.2", "None"], proc.stderr
+
+
+@needs_netns
 def test_namespace_removed_even_on_failure():
     """The helper deletes its namespaces when the body raises."""
     name = None

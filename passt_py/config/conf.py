@@ -6,7 +6,15 @@ value (one ConfigError per problem, its message naming the option), then refuses
 feature does not exist yet (UNSUPPORTED_OPTIONS), then asks the host (config.netlink,
 config.resolvconf) for whatever was not given: per family the outbound interface, its address
 and prefix, the gateway, and the resolver's DNS servers and search list. A family the host cannot
-route is disabled, as passt does; with neither family usable the configuration is an error.
+route is disabled, as passt does.
+
+Local mode: when no family finds any host interface to copy (an empty network namespace, where
+only loopback exists) and -i was not given, passt-py starts anyway, as passt does, with a
+link-local setup of its own: the guest gets 169.254.2.1/16 behind the router 169.254.2.2, and for
+IPv6 no address at all (it keeps its own link-local one) behind the router fe80::1. Both routers
+map to the host's loopback unless --no-map-gw / --map-host-loopback say otherwise, so the guest
+still reaches local services. Values given on the command line are kept. An interface that is
+named with -i, or found, but usable for no family stays an error.
 
 The result is a frozen :class:`Config` with one :class:`Ip4Config` / :class:`Ip6Config` per enabled
 family (None when disabled). Everything later in the program reads it and never changes it.
@@ -20,7 +28,7 @@ import os
 import re
 import socket
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Sequence, TypeVar
 
 from passt_py.config import cli
@@ -46,6 +54,14 @@ SUN_PATH_MAX = 107
 HOSTNAME_MAX = 253
 IFNAMSIZ = 16  # interface names are shorter than this, with their NUL
 STATS_DELAY_MAX = 86400
+# Local mode (no host interface to copy): passt's link-local addressing for the guest.
+LOCAL_ADDR4 = ipaddress.IPv4Address("169.254.2.1")
+LOCAL_GW4 = ipaddress.IPv4Address("169.254.2.2")
+LOCAL_PREFIX4 = 16
+LOCAL_ADDR6 = ipaddress.IPv6Address("::")  # none: the guest keeps only its own link-local one
+LOCAL_GW6 = ipaddress.IPv6Address("fe80::1")
+LOCAL_PREFIX6 = 64
+LOCAL_MODE_NOTE = "no external interface as template, switch to local mode"
 
 IPv4 = ipaddress.IPv4Address
 IPv6 = ipaddress.IPv6Address
@@ -90,7 +106,7 @@ class Ip4Config:
 class Ip6Config:
     """IPv6 as the guest sees it, plus the host-side facts it was derived from."""
 
-    addr: IPv6
+    addr: IPv6  # unspecified (::) in local mode: the guest is given no global address
     prefix_len: int
     gw: IPv6  # may be link-local, as on most hosts
     ifname: str | None = None
@@ -153,6 +169,7 @@ class Config:
     migrate_no_linger: bool = False  # close migrated TCP sockets at once (still in repair mode)
     freebind: bool = False  # IP_FREEBIND / IPV6_FREEBIND on the -t/-u listening sockets
     stats_delay: int = 0  # --stats: seconds between statistics lines, 0 for none
+    local_mode: bool = False  # no host interface to copy: link-local addressing of our own
     # Things resolution noticed (e.g. a family disabled): main logs them once logging is set up.
     notes: tuple[str, ...] = field(default=(), compare=False)
 
@@ -174,13 +191,18 @@ class Config:
             f"MTU: {self.mtu if self.mtu else 'not advertised'}",
             f"MAC: {self.mac_str}",
         ]
+        if self.local_mode:
+            lines.append("mode: local (no host interface as template)")
         for name, ip in (("IPv4", self.ip4), ("IPv6", self.ip6)):
             if ip is None:
                 lines.append(f"{name}: disabled")
                 continue
             host_mtu = f" (MTU {ip.host_mtu})" if ip.host_mtu else ""
             lines.append(f"{name} interface: {ip.ifname or '(none)'}{host_mtu}")
-            lines.append(f"{name} address: {ip.addr}/{ip.prefix_len}")
+            if ip.addr.is_unspecified:
+                lines.append(f"{name} address: none (the guest's own link-local)")
+            else:
+                lines.append(f"{name} address: {ip.addr}/{ip.prefix_len}")
             lines.append(f"{name} gateway: {ip.gw}")
             if isinstance(ip, Ip6Config) and ip.addr_ll is not None:
                 lines.append(f"{name} host link-local: {ip.addr_ll}")
@@ -697,31 +719,67 @@ def _parse_values(args: argparse.Namespace) -> _Values:
                    f4=f4, f6=f6, use4=use4, use6=use6, dns=dns, search=search, tcp=tcp, udp=udp)
 
 
+def _local_family(version: int, fam: _Family) -> _Family:
+    """``fam`` with what the command line left open filled in with local mode's addressing."""
+    addr, plen, gw = ((LOCAL_ADDR4, LOCAL_PREFIX4, LOCAL_GW4) if version == 4
+                      else (LOCAL_ADDR6, LOCAL_PREFIX6, LOCAL_GW6))
+    if fam.addr is None:
+        fam = replace(fam, addr=addr, prefix_len=fam.prefix_len or plen)
+    return fam if fam.gw is not None else replace(fam, gw=gw)
+
+
+def _local_mode(
+    v: _Values, dns: Sequence[IpAddress], notes: list[str]
+) -> tuple[Ip4Config | None, Ip6Config | None]:
+    """(ip4, ip6) for local mode: every enabled family with passt's link-local addressing.
+
+    The notes of the failed attempt (families "disabled") would only mislead: one note says
+    what happened instead."""
+    notes.clear()
+    notes.append(LOCAL_MODE_NOTE)
+    ip4 = _resolve_family(4, _local_family(4, v.f4), None, dns, notes) if v.use4 else None
+    ip6 = _resolve_family(6, _local_family(6, v.f6), None, dns, notes) if v.use6 else None
+    return ip4, ip6  # type: ignore[return-value]
+
+
 def _from_host(
     args: argparse.Namespace,
     v: _Values,
     discover_host: Callable[[int, str | None], HostIface | None],
     resolv: Callable[[], ResolvConf],
     notes: list[str],
-) -> tuple[Ip4Config | None, Ip6Config | None, tuple[str, ...]]:
-    """(ip4, ip6, search): what the command line left open, filled from the host per family;
-    a family the host cannot route is disabled (a note says why), both is an error."""
+) -> tuple[Ip4Config | None, Ip6Config | None, tuple[str, ...], bool]:
+    """(ip4, ip6, search, local): what the command line left open, filled from the host per
+    family; a family the host cannot route is disabled (a note says why). When no family finds
+    a host interface at all and no -i was given, local mode (``local`` True); an interface
+    named or found but unusable for every family is an error."""
     resolved = resolv() if v.dns is None or v.search is None else ResolvConf()
     dns = v.dns if v.dns is not None else resolved.nameservers
     search = v.search if v.search is not None else resolved.search
     ip4 = ip6 = None
+    hosts: list[HostIface] = []
     try:
         if v.use4:
-            ip4 = _resolve_family(4, v.f4, discover_host(socket.AF_INET, args.interface), dns, notes)
+            host4 = discover_host(socket.AF_INET, args.interface)
+            hosts += [host4] if host4 is not None else []
+            ip4 = _resolve_family(4, v.f4, host4, dns, notes)
         if v.use6:
-            ip6 = _resolve_family(6, v.f6, discover_host(socket.AF_INET6, args.interface), dns, notes)
+            host6 = discover_host(socket.AF_INET6, args.interface)
+            hosts += [host6] if host6 is not None else []
+            ip6 = _resolve_family(6, v.f6, host6, dns, notes)
     except DiscoveryError as e:
         option = "-i/--interface: " if args.interface else ""
         raise ConfigError(f"{option}{e}") from None
-    if ip4 is None and ip6 is None:
+    local = ip4 is None and ip6 is None
+    if local and (args.interface or hosts):
+        # An interface was named, or found but unusable: not the empty namespace local mode
+        # is for, so say what is missing instead of guessing.
         only = " (IPv4 only)" if args.ipv4_only else " (IPv6 only)" if args.ipv6_only else ""
-        raise ConfigError(f"no usable host interface{only}: give -i, or -a and -g")
-    return ip4, ip6, tuple(search)  # type: ignore[return-value]
+        where = f" on {args.interface}" if args.interface else ""
+        raise ConfigError(f"no usable host interface{where}{only}: give -a and -g")
+    if local:
+        ip4, ip6 = _local_mode(v, dns, notes)
+    return ip4, ip6, tuple(search), local  # type: ignore[return-value]
 
 
 def _assemble(
@@ -731,6 +789,7 @@ def _assemble(
     ip6: Ip6Config | None,
     search: tuple[str, ...],
     notes: list[str],
+    local_mode: bool = False,
 ) -> Config:
     """The Config from checked values, the host's answers and the flags taken as they are."""
     debug = bool(args.debug or args.trace)
@@ -773,6 +832,7 @@ def _assemble(
         migrate_no_linger=args.migrate_no_linger,
         freebind=args.freebind,
         stats_delay=v.stats_delay,
+        local_mode=local_mode,
         notes=tuple(notes),
     )
 
@@ -795,8 +855,8 @@ def build_config(
     notes: list[str] = []
     if values.f4.netmask_ignored:
         notes.append("-n/--netmask ignored: the prefix length given with -a/--address wins")
-    ip4, ip6, search = _from_host(args, values, discover_host, resolv, notes)
-    return _assemble(args, values, ip4, ip6, search, notes)
+    ip4, ip6, search, local = _from_host(args, values, discover_host, resolv, notes)
+    return _assemble(args, values, ip4, ip6, search, notes, local)
 
 
 def config_from_argv(argv: Sequence[str] | None = None) -> Config:

@@ -4,7 +4,10 @@
 passt gives the guest the host's own addressing, so the guest's defaults come from the host: per
 address family, the interface holding the default route (or the one named with -i), its first
 global address with prefix length, the default gateway through it, its link-local address (IPv6)
-and its MTU. A family without a usable interface is reported as None and the caller disables it.
+and its MTU. Without a default route, as passt does, the first interface other than loopback
+with any route of that family stands in, with no gateway (the caller then disables the family,
+but knows an interface exists). Only a family with no such interface at all is reported as None:
+that is the empty namespace in which the caller starts in local mode.
 Runs once at start-up; nothing here is on the packet path.
 
 The query runs in a short-lived child process: importing pyroute2 costs about 20 MiB of resident
@@ -30,6 +33,7 @@ RT_SCOPE_LINK = 253
 IFA_F_TEMPORARY = 0x01
 IFA_F_DADFAILED = 0x08
 IFA_F_DEPRECATED = 0x20
+IFF_LOOPBACK = 0x8
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -90,6 +94,21 @@ def _default_routes(ipr: Any, family: int) -> list[tuple[int, IpAddress | None, 
     return found
 
 
+def _routed_interface(ipr: Any, family: int) -> int | None:
+    """Index of the first non-loopback interface with a unicast route of ``family`` in the
+    main table (any destination), or None."""
+    for route in ipr.get_routes(family=family, table=RT_TABLE_MAIN):
+        if route["type"] != RTN_UNICAST:
+            continue
+        _gw, oif = _route_gateway(route)
+        if oif is None:
+            continue
+        links = ipr.get_links(oif)
+        if links and not int(links[0]["flags"]) & IFF_LOOPBACK:
+            return int(oif)
+    return None
+
+
 def _addresses(ipr: Any, family: int, ifindex: int) -> tuple[list[Any], list[Any]]:
     """(global, link-local) usable addresses on ``ifindex``, in kernel order."""
     glob, link = [], []
@@ -128,7 +147,10 @@ def _discover(ipr: Any, family: int, ifname: str | None) -> HostIface | None:
     elif routes:
         ifindex, gateway, _ = routes[0]
     else:
-        return None
+        found = _routed_interface(ipr, family)
+        if found is None:
+            return None
+        ifindex, gateway = found, None
     name, mtu = _link(ipr, ifindex)
     glob, link = _addresses(ipr, family, ifindex)
     addr: IpAddress | None = None

@@ -6,7 +6,9 @@ binding to hand out, the configured global address (view.ip6.addr); the prefix i
 from router advertisements. SOLICIT gets an ADVERTISE, or a REPLY when the client asks for
 rapid commit (option 14); REQUEST, RENEW and REBIND get a REPLY with the address in the
 client's first IA_NA, with infinite T1/T2 and lifetimes. INFORMATION-REQUEST gets only the
-DNS servers (RFC 3646 option 23) and the search list (option 24).
+DNS servers (RFC 3646 option 23) and the search list (option 24). In local mode (view.ip6.addr
+unspecified) there is no address to lease: only INFORMATION-REQUEST is answered, as the RA
+(O flag, no M flag) tells the guest.
 
 An address the client brings that is not ours is wrong for this link, and each message type
 says so the way RFC 8415 18.3 asks: REQUEST gets that IA_NA back with status NotOnLink (the
@@ -204,6 +206,8 @@ class Dhcpv6Server:
         """The reply message (type, xid, options) for ``msg``, or None to drop it."""
         client_id = msg.first(OPT_CLIENTID)
         server_id = msg.first(OPT_SERVERID)
+        if ours.is_unspecified and msg.msg_type != INFORMATION_REQUEST:
+            return None            # local mode: no address to lease, only DNS to tell
         if msg.msg_type == INFORMATION_REQUEST:
             if server_id is not None and server_id != self.duid:
                 return None

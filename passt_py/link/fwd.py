@@ -19,6 +19,10 @@ For flows the guest starts, replies need no reverse lookup here: the flow rememb
 address the guest talked to. The reverse functions serve flows started from the host (port
 forwarding), where the guest must see a source address it can answer.
 
+Local mode (no host interface; see passt_py.config.conf) needs nothing special here: the
+gateways 169.254.2.2 and fe80::1 are the ``map_host_loopback`` addresses, so the guest's
+traffic to them reaches the host's loopback, the only place there is to go.
+
 Everything here is a pure function of the NetView (plus the guest's observed addresses).
 """
 from __future__ import annotations
@@ -112,7 +116,7 @@ def nat_from_host(view: NetView, src: IPAddr, sport: int) -> IPAddr | None:
         return fam.dns_match
     if src.is_loopback:
         return fam.map_host_loopback if fam.map_host_loopback is not None else fam.gateway
-    if src == fam.addr:
+    if src == fam.addr and not src.is_unspecified:
         # The guest owns this address: it would not answer a packet "from itself".
         return fam.map_guest_addr if fam.map_guest_addr is not None else fam.gateway
     if src.is_unspecified or src.is_multicast:
@@ -121,14 +125,19 @@ def nat_from_host(view: NetView, src: IPAddr, sport: int) -> IPAddr | None:
 
 
 def guest_address(view: NetView, guest: GuestState, version: int) -> IPAddr | None:
-    """The address host-initiated traffic is sent to: what the guest uses, else its lease."""
+    """The address host-initiated traffic is sent to: what the guest uses, else its lease.
+
+    In local mode the guest has no IPv6 lease: its link-local address, once seen, stands in
+    (None until then)."""
     if version == 4:
         if view.ip4 is None:
             return None
         return guest.addr4 if guest.addr4 is not None else view.ip4.addr
     if view.ip6 is None:
         return None
-    return guest.addr6 if guest.addr6 is not None else view.ip6.addr
+    if guest.addr6 is not None:
+        return guest.addr6
+    return view.ip6.addr if not view.ip6.addr.is_unspecified else guest.addr6_ll
 
 
 def rule_versions(view: NetView, rule: Forward) -> list[int]:

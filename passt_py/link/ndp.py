@@ -14,7 +14,9 @@ the gateway, the mapped host addresses): those are real conflicts (RFC 4862 5.4.
 A Router Solicitation (RFC 4861 6.2.6) gets a Router Advertisement naming us as default router,
 with the guest's /64 for SLAAC (RFC 4862), the MTU, DNS servers (RDNSS) and the search list
 (DNSSL, RFC 8106), and the M and O flags when DHCPv6 runs, so the guest also asks DHCPv6 for the
-host's own address. Unsolicited RAs go out on a randomised timer (RFC 4861 6.2.4); the caller
+host's own address. In local mode (no host interface, view.ip6.addr unspecified) there is no
+global address to give: the RA carries no prefix and no M flag, and the guest talks to us over
+link-local addresses only, through the router fe80::1. Unsolicited RAs go out on a randomised timer (RFC 4861 6.2.4); the caller
 owns the timer and asks here for the next delay.
 
 Every message is validated as RFC 4861 6.1 and 7.1 require (hop limit 255, code 0, checksum,
@@ -240,12 +242,18 @@ class NdpResponder:
 
     def _ra(self, ip6: Ip6View, dst: IPv6, eth_dst: bytes) -> bytes:
         """An RA frame from our link-local to ``dst`` with every option the view calls for."""
-        flags = RA_MANAGED | RA_OTHER if self.view.dhcpv6 else 0
+        # No global address (local mode): no prefix to form one from and no lease to fetch;
+        # the RA still makes us the guest's default router, over link-local addresses.
+        has_addr = not ip6.addr.is_unspecified
+        flags = 0
+        if self.view.dhcpv6:
+            flags = RA_MANAGED | RA_OTHER if has_addr else RA_OTHER
         msg = bytearray(_RA.pack(ICMPV6_RA, 0, 0, CUR_HOP_LIMIT, flags, ROUTER_LIFETIME, 0, 0))
-        prefix = ipaddress.IPv6Network(f"{ip6.addr}/{ADV_PREFIX_LEN}", strict=False)
-        msg += _PREFIX_OPT.pack(OPT_PREFIX_INFO, 4, ADV_PREFIX_LEN,
-                                PREFIX_ON_LINK | PREFIX_AUTONOMOUS, INFINITE_LIFETIME,
-                                INFINITE_LIFETIME, prefix.network_address.packed)
+        if has_addr:
+            prefix = ipaddress.IPv6Network(f"{ip6.addr}/{ADV_PREFIX_LEN}", strict=False)
+            msg += _PREFIX_OPT.pack(OPT_PREFIX_INFO, 4, ADV_PREFIX_LEN,
+                                    PREFIX_ON_LINK | PREFIX_AUTONOMOUS, INFINITE_LIFETIME,
+                                    INFINITE_LIFETIME, prefix.network_address.packed)
         if self.view.mtu >= 1280:
             msg += _MTU_OPT.pack(OPT_MTU, 1, min(self.view.mtu, 0xFFFFFFFF))
         msg += _LL_OPT.pack(OPT_SOURCE_LL, 1, self.view.our_mac)
