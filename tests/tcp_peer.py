@@ -99,6 +99,31 @@ class TcpEnv:
         self.socks.append(sock)
         return sock
 
+    def guest_connection(self, version: int, gport: int = 40000,
+                         **kw) -> tuple[GuestPeer, socket.socket]:
+        """A guest connection to a new loopback listener, established both ends: (guest
+        end, the accepted non-blocking host socket); ``kw`` goes to GuestPeer."""
+        lst = self.listener(version)
+        peer = GuestPeer(self, version, gport, FAMILY[version][3], lst.getsockname()[1], **kw)
+        assert peer.connect(), "no SYN-ACK"
+        assert peer.established
+        return peer, self.accept(lst)
+
+    def accept(self, lst: socket.socket, timeout: float = 5.0) -> socket.socket:
+        """The next connection on ``lst``, non-blocking, closed with the environment."""
+        box: list[socket.socket] = []
+
+        def accepted() -> bool:
+            try:
+                box.append(lst.accept()[0])
+            except BlockingIOError:
+                return False
+            return True
+        assert self.pump(accepted, timeout), "the host never saw the connection"
+        box[0].setblocking(False)
+        self.socks.append(box[0])
+        return box[0]
+
     def close(self) -> None:
         self.tcp.stop_forwards()
         self.tcp.close_all()

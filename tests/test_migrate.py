@@ -21,7 +21,7 @@ from typing import ClassVar
 import pytest
 from l4_helpers import (GUEST4, GUEST6, GW4, GW6, Sink, free_port, guest_udp, make_guest, make_view,
                         pump)
-from tcp_peer import FAMILY, GuestPeer, TcpEnv
+from tcp_peer import GuestPeer, TcpEnv
 
 from passt_py.flow import FlowTable, FlowType
 from passt_py.link.ethernet import parse_header
@@ -306,19 +306,9 @@ def test_source_rollback_recreates_udp_flows_and_listeners() -> None:
 
 
 def _outbound(env: TcpEnv, version: int, gport: int) -> tuple[GuestPeer, socket.socket, int]:
-    lst = env.listener(version)
-    peer = GuestPeer(env, version, gport, FAMILY[version][3], lst.getsockname()[1])
-    assert peer.connect(), "no SYN-ACK"
-    deadline = time.monotonic() + 5
-    while True:
-        env.pump(lambda: False, 0.02)
-        try:
-            host, _ = lst.accept()
-            break
-        except BlockingIOError:
-            assert time.monotonic() < deadline
-    host.setblocking(False)
-    return peer, host, lst.getsockname()[1]
+    """(guest end, host end, the host listener's port)."""
+    peer, host = env.guest_connection(version, gport)
+    return peer, host, host.getsockname()[1]
 
 
 def _move_peers(src: TcpEnv, dst: TcpEnv) -> None:

@@ -9,10 +9,9 @@ nothing, and a target on the same host can take the connections over.
 from __future__ import annotations
 
 import socket
-import time
 
 import pytest
-from tcp_peer import FAMILY, GuestPeer, TcpEnv
+from tcp_peer import GuestPeer, TcpEnv
 
 from passt_py.migrate import repair as tcp_repair
 from passt_py.migrate.context import MigrationContext
@@ -33,19 +32,7 @@ def _ctx(env: TcpEnv, no_linger: bool) -> MigrationContext:
 
 def _connected(env: TcpEnv, gport: int) -> tuple[GuestPeer, socket.socket]:
     """A guest connection to a loopback listener: (guest end, host end)."""
-    lst = env.listener(4)
-    peer = GuestPeer(env, 4, gport, FAMILY[4][3], lst.getsockname()[1])
-    assert peer.connect(), "no SYN-ACK"
-    deadline = time.monotonic() + 5
-    while True:
-        env.pump(lambda: False, 0.02)
-        try:
-            host, _ = lst.accept()
-            break
-        except BlockingIOError:
-            assert time.monotonic() < deadline, "the host never saw the connection"
-    host.setblocking(False)
-    return peer, host
+    return env.guest_connection(4, gport)
 
 
 def _hand_over(env: TcpEnv, no_linger: bool) -> bytes:

@@ -38,29 +38,11 @@ def env():
 
 
 def _accept(env: TcpEnv, lst: socket.socket, timeout: float = 3.0) -> socket.socket:
-    box: list[socket.socket] = []
-
-    def ready() -> bool:
-        try:
-            conn, _ = lst.accept()
-        except BlockingIOError:
-            return bool(box)
-        conn.setblocking(False)
-        env.socks.append(conn)
-        box.append(conn)
-        return True
-    assert env.pump(ready, timeout), "the host never saw the connection"
-    return box[0]
+    return env.accept(lst, timeout)
 
 
 def _outbound(env: TcpEnv, version: int, gport: int = 40000, **kw) -> tuple[GuestPeer, socket.socket]:
-    lst = env.listener(version)
-    gw = FAMILY[version][3]
-    peer = GuestPeer(env, version, gport, gw, lst.getsockname()[1], **kw)
-    assert peer.connect(), "no SYN-ACK"
-    assert peer.established
-    host = _accept(env, lst)
-    return peer, host
+    return env.guest_connection(version, gport, **kw)
 
 
 def _recv_all(env: TcpEnv, sock: socket.socket, size: int, timeout: float = 20.0) -> bytes:
